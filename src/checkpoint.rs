@@ -1,1 +1,395 @@
-//! TODO
+//! The state DB: how far each source file has been shipped, and which dead letters exist.
+//!
+//! Files are identified by `(dev, inode)` plus fingerprints: a hash of the first bytes and a
+//! hash of the bytes just before the saved offset. A checkpoint is resumed only when both still
+//! match, so inode reuse, a replaced file or a truncate-and-regrow is read from 0 instead of
+//! from a stale offset (re-reading is safe: event keys make it a no-op; resuming wrongly would
+//! lose data).
+//!
+//! Only the state thread writes here, and only after the data a checkpoint covers is durable.
+//! `status` opens it read-only.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use sha2::{Digest, Sha256};
+
+use crate::config::SqliteConfig;
+
+/// Bytes hashed at the head and before the offset. Enough to tell files apart in practice,
+/// small enough to read for 10,000 files at startup.
+pub const FINGERPRINT_BYTES: u64 = 1024;
+
+/// Migrations by version; entry N brings a DB from version N to N+1. Never edit or remove one.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1
+    "CREATE TABLE files (
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        gzip INTEGER NOT NULL DEFAULT 0,
+        offset INTEGER NOT NULL DEFAULT 0,
+        line_no INTEGER NOT NULL DEFAULT 0,
+        head_len INTEGER NOT NULL DEFAULT 0,
+        head_hash BLOB,
+        tail_hash BLOB,
+        size INTEGER,
+        first_seen_at INTEGER NOT NULL,
+        last_read_at INTEGER,
+        PRIMARY KEY (dev, ino)
+    );
+    CREATE TABLE dlq_files (
+        name TEXT PRIMARY KEY,
+        committed_len INTEGER NOT NULL
+    );
+    CREATE TABLE dlq_keys (
+        key BLOB PRIMARY KEY,
+        file TEXT NOT NULL,
+        reason TEXT NOT NULL
+    ) WITHOUT ROWID;",
+];
+
+/// A saved position in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: PathBuf,
+    pub gzip: bool,
+    pub offset: u64,
+    pub line_no: u64,
+    pub head_len: u64,
+    pub head_hash: Option<Vec<u8>>,
+    pub tail_hash: Option<Vec<u8>>,
+    pub size: Option<u64>,
+    pub last_read_at: Option<i64>,
+}
+
+/// A checkpoint advance, computed by the state thread once its span is durable.
+#[derive(Debug, Clone)]
+pub struct Advance {
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+    pub line_no: u64,
+    pub fingerprint: Fingerprint,
+    pub size: Option<u64>,
+}
+
+/// Hashes that tie a checkpoint to the content it was taken on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint {
+    pub head_len: u64,
+    pub head_hash: Option<Vec<u8>>,
+    pub tail_hash: Option<Vec<u8>>,
+}
+
+impl Fingerprint {
+    /// Fingerprints `file` as of `offset`. For gzip files `offset` is in the decompressed
+    /// stream, so only the compressed head is hashed: a `.gz` is immutable once written.
+    pub fn compute(file: &File, gzip: bool, offset: u64) -> std::io::Result<Fingerprint> {
+        if gzip {
+            let len = file.metadata()?.len().min(FINGERPRINT_BYTES);
+            return Ok(Fingerprint {
+                head_len: len,
+                head_hash: hash_range(file, 0, len)?,
+                tail_hash: None,
+            });
+        }
+        let head_len = offset.min(FINGERPRINT_BYTES);
+        let tail_len = offset.min(FINGERPRINT_BYTES);
+        Ok(Fingerprint {
+            head_len,
+            head_hash: hash_range(file, 0, head_len)?,
+            tail_hash: hash_range(file, offset - tail_len, tail_len)?,
+        })
+    }
+}
+
+/// Why a checkpoint was not resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The file is shorter than the saved offset.
+    Truncated,
+    /// The first bytes differ: another file got this inode.
+    HeadChanged,
+    /// The bytes before the offset differ: rewritten in place (e.g. truncated and regrown).
+    TailChanged,
+}
+
+impl Checkpoint {
+    /// Whether this checkpoint still describes `file` (see the module docs).
+    pub fn verify(&self, file: &File, gzip: bool) -> std::io::Result<Result<(), Mismatch>> {
+        let len = file.metadata()?.len();
+        if !gzip && len < self.offset {
+            return Ok(Err(Mismatch::Truncated));
+        }
+        if self.head_hash.is_some() && hash_range(file, 0, self.head_len)? != self.head_hash {
+            return Ok(Err(Mismatch::HeadChanged));
+        }
+        if !gzip && self.tail_hash.is_some() {
+            let tail_len = self.offset.min(FINGERPRINT_BYTES);
+            if hash_range(file, self.offset - tail_len, tail_len)? != self.tail_hash {
+                return Ok(Err(Mismatch::TailChanged));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// SHA-256 of `len` bytes at `start`, or None if the file is shorter.
+fn hash_range(file: &File, start: u64, len: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; len as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], start + done as u64) {
+            Ok(0) => return Ok(None),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(Sha256::digest(&buf).to_vec()))
+}
+
+/// The state DB connection.
+pub struct StateDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl StateDb {
+    /// Opens (creating and migrating) the state DB for writing.
+    pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<StateDb> {
+        crate::sink::run_db::create_private_file(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let mut conn = Connection::open(path)?;
+        crate::sink::run_db::apply_pragmas(&conn, sqlite)?;
+        crate::sink::run_db::migrate(&mut conn, MIGRATIONS)?;
+        Ok(StateDb { conn, path: path.to_path_buf() })
+    }
+
+    /// Opens an existing state DB read-only (for `status`); None if it does not exist.
+    pub fn open_read_only(path: &Path) -> rusqlite::Result<Option<StateDb>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Some(StateDb { conn, path: path.to_path_buf() }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every checkpoint, keyed by `(dev, ino)`.
+    pub fn load(&self) -> rusqlite::Result<HashMap<(u64, u64), Checkpoint>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT dev, ino, path, gzip, offset, line_no, head_len, head_hash, tail_hash, size,
+                    last_read_at
+             FROM files ORDER BY path",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Checkpoint {
+                dev: r.get::<_, i64>(0)? as u64,
+                ino: r.get::<_, i64>(1)? as u64,
+                path: PathBuf::from(r.get::<_, String>(2)?),
+                gzip: r.get(3)?,
+                offset: r.get::<_, i64>(4)? as u64,
+                line_no: r.get::<_, i64>(5)? as u64,
+                head_len: r.get::<_, i64>(6)? as u64,
+                head_hash: r.get(7)?,
+                tail_hash: r.get(8)?,
+                size: r.get::<_, Option<i64>>(9)?.map(|s| s as u64),
+                last_read_at: r.get(10)?,
+            })
+        })?;
+        rows.map(|r| r.map(|c| ((c.dev, c.ino), c))).collect()
+    }
+
+    /// Starts a write transaction (IMMEDIATE: the lock is taken up front, so a busy DB shows
+    /// up here and not halfway through).
+    pub fn transaction(&mut self) -> rusqlite::Result<Transaction<'_>> {
+        self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
+    /// Records a file the pipeline started reading. With `reset`, the saved position is
+    /// replaced (new file, or the old checkpoint did not verify); otherwise only the path is
+    /// updated (a rename keeps the inode).
+    pub fn register(
+        tx: &Transaction<'_>,
+        file: &crate::route::FileEntry,
+        offset: u64,
+        line_no: u64,
+        reset: bool,
+    ) -> rusqlite::Result<()> {
+        let now = unix_millis();
+        if reset {
+            tx.prepare_cached(
+                "INSERT INTO files (dev, ino, path, gzip, offset, line_no, first_seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (dev, ino) DO UPDATE SET path = excluded.path,
+                    gzip = excluded.gzip, offset = excluded.offset, line_no = excluded.line_no,
+                    head_len = 0, head_hash = NULL, tail_hash = NULL, size = NULL,
+                    first_seen_at = excluded.first_seen_at, last_read_at = NULL",
+            )?
+            .execute(params![
+                file.dev as i64,
+                file.ino as i64,
+                &*file.source,
+                file.gzip,
+                offset as i64,
+                line_no as i64,
+                now
+            ])?;
+        } else {
+            tx.prepare_cached("UPDATE files SET path = ?3 WHERE dev = ?1 AND ino = ?2")?.execute(
+                params![file.dev as i64, file.ino as i64, &*file.source],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Moves a checkpoint forward. Never backwards: a concurrent `backfill` and daemon may both
+    /// ship the same file, and the furthest durable position wins.
+    pub fn advance(tx: &Transaction<'_>, a: &Advance) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "UPDATE files SET offset = ?3, line_no = ?4, head_len = ?5, head_hash = ?6,
+                tail_hash = ?7, size = coalesce(?8, size), last_read_at = ?9
+             WHERE dev = ?1 AND ino = ?2 AND offset <= ?3",
+        )?
+        .execute(params![
+            a.dev as i64,
+            a.ino as i64,
+            a.offset as i64,
+            a.line_no as i64,
+            a.fingerprint.head_len as i64,
+            a.fingerprint.head_hash,
+            a.fingerprint.tail_hash,
+            a.size.map(|s| s as i64),
+            unix_millis()
+        ])?;
+        Ok(())
+    }
+
+    /// Whether a dead letter with this key is already in the DLQ.
+    pub fn dlq_has_key(tx: &Transaction<'_>, key: &[u8]) -> rusqlite::Result<bool> {
+        tx.prepare_cached("SELECT 1 FROM dlq_keys WHERE key = ?1")?
+            .query_row([key], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+    }
+
+    pub fn dlq_add_key(
+        tx: &Transaction<'_>,
+        key: &[u8],
+        file: &str,
+        reason: &str,
+    ) -> rusqlite::Result<()> {
+        tx.prepare_cached("INSERT OR IGNORE INTO dlq_keys (key, file, reason) VALUES (?1, ?2, ?3)")?
+            .execute(params![key, file, reason])?;
+        Ok(())
+    }
+
+    /// The committed length of each DLQ file: bytes past it were appended by a process that
+    /// died before committing, and are cut off before the next append.
+    pub fn dlq_committed(&self) -> rusqlite::Result<HashMap<String, u64>> {
+        let mut stmt = self.conn.prepare("SELECT name, committed_len FROM dlq_files")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        rows.collect()
+    }
+
+    pub fn dlq_committed_len(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<u64>> {
+        tx.prepare_cached("SELECT committed_len FROM dlq_files WHERE name = ?1")?
+            .query_row([name], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|o| o.map(|v| v as u64))
+    }
+
+    pub fn dlq_set_committed_len(
+        tx: &Transaction<'_>,
+        name: &str,
+        len: u64,
+    ) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO dlq_files (name, committed_len) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET committed_len = excluded.committed_len",
+        )?
+        .execute(params![name, len as i64])?;
+        Ok(())
+    }
+}
+
+pub fn unix_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn fingerprint_detects_replacement_and_regrowth() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"line one\nline two\n").unwrap();
+        let file = File::open(&path).unwrap();
+        let fp = Fingerprint::compute(&file, false, 9).unwrap();
+        let cp = Checkpoint {
+            dev: 0,
+            ino: 0,
+            path: path.clone(),
+            gzip: false,
+            offset: 9,
+            line_no: 1,
+            head_len: fp.head_len,
+            head_hash: fp.head_hash,
+            tail_hash: fp.tail_hash,
+            size: None,
+            last_read_at: None,
+        };
+        assert_eq!(cp.verify(&file, false).unwrap(), Ok(()));
+        // Appends keep it valid.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"3\n").unwrap();
+        assert_eq!(cp.verify(&file, false).unwrap(), Ok(()));
+        std::fs::write(&path, b"line").unwrap();
+        assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::Truncated));
+        std::fs::write(&path, b"LINE one\nline two\n").unwrap();
+        assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::HeadChanged));
+    }
+
+    #[test]
+    fn tail_hash_catches_regrowth_past_a_long_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let head = "h".repeat(2000);
+        std::fs::write(&path, format!("{head}\nAAAA\n")).unwrap();
+        let file = File::open(&path).unwrap();
+        let offset = 2006;
+        let fp = Fingerprint::compute(&file, false, offset).unwrap();
+        let cp = Checkpoint {
+            dev: 0,
+            ino: 0,
+            path: path.clone(),
+            gzip: false,
+            offset,
+            line_no: 2,
+            head_len: fp.head_len,
+            head_hash: fp.head_hash,
+            tail_hash: fp.tail_hash,
+            size: None,
+            last_read_at: None,
+        };
+        std::fs::write(&path, format!("{head}\nBBBB\nmore\n")).unwrap();
+        assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::TailChanged));
+    }
+}

@@ -1,1 +1,404 @@
-//! TODO
+//! From lines to batches: classify each line with [`parse`](crate::parse), shard records by
+//! run_id over the writer threads, and cut the stream into [`Span`]s, the unit a checkpoint
+//! advances by.
+//!
+//! A span is sealed (its record count fixed) *before* any of its records leaves the reader, and
+//! registered with the state thread before that too; writers and the DLQ ack it as they make its
+//! records durable. The checkpoint moves past a span only when its count reaches zero, so it
+//! never moves past a line that is not durable. This module does no IO of its own: it only
+//! sends on bounded channels, which is where backpressure reaches the reader.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::config::Mapping;
+use crate::dlq::DeadLetter;
+use crate::metrics::Counters;
+use crate::parse::{self, DeadReason, Kind, Outcome, Scalar};
+use crate::tail::{Line, LineMeta, LineReader};
+
+/// Records per span: small enough that a checkpoint trails the data by little, large enough
+/// that span bookkeeping stays off the profile.
+const SPAN_MAX_RECORDS: usize = 4096;
+
+/// A source file as the pipeline knows it. Shared by the reader, the batches and the state
+/// thread; immutable once created.
+#[derive(Debug)]
+pub struct FileEntry {
+    pub path: PathBuf,
+    /// `path` as text, for the `events.source` column and dead letters.
+    pub source: Arc<str>,
+    pub dev: u64,
+    pub ino: u64,
+    pub gzip: bool,
+    /// The `YYYYMMDD` of the file name (0 if none): orders records across files.
+    pub day: u32,
+    /// An open handle on the same inode, for fingerprinting checkpoints even after a rename.
+    pub handle: File,
+}
+
+/// A contiguous run of lines of one file, ending at `end_offset`.
+#[derive(Debug)]
+pub struct Span {
+    pub file: Arc<FileEntry>,
+    pub end_offset: u64,
+    pub end_line_no: u64,
+    /// Records and dead letters of this span not yet durable.
+    pending: AtomicUsize,
+}
+
+impl Span {
+    pub fn new(file: Arc<FileEntry>, end_offset: u64, end_line_no: u64, pending: usize) -> Span {
+        Span { file, end_offset, end_line_no, pending: AtomicUsize::new(pending) }
+    }
+
+    /// Marks `n` of this span's records durable.
+    pub fn ack(&self, n: usize) {
+        if n > 0 {
+            let before = self.pending.fetch_sub(n, Ordering::AcqRel);
+            debug_assert!(before >= n, "span acked more than it holds");
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.pending() == 0
+    }
+
+    /// Records and dead letters of this span not yet durable.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// A text range inside a batch's arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Text {
+    start: u32,
+    end: u32,
+}
+
+/// A column value inside a batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(Text),
+}
+
+/// One record, its strings living in the batch arena.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub kind: Kind,
+    pub run_id: Text,
+    /// `event_key` for events, `record_key` for run records.
+    pub key: Text,
+    pub data: Text,
+    pub event_type: Value,
+    pub ts: Value,
+    pub offset: u64,
+    pub line_no: u64,
+    pub pos: i64,
+}
+
+/// Records of one span for one writer shard. Strings are packed in one arena so a batch is a
+/// handful of allocations whatever its size.
+#[derive(Debug)]
+pub struct Batch {
+    pub span: Arc<Span>,
+    arena: String,
+    pub recs: Vec<Rec>,
+}
+
+impl Batch {
+    pub fn text(&self, t: Text) -> &str {
+        &self.arena[t.start as usize..t.end as usize]
+    }
+
+    pub fn value(&self, v: Value) -> rusqlite::types::ToSqlOutput<'_> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        ToSqlOutput::Borrowed(match v {
+            Value::Null => ValueRef::Null,
+            Value::Int(i) => ValueRef::Integer(i),
+            Value::Real(r) => ValueRef::Real(r),
+            Value::Text(t) => ValueRef::Text(self.text(t).as_bytes()),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.span.file.source
+    }
+
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.len()
+    }
+
+}
+
+fn push_text(arena: &mut String, s: &str) -> Text {
+    let start = arena.len() as u32;
+    arena.push_str(s);
+    Text { start, end: arena.len() as u32 }
+}
+
+fn push_value(arena: &mut String, s: &Scalar<'_>) -> Value {
+    match s {
+        Scalar::Null => Value::Null,
+        Scalar::Int(i) => Value::Int(*i),
+        Scalar::Real(r) => Value::Real(*r),
+        Scalar::Text(t) => Value::Text(push_text(arena, t)),
+    }
+}
+
+/// What the state thread receives from readers and writers.
+#[derive(Debug)]
+pub enum StateMsg {
+    /// A reader started on a file at `offset`; `reset` replaces a stale checkpoint.
+    Open { file: Arc<FileEntry>, offset: u64, line_no: u64, reset: bool },
+    /// A sealed span, with its dead letters (they count in its pending total).
+    Span { span: Arc<Span>, dead: Vec<DeadLetter> },
+    /// Records a writer could not store (`write_failed`), still pending in their spans.
+    Dead(Vec<(DeadLetter, Arc<Span>)>),
+}
+
+/// Which writer shard owns a run. Stable within a process, which is all it needs: shards only
+/// split work, the run DB file name does not depend on them.
+pub fn shard_of(run_id: &str, n_shards: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    run_id.hash(&mut h);
+    (h.finish() % n_shards as u64) as usize
+}
+
+/// Per-reader routing state: turns lines of one file at a time into sealed spans.
+pub struct Router {
+    mapping: Mapping,
+    max_raw_bytes: usize,
+    writers: Vec<Sender<Batch>>,
+    state: Sender<StateMsg>,
+    counters: Arc<Counters>,
+}
+
+/// Tells the reader loop why routing stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// No complete line is available right now.
+    Drained,
+    /// A channel closed: the pipeline is shutting down.
+    Closed,
+}
+
+impl Router {
+    pub fn new(
+        mapping: Mapping,
+        max_raw_bytes: usize,
+        writers: Vec<Sender<Batch>>,
+        state: Sender<StateMsg>,
+        counters: Arc<Counters>,
+    ) -> Router {
+        Router { mapping, max_raw_bytes, writers, state, counters }
+    }
+
+    /// Routes every complete line `reader` has now. With `finished`, also the unterminated tail
+    /// of the stream (the file is known to be complete). `stop` is polled between spans.
+    pub fn route<R: Read>(
+        &self,
+        file: &Arc<FileEntry>,
+        reader: &mut LineReader<R>,
+        finished: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<Routed> {
+        let mut pending = Pending::new(self.writers.len());
+        let mut counted_offset = reader.offset();
+        let mut lines = 0u64;
+        loop {
+            let mut got_line = false;
+            while let Some(line) = reader.next_line()? {
+                got_line = true;
+                lines += 1;
+                self.classify(file, line, &mut pending, false);
+                if pending.n_records >= SPAN_MAX_RECORDS {
+                    let (offset, line_no) = (reader.offset(), reader.line_no());
+                    self.count(offset - counted_offset, lines);
+                    (counted_offset, lines) = (offset, 0);
+                    if !self.seal(file, &mut pending, offset, line_no) {
+                        return Ok(Routed::Closed);
+                    }
+                    if stop() {
+                        return Ok(Routed::Drained);
+                    }
+                }
+            }
+            if finished {
+                if let Some(line) = reader.finish()? {
+                    lines += 1;
+                    self.classify(file, line, &mut pending, true);
+                } else if !got_line && reader.at_eof() {
+                    break;
+                }
+                if reader.at_eof() && reader.pending_bytes() == 0 {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        let (offset, line_no) = (reader.offset(), reader.line_no());
+        self.count(offset - counted_offset, lines);
+        if (pending.n_records > 0 || !pending.dead.is_empty() || pending.blank_advance)
+            && !self.seal(file, &mut pending, offset, line_no)
+        {
+            return Ok(Routed::Closed);
+        }
+        Ok(Routed::Drained)
+    }
+
+    fn count(&self, bytes: u64, lines: u64) {
+        self.counters.bytes_read.add(bytes);
+        self.counters.lines_read.add(lines);
+    }
+
+    fn classify(&self, file: &Arc<FileEntry>, line: Line<'_>, pending: &mut Pending, at_end: bool) {
+        let (meta, bytes) = match line {
+            Line::Complete(meta, bytes) => (meta, bytes),
+            Line::TooLong(meta, too_long) => {
+                let error = format!(
+                    "line is {} bytes, longer than sources.max_line_bytes",
+                    too_long.len
+                );
+                pending.dead.push(DeadLetter::new(
+                    file,
+                    meta,
+                    DeadReason::LineTooLong,
+                    error,
+                    &too_long.prefix,
+                    too_long.len,
+                    &too_long.digest,
+                    self.max_raw_bytes,
+                ));
+                return;
+            }
+        };
+        let outcome = parse::parse_line(bytes, &self.mapping);
+        let record = match outcome {
+            Outcome::Record(record) => record,
+            Outcome::Blank => {
+                self.counters.blank_lines.add(1);
+                pending.blank_advance = true;
+                return;
+            }
+            Outcome::Dead(reason, error) => {
+                // Trailing bytes of a finished file that do not parse are `incomplete_line`.
+                let reason = if at_end { DeadReason::IncompleteLine } else { reason };
+                pending.dead.push(DeadLetter::new(
+                    file,
+                    meta,
+                    reason,
+                    error,
+                    bytes,
+                    bytes.len() as u64,
+                    &parse::digest(bytes),
+                    self.max_raw_bytes,
+                ));
+                return;
+            }
+        };
+        let shard = shard_of(&record.run_id, self.writers.len());
+        let batch = pending.batches[shard].get_or_insert_with(|| BatchBuilder::default());
+        batch.push(&record, meta, bytes, file.day);
+        pending.n_records += 1;
+    }
+
+    /// Seals the pending records as one span, registers it, then hands out the batches.
+    /// Returns false if a channel closed.
+    fn seal(
+        &self,
+        file: &Arc<FileEntry>,
+        pending: &mut Pending,
+        end_offset: u64,
+        end_line_no: u64,
+    ) -> bool {
+        let n_dead = pending.dead.len();
+        let span =
+            Arc::new(Span::new(file.clone(), end_offset, end_line_no, pending.n_records + n_dead));
+        self.counters.dead_letters_routed.add(n_dead as u64);
+        let msg = StateMsg::Span { span: span.clone(), dead: std::mem::take(&mut pending.dead) };
+        if self.state.send(msg).is_err() {
+            return false;
+        }
+        for (shard, slot) in pending.batches.iter_mut().enumerate() {
+            if let Some(builder) = slot.take() {
+                let batch = builder.into_batch(span.clone());
+                if self.writers[shard].send(batch).is_err() {
+                    return false;
+                }
+            }
+        }
+        pending.n_records = 0;
+        pending.blank_advance = false;
+        true
+    }
+}
+
+/// A batch being filled, before its span exists.
+#[derive(Default)]
+struct BatchBuilder {
+    arena: String,
+    recs: Vec<Rec>,
+}
+
+impl BatchBuilder {
+    fn push(&mut self, record: &parse::Parsed<'_>, meta: LineMeta, bytes: &[u8], day: u32) {
+        // parse_line only returns records for valid UTF-8.
+        let data = std::str::from_utf8(bytes).expect("parsed lines are UTF-8");
+        let arena = &mut self.arena;
+        let run_id = push_text(arena, &record.run_id);
+        let key = match (&record.event_id, record.kind) {
+            (Some(id), Kind::Event) => push_text(arena, id),
+            _ => push_text(arena, &parse::line_key(meta.line_no, &parse::digest(bytes))),
+        };
+        let data = push_text(arena, data);
+        let event_type = push_value(arena, &record.event_type);
+        let ts = push_value(arena, &record.ts);
+        self.recs.push(Rec {
+            kind: record.kind,
+            run_id,
+            key,
+            data,
+            event_type,
+            ts,
+            offset: meta.offset,
+            line_no: meta.line_no,
+            pos: parse::stream_pos(day, meta.line_no),
+        });
+    }
+
+    fn into_batch(self, span: Arc<Span>) -> Batch {
+        Batch { span, arena: self.arena, recs: self.recs }
+    }
+}
+
+struct Pending {
+    batches: Vec<Option<BatchBuilder>>,
+    dead: Vec<DeadLetter>,
+    n_records: usize,
+    /// Blank lines alone still move the checkpoint.
+    blank_advance: bool,
+}
+
+impl Pending {
+    fn new(n_shards: usize) -> Pending {
+        Pending {
+            batches: (0..n_shards).map(|_| None).collect(),
+            dead: Vec::new(),
+            n_records: 0,
+            blank_advance: false,
+        }
+    }
+}

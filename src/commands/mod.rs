@@ -1,1 +1,81 @@
-//! TODO
+//! One module per command: each turns parsed arguments and a validated [`Config`] into work
+//! and an exit code. `anyhow` lives here and in `main`, nowhere below.
+
+mod backfill;
+mod check_config;
+mod dlq;
+mod run;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::cli::{Command, ConfigArgs, DlqCommand};
+use crate::config::Config;
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Where `--config` points by default.
+pub const DEFAULT_CONFIG: &str = "/etc/jsonl-shipper/config.toml";
+
+/// An error that is the user's to fix (bad flag, bad config): exits 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Loads the config named by `--config`/`--base` (exit 2 on error).
+pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
+    match (&args.base, &args.config) {
+        (Some(base), _) => Ok(Config::for_base(&absolute(base))),
+        (None, config) => {
+            let path = config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            Config::load(&path).map_err(|e| UsageError(e.to_string()).into())
+        }
+    }
+}
+
+/// Creates and checks the directories a writing command needs (exit 2 on error).
+pub fn prepare_dirs(config: &Config) -> anyhow::Result<()> {
+    config.prepare_dirs().map_err(|e| UsageError(e.to_string()).into())
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Runs a command.
+pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => run::run(load_config(&config)?, config),
+        Command::Backfill { config, jobs, paths } => {
+            backfill::backfill(load_config(&config)?, jobs as usize, &paths)
+        }
+        Command::Status { config, json } => status::status(&load_config(&config)?, json),
+        Command::CheckConfig { config } => check_config::check_config(load_config(&config)?),
+        Command::Dlq { command } => match command {
+            DlqCommand::List { config, reason, json } => {
+                dlq::list(&load_config(&config)?, reason.as_deref(), json)
+            }
+            DlqCommand::Replay { config, reason } => {
+                dlq::replay(load_config(&config)?, reason.as_deref())
+            }
+        },
+    }
+}
+
+/// Parses `--reason` into the contract's closed set.
+fn parse_reason(reason: Option<&str>) -> anyhow::Result<Option<crate::parse::DeadReason>> {
+    reason
+        .map(|r| {
+            crate::parse::DeadReason::from_name(r).ok_or_else(|| {
+                let all: Vec<_> = crate::parse::DeadReason::ALL.iter().map(|r| r.as_str()).collect();
+                UsageError(format!("--reason {r:?} is not one of {}", all.join(", "))).into()
+            })
+        })
+        .transpose()
+}

@@ -1,3 +1,283 @@
-//! TODO
+//! The writers: OS threads that own every run-DB connection, one thread per shard of run_ids.
+//!
+//! A writer collects [`Batch`]es from its bounded inbox and flushes when it holds
+//! `batch_max_events` records or `batch_max_bytes` of text, when the oldest record has waited
+//! `batch_max_delay` (daemon only; backfill flushes by size), or when its inbox closes. A flush
+//! writes each run's records in one IMMEDIATE transaction, commits, and only then acks the
+//! spans. A locked or full database is retried with backoff, forever, never dead-lettered;
+//! a record that fails on its own (too big) becomes a `write_failed` dead letter.
+//!
+//! No other module opens a run DB for writing.
 
+pub mod merge;
+pub mod run_db;
 pub mod run_path;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::Connection;
+
+use crate::config::{Mapping, SqliteConfig};
+use crate::dlq::DeadLetter;
+use crate::metrics::Counters;
+use crate::parse::DeadReason;
+use crate::route::{Batch, StateMsg};
+use crate::tail::LineMeta;
+
+/// What a writer needs to know; shared by all writers.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub output_dir: PathBuf,
+    pub sqlite: SqliteConfig,
+    pub mapping: Mapping,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    /// Flush when the oldest buffered record is this old; None = flush by size only.
+    pub linger: Option<Duration>,
+    /// Open connections per writer.
+    pub max_open: usize,
+    pub max_raw_bytes: usize,
+}
+
+/// Starts writer thread `shard`.
+pub fn spawn(
+    shard: usize,
+    config: Arc<WriterConfig>,
+    inbox: Receiver<Batch>,
+    state: Sender<StateMsg>,
+    counters: Arc<Counters>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("writer-{shard}")).spawn(move || {
+        let seen_runs = config.linger.is_none().then(Default::default);
+        let mut writer = Writer {
+            seen_runs,
+            pool: Pool::new(config.output_dir.clone(), config.sqlite.clone(), config.max_open),
+            config,
+            state,
+            counters,
+            pending: Vec::new(),
+            n_events: 0,
+            n_bytes: 0,
+            oldest: None,
+        };
+        writer.run(inbox);
+    })
+}
+
+struct Writer {
+    config: Arc<WriterConfig>,
+    pool: Pool,
+    state: Sender<StateMsg>,
+    counters: Arc<Counters>,
+    pending: Vec<Batch>,
+    n_events: usize,
+    n_bytes: usize,
+    oldest: Option<Instant>,
+    /// Runs written so far, for the backfill summary (None in the daemon: it would grow forever).
+    seen_runs: Option<std::collections::HashSet<String>>,
+}
+
+impl Writer {
+    fn run(&mut self, inbox: Receiver<Batch>) {
+        loop {
+            let deadline = match (self.oldest, self.config.linger) {
+                (Some(t), Some(linger)) => Some(t + linger),
+                _ => None,
+            };
+            let received = match deadline {
+                Some(d) => inbox.recv_deadline(d),
+                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(batch) => {
+                    self.n_events += batch.recs.len();
+                    self.n_bytes += batch.arena_bytes();
+                    self.oldest.get_or_insert_with(Instant::now);
+                    self.pending.push(batch);
+                    if self.n_events >= self.config.max_events
+                        || self.n_bytes >= self.config.max_bytes
+                    {
+                        self.flush();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.flush(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    self.pool.close_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let batches = std::mem::take(&mut self.pending);
+        self.n_events = 0;
+        self.n_bytes = 0;
+        self.oldest = None;
+        if batches.is_empty() {
+            return;
+        }
+        let mut by_run: HashMap<&str, Vec<(u32, u32)>> = HashMap::new();
+        for (b, batch) in batches.iter().enumerate() {
+            for (r, rec) in batch.recs.iter().enumerate() {
+                by_run.entry(batch.text(rec.run_id)).or_default().push((b as u32, r as u32));
+            }
+        }
+        let mut failed_per_batch = vec![0usize; batches.len()];
+        let mut dead = Vec::new();
+        for (run_id, refs) in &by_run {
+            let outcome = self.write_with_retry(run_id, &batches, refs);
+            self.counters.events_written.add(outcome.written);
+            self.counters.events_unchanged.add(outcome.unchanged);
+            if let Some(seen) = &mut self.seen_runs {
+                if !seen.contains(*run_id) {
+                    seen.insert(run_id.to_string());
+                    self.counters.runs_touched.add(1);
+                }
+            }
+            for (b, r, error) in outcome.failed {
+                failed_per_batch[b] += 1;
+                let batch = &batches[b];
+                let rec = &batch.recs[r];
+                let data = batch.text(rec.data).as_bytes();
+                let meta = LineMeta { offset: rec.offset, line_no: rec.line_no, end_offset: 0 };
+                let letter = DeadLetter::new(
+                    &batch.span.file,
+                    meta,
+                    DeadReason::WriteFailed,
+                    format!("run {run_id:?}: {error}"),
+                    data,
+                    data.len() as u64,
+                    &crate::parse::digest(data),
+                    self.config.max_raw_bytes,
+                );
+                dead.push((letter, batch.span.clone()));
+            }
+        }
+        if !dead.is_empty() {
+            // The state thread acks these once they are durable in the DLQ.
+            let _ = self.state.send(StateMsg::Dead(dead));
+        }
+        for (batch, failed) in batches.iter().zip(failed_per_batch) {
+            batch.span.ack(batch.recs.len() - failed);
+        }
+    }
+
+    /// Writes one run's records, retrying database-level failures (locked, full disk, I/O)
+    /// with capped exponential backoff until they succeed.
+    fn write_with_retry(
+        &mut self,
+        run_id: &str,
+        batches: &[Batch],
+        refs: &[(u32, u32)],
+    ) -> run_db::WriteOutcome {
+        let mut attempt: u32 = 0;
+        let mut last_log: Option<Instant> = None;
+        loop {
+            let result = self.pool.get(run_id).and_then(|conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let outcome = run_db::write_run(&tx, run_id, batches, refs, &self.config.mapping)?;
+                tx.commit()?;
+                Ok(outcome)
+            });
+            match result {
+                Ok(outcome) => {
+                    self.counters.commits.add(1);
+                    if attempt > 0 {
+                        tracing::info!(run_id, attempts = attempt + 1, "run DB write succeeded after retries");
+                    }
+                    return outcome;
+                }
+                Err(error) => {
+                    attempt += 1;
+                    self.counters.write_retries.add(1);
+                    // A failed connection may be mid-transaction or poisoned: start afresh.
+                    self.pool.evict(run_id);
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        last_log = Some(Instant::now());
+                        tracing::error!(
+                            run_id,
+                            path = %self.pool.path_of(run_id).display(),
+                            attempt,
+                            %error,
+                            "cannot write run DB; retrying (nothing is lost, shipping is delayed)"
+                        );
+                    }
+                    std::thread::sleep(backoff(attempt));
+                }
+            }
+        }
+    }
+}
+
+/// 50 ms doubling to 5 s, with jitter so that several writers do not retry in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    Duration::from_millis(base / 2 + nanos % (base / 2 + 1))
+}
+
+/// Open run-DB connections of one writer, least recently used closed first.
+struct Pool {
+    dir: PathBuf,
+    sqlite: SqliteConfig,
+    cap: usize,
+    conns: HashMap<String, (Connection, u64)>,
+    tick: u64,
+}
+
+impl Pool {
+    fn new(dir: PathBuf, sqlite: SqliteConfig, cap: usize) -> Pool {
+        Pool { dir, sqlite, cap: cap.max(1), conns: HashMap::new(), tick: 0 }
+    }
+
+    fn path_of(&self, run_id: &str) -> PathBuf {
+        self.dir.join(run_path::db_file_name(run_id))
+    }
+
+    fn get(&mut self, run_id: &str) -> rusqlite::Result<&mut Connection> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.conns.contains_key(run_id) {
+            if self.conns.len() >= self.cap {
+                let lru = self.conns.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone());
+                if let Some(lru) = lru {
+                    self.evict(&lru);
+                }
+            }
+            let conn = run_db::open(&self.path_of(run_id), &self.sqlite)?;
+            self.conns.insert(run_id.to_string(), (conn, tick));
+        }
+        let entry = self.conns.get_mut(run_id).expect("inserted above");
+        entry.1 = tick;
+        Ok(&mut entry.0)
+    }
+
+    fn evict(&mut self, run_id: &str) {
+        if let Some((conn, _)) = self.conns.remove(run_id) {
+            close(conn, &self.path_of(run_id));
+        }
+    }
+
+    fn close_all(&mut self) {
+        for (run_id, (conn, _)) in std::mem::take(&mut self.conns) {
+            close(conn, &self.path_of(&run_id));
+        }
+    }
+}
+
+/// Closes a connection, truncating its WAL first so an idle run leaves one file behind.
+fn close(conn: Connection, path: &Path) {
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    if let Err((_, error)) = conn.close() {
+        tracing::warn!(path = %path.display(), %error, "closing run DB failed");
+    }
+}

@@ -1,0 +1,229 @@
+//! `backfill`: ship historic files (plain or `.gz`) to their end, with `--jobs N` readers in
+//! parallel, a progress bar on a terminal and a summary line; then exit.
+//!
+//! Files are read oldest day first. Parallel readers do not change the result: run merges and
+//! event upserts are ordered by stream position (file day, line number), not arrival order.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::UsageError;
+use crate::config::Config;
+use crate::metrics::Counters;
+use crate::pipeline::{Mode, Pipeline};
+use crate::shutdown::Signals;
+
+pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::Result<ExitCode> {
+    super::prepare_dirs(&config)?;
+    let files = expand(&config, args)?;
+    let total_bytes: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+    let signals = Signals::install().context("installing signal handlers")?;
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let config = Arc::new(config);
+    let pipeline = Pipeline::start(config.clone(), Mode::Backfill, counters.clone())?;
+    tracing::info!(files = files.len(), bytes = total_bytes, jobs, "backfill started");
+
+    let queue = {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for file in &files {
+            tx.send(file.clone()).expect("receiver alive");
+        }
+        rx
+    };
+    let failed = AtomicBool::new(false);
+    let stopping = signals.stopping.clone();
+    let progress = Progress::new(total_bytes);
+    let close_inactive = config.sources.close_inactive;
+    std::thread::scope(|scope| {
+        let mut readers = Vec::new();
+        for i in 0..jobs.min(files.len()).max(1) {
+            let router = pipeline.router();
+            let (queue, pipeline, failed, stopping) = (&queue, &pipeline, &failed, &stopping);
+            let reader = std::thread::Builder::new().name(format!("reader-{i}")).spawn_scoped(
+                scope,
+                move || {
+                    let stop = || stopping.load(Ordering::SeqCst);
+                    while let Ok(path) = queue.try_recv() {
+                        if stop() {
+                            break;
+                        }
+                        let result = pipeline.open(&path, false).and_then(|opened| {
+                            let Some(mut opened) = opened else {
+                                tracing::warn!(path = %path.display(), "file vanished before it was read");
+                                return Ok(());
+                            };
+                            let finished = is_finished(&opened.file, close_inactive);
+                            router
+                                .route(&opened.file, &mut opened.reader, finished, &stop)
+                                .with_context(|| {
+                                    format!("{}: read error at offset {}", path.display(), opened.reader.offset())
+                                })?;
+                            Ok(())
+                        });
+                        if let Err(error) = result {
+                            tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot read file; skipping it");
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                    }
+                },
+            );
+            readers.push(reader);
+        }
+        while readers.iter().any(|r| r.as_ref().is_ok_and(|r| !r.is_finished())) {
+            progress.update(pipeline.disk_bytes.get(), &counters, started);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for reader in readers {
+            match reader {
+                Ok(handle) => {
+                    if handle.join().is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot spawn reader thread");
+                    failed.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    progress.finish_reading();
+    pipeline.finish()?;
+    progress.clear();
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let events = counters.events_written.get();
+    let interrupted = signals.is_stopping();
+    let summary = format!(
+        "backfill {}: {} files, {} lines, {} events written ({} already stored), {} runs, {} dead letters, {} blank lines, {:.1}s, {:.0} events/s",
+        if interrupted { "interrupted (resume by running it again)" } else { "done" },
+        files.len(),
+        counters.lines_read.get(),
+        events,
+        counters.events_unchanged.get(),
+        counters.runs_touched.get(),
+        counters.dlq_total(),
+        counters.blank_lines.get(),
+        elapsed,
+        (events + counters.events_unchanged.get()) as f64 / elapsed.max(1e-9),
+    );
+    eprintln!("{summary}");
+    if failed.load(Ordering::SeqCst) {
+        return Ok(ExitCode::from(super::EXIT_FAILURE));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a file is complete, so that unterminated trailing bytes are a record (or an
+/// `incomplete_line`): a `.gz`, or a plain file not modified for `close_inactive`. The tail
+/// of a file still being written is left for the daemon (its writer will end the line).
+fn is_finished(file: &crate::route::FileEntry, close_inactive: Duration) -> bool {
+    file.gzip
+        || file
+            .handle
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= close_inactive))
+}
+
+/// The files to ship, oldest day first. Without arguments: the configured globs and their
+/// `.gz` twins. Arguments may be files, directories (their `*.ndjson` and `*.ndjson.gz`) or
+/// globs; one that matches nothing is a usage error.
+fn expand(config: &Config, args: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if args.is_empty() {
+        for pattern in &config.sources.paths {
+            files.extend(glob_files(pattern)?);
+            files.extend(glob_files(&format!("{pattern}.gz"))?);
+        }
+    } else {
+        for arg in args {
+            let path = Path::new(arg);
+            if path.is_dir() {
+                let dir = glob::Pattern::escape(arg);
+                files.extend(glob_files(&format!("{dir}/*.ndjson"))?);
+                files.extend(glob_files(&format!("{dir}/*.ndjson.gz"))?);
+            } else if path.is_file() {
+                files.push(path.to_path_buf());
+            } else if arg.contains(['*', '?', '[']) {
+                let matched = glob_files(arg)?;
+                if matched.is_empty() {
+                    return Err(UsageError(format!("{arg}: the glob matches no file")).into());
+                }
+                files.extend(matched);
+            } else {
+                return Err(UsageError(format!("{arg}: no such file or directory")).into());
+            }
+        }
+    }
+    let mut files: Vec<PathBuf> =
+        files.into_iter().map(|p| std::path::absolute(&p).unwrap_or(p)).collect();
+    files.sort_by_cached_key(|p| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        (crate::parse::file_day(&name), p.clone())
+    });
+    files.dedup();
+    Ok(files)
+}
+
+fn glob_files(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let paths = glob::glob(pattern).map_err(|e| UsageError(format!("{pattern}: bad glob: {e}")))?;
+    Ok(paths.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+}
+
+/// A progress bar on a terminal; a log line every 10 s otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last_log: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(total_bytes: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total_bytes);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Progress { bar, last_log: std::cell::Cell::new(Instant::now()) }
+    }
+
+    fn update(&self, disk_bytes: u64, counters: &Counters, started: Instant) {
+        let lines = counters.lines_read.get();
+        let rate = lines as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(disk_bytes);
+                bar.set_message(format!("{lines} lines, {rate:.0} lines/s"));
+            }
+            None if self.last_log.get().elapsed() >= Duration::from_secs(10) => {
+                self.last_log.set(Instant::now());
+                tracing::info!(disk_bytes, lines, lines_per_sec = rate as u64, "backfill progress");
+            }
+            None => {}
+        }
+    }
+
+    fn finish_reading(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_message("committing the last batches");
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! One run database: open (pragmas, schema, migrations, file mode) in one place, and the
+//! batched, idempotent writes.
+//!
+//! Schema (version 1):
+//! - `runs`: one row per run; `data` is the merge of the run records in stream order,
+//!   recomputed from `run_records` whenever a record arrives out of order, so replays and
+//!   parallel backfills never roll a run back.
+//! - `events`: one row per distinct `event_key`; a repeated key replaces the row only when it
+//!   comes later in stream order (`pos`), so a replayed older line never overwrites a newer one.
+//! - `run_records`: every distinct run record, keyed by its line identity (for the refold).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use crate::config::{Mapping, SqliteConfig};
+use crate::parse::Kind;
+use crate::route::Batch;
+use crate::sink::merge::fold_run_record;
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations by version; entry N brings a DB from version N to N+1. Never edit or remove one.
+pub const MIGRATIONS: &[&str] = &[
+    // 0 → 1
+    "CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        status,
+        started_at,
+        ended_at,
+        data TEXT NOT NULL DEFAULT '{}',
+        merged_pos INTEGER NOT NULL DEFAULT -1,
+        updated_at INTEGER
+    );
+    CREATE TABLE events (
+        event_key TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        event_type,
+        ts,
+        data TEXT NOT NULL,
+        source TEXT NOT NULL,
+        line_no INTEGER NOT NULL,
+        pos INTEGER NOT NULL
+    );
+    CREATE TABLE run_records (
+        record_key TEXT PRIMARY KEY,
+        pos INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        source TEXT NOT NULL,
+        line_no INTEGER NOT NULL
+    );",
+];
+
+/// Creates `path` with mode 0640 if it does not exist, so SQLite (which copies the DB file's
+/// mode to its `-wal` and `-shm`) never creates world-readable files whatever the umask.
+pub fn create_private_file(path: &Path) -> io::Result<()> {
+    match OpenOptions::new().write(true).create_new(true).mode(0o640).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The pragmas every connection of ours gets, from `[sqlite]`.
+pub fn apply_pragmas(conn: &Connection, sqlite: &SqliteConfig) -> rusqlite::Result<()> {
+    conn.busy_timeout(sqlite.busy_timeout)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL could not be enabled"
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA wal_autocheckpoint = {};
+         PRAGMA journal_size_limit = {};
+         PRAGMA cache_size = -{};
+         PRAGMA foreign_keys = OFF;",
+        sqlite.synchronous.as_pragma(),
+        sqlite.wal_autocheckpoint,
+        sqlite.journal_size_limit,
+        (sqlite.cache_size / 1024).max(64),
+    ))
+}
+
+/// Brings a DB to the newest schema, in one transaction, idempotently (cargo's scheme:
+/// `user_version` counts the migrations applied).
+pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version as usize >= migrations.len() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Re-read under the write lock: another process may have migrated meanwhile.
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for migration in &migrations[version.max(0) as usize..] {
+        tx.execute_batch(migration)?;
+    }
+    tx.pragma_update(None, "user_version", migrations.len() as i64)?;
+    tx.commit()
+}
+
+/// Opens (creating if needed) a run DB.
+pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
+    create_private_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let mut conn = Connection::open(path)?;
+    apply_pragmas(&conn, sqlite)?;
+    migrate(&mut conn, MIGRATIONS)?;
+    conn.set_prepared_statement_cache_capacity(16);
+    Ok(conn)
+}
+
+/// What writing one run's records produced.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Rows inserted or replaced.
+    pub written: u64,
+    /// Records already stored (replays, re-reads).
+    pub unchanged: u64,
+    /// Records that failed on their own (e.g. too big): `(batch index, record index, error)`.
+    pub failed: Vec<(usize, usize, rusqlite::Error)>,
+}
+
+/// Whether an error belongs to one record (dead-letter it) rather than to the database
+/// (retry the whole transaction).
+fn is_record_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::TooBig) | Some(rusqlite::ErrorCode::ConstraintViolation)
+    )
+}
+
+/// Writes the records `refs` (indices into `batches`) of `run_id` in one transaction.
+pub fn write_run(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    batches: &[Batch],
+    refs: &[(u32, u32)],
+    mapping: &Mapping,
+) -> rusqlite::Result<WriteOutcome> {
+    let mut out = WriteOutcome::default();
+    tx.prepare_cached("INSERT INTO runs (run_id) VALUES (?1) ON CONFLICT (run_id) DO NOTHING")?
+        .execute([run_id])?;
+    let mut new_run_records: Vec<(i64, &str)> = Vec::new();
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO events (event_key, run_id, event_type, ts, data, source, line_no, pos)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (event_key) DO UPDATE SET
+                run_id = excluded.run_id, event_type = excluded.event_type, ts = excluded.ts,
+                data = excluded.data, source = excluded.source, line_no = excluded.line_no,
+                pos = excluded.pos
+             WHERE excluded.pos > events.pos",
+        )?;
+        let mut insert_run_record = tx.prepare_cached(
+            "INSERT INTO run_records (record_key, pos, data, source, line_no)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (record_key) DO NOTHING",
+        )?;
+        for &(b, r) in refs {
+            let batch = &batches[b as usize];
+            let rec = &batch.recs[r as usize];
+            let data = batch.text(rec.data);
+            let result = match rec.kind {
+                Kind::Event => upsert.execute(params![
+                    batch.text(rec.key),
+                    run_id,
+                    batch.value(rec.event_type),
+                    batch.value(rec.ts),
+                    data,
+                    batch.source(),
+                    rec.line_no as i64,
+                    rec.pos
+                ]),
+                Kind::Run => insert_run_record
+                    .execute(params![
+                        batch.text(rec.key),
+                        rec.pos,
+                        data,
+                        batch.source(),
+                        rec.line_no as i64
+                    ])
+                    .inspect(|&n| {
+                        if n > 0 {
+                            new_run_records.push((rec.pos, data));
+                        }
+                    }),
+            };
+            match result {
+                Ok(0) => out.unchanged += 1,
+                Ok(_) => out.written += 1,
+                Err(e) if is_record_error(&e) => out.failed.push((b as usize, r as usize, e)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if !new_run_records.is_empty() {
+        merge_run(tx, run_id, &mut new_run_records, mapping)?;
+    }
+    Ok(out)
+}
+
+/// Folds new run records into `runs`: incrementally when they all come after what is merged,
+/// otherwise by refolding every record of the run in stream order.
+fn merge_run(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    new: &mut [(i64, &str)],
+    mapping: &Mapping,
+) -> rusqlite::Result<()> {
+    new.sort_by_key(|&(pos, _)| pos);
+    let (data, merged_pos): (String, i64) = tx
+        .prepare_cached("SELECT data, merged_pos FROM runs WHERE run_id = ?1")?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or_else(|| ("{}".into(), -1));
+    let mut state: Value;
+    let max_pos;
+    if new[0].0 > merged_pos {
+        state = serde_json::from_str(&data).unwrap_or_else(|_| Value::Object(Default::default()));
+        for (_, record) in new.iter() {
+            fold(&mut state, record, mapping);
+        }
+        max_pos = new[new.len() - 1].0;
+    } else {
+        state = Value::Object(Default::default());
+        let mut stmt = tx.prepare_cached(
+            "SELECT pos, data FROM run_records ORDER BY pos, rowid",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut last = -1;
+        while let Some(row) = rows.next()? {
+            last = row.get(0)?;
+            fold(&mut state, row.get_ref(1)?.as_str()?, mapping);
+        }
+        max_pos = last;
+    }
+    let column = |key: &str| json_to_sql(state.get(key));
+    tx.prepare_cached(
+        "UPDATE runs SET data = ?2, status = ?3, started_at = ?4, ended_at = ?5,
+            merged_pos = ?6, updated_at = ?7
+         WHERE run_id = ?1",
+    )?
+    .execute(params![
+        run_id,
+        state.to_string(),
+        column(&mapping.status),
+        column(&mapping.start_time),
+        column(&mapping.end_time),
+        max_pos,
+        crate::checkpoint::unix_millis()
+    ])?;
+    Ok(())
+}
+
+fn fold(state: &mut Value, record: &str, mapping: &Mapping) {
+    // Run records were validated as JSON objects by the parser.
+    if let Ok(record) = serde_json::from_str::<Value>(record) {
+        fold_run_record(state, &record, &mapping.status);
+    }
+}
+
+/// A JSON value as an SQLite column value, "as given": strings as TEXT, numbers as numbers,
+/// anything else as its JSON text.
+fn json_to_sql(v: Option<&Value>) -> rusqlite::types::Value {
+    use rusqlite::types::Value as Sql;
+    match v {
+        None | Some(Value::Null) => Sql::Null,
+        Some(Value::String(s)) => Sql::Text(s.clone()),
+        Some(Value::Bool(b)) => Sql::Integer(*b as i64),
+        Some(Value::Number(n)) => {
+            n.as_i64().map(Sql::Integer).or_else(|| n.as_f64().map(Sql::Real)).unwrap_or(Sql::Null)
+        }
+        Some(other) => Sql::Text(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_is_idempotent_and_sets_user_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        drop(open(&path, &sqlite).unwrap());
+        let conn = open(&path, &sqlite).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
+}
