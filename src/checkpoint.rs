@@ -251,9 +251,8 @@ impl StateDb {
                 now
             ])?;
         } else {
-            tx.prepare_cached("UPDATE files SET path = ?3 WHERE dev = ?1 AND ino = ?2")?.execute(
-                params![file.dev as i64, file.ino as i64, &*file.source],
-            )?;
+            tx.prepare_cached("UPDATE files SET path = ?3 WHERE dev = ?1 AND ino = ?2")?
+                .execute(params![file.dev as i64, file.ino as i64, &*file.source])?;
         }
         Ok(())
     }
@@ -294,8 +293,10 @@ impl StateDb {
         file: &str,
         reason: &str,
     ) -> rusqlite::Result<()> {
-        tx.prepare_cached("INSERT OR IGNORE INTO dlq_keys (key, file, reason) VALUES (?1, ?2, ?3)")?
-            .execute(params![key, file, reason])?;
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO dlq_keys (key, file, reason) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![key, file, reason])?;
         Ok(())
     }
 

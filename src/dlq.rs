@@ -155,7 +155,8 @@ pub fn append(
     let path = dir.join(&name);
     let committed = StateDb::dlq_committed_len(tx, &name).map_err(io::Error::other)?.unwrap_or(0);
     let created = !path.exists();
-    let mut file = OpenOptions::new().create(true).write(true).truncate(false).mode(0o640).open(&path)?;
+    let mut file =
+        OpenOptions::new().create(true).write(true).truncate(false).mode(0o640).open(&path)?;
     // Longer than committed: a dead process's uncommitted tail, cut it. Shorter: the file was
     // rewritten (replay) or removed (retention) meanwhile; append to what is there.
     let len = file.metadata()?.len();
@@ -172,8 +173,7 @@ pub fn append(
     if created {
         File::open(dir)?.sync_all()?;
     }
-    StateDb::dlq_set_committed_len(tx, &name, base + out.len() as u64)
-        .map_err(io::Error::other)?;
+    StateDb::dlq_set_committed_len(tx, &name, base + out.len() as u64).map_err(io::Error::other)?;
     Ok(new_by_reason)
 }
 

@@ -190,9 +190,9 @@ pub fn parse_line<'a>(line: &'a [u8], mapping: &Mapping) -> Outcome<'a> {
 pub fn line_key(line_no: u64, digest: &[u8; 32]) -> String {
     use std::fmt::Write;
     let mut key = String::with_capacity(44);
-    let _ = write!(key, "{line_no:010}-");
+    write!(key, "{line_no:010}-").expect("writing to a String cannot fail");
     for byte in &digest[..16] {
-        let _ = write!(key, "{byte:02x}");
+        write!(key, "{byte:02x}").expect("writing to a String cannot fail");
     }
     key
 }
@@ -328,7 +328,9 @@ fn scalar(raw: &RawValue) -> Scalar<'_> {
         Json::Other("true") => Scalar::Int(1),
         Json::Other("false") => Scalar::Int(0),
         Json::Other(other) => match other.as_bytes()[0] {
-            b'-' | b'0'..=b'9' => other.parse::<f64>().map_or(Scalar::Text(text.into()), Scalar::Real),
+            b'-' | b'0'..=b'9' => {
+                other.parse::<f64>().map_or(Scalar::Text(text.into()), Scalar::Real)
+            }
             // Objects and arrays keep their JSON text.
             _ => Scalar::Text(Cow::Borrowed(other)),
         },

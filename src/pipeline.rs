@@ -190,8 +190,8 @@ impl Pipeline {
                 ),
             }
         } else if start == Start::End && !gzip {
-            (offset, line_no) = last_line_end(&handle)
-                .with_context(|| format!("reading {}", path.display()))?;
+            (offset, line_no) =
+                last_line_end(&handle).with_context(|| format!("reading {}", path.display()))?;
         }
         let (source, handle) = Source::open(path, offset, Some(self.disk_bytes.clone()))
             .with_context(|| format!("{}: opening at offset {offset}", path.display()))?;
@@ -206,7 +206,8 @@ impl Pipeline {
             handle,
         });
         let max_line = self.config.sources.max_line_bytes;
-        let reader = LineReader::new(source, offset, line_no, max_line, self.config.dlq.max_raw_bytes);
+        let reader =
+            LineReader::new(source, offset, line_no, max_line, self.config.dlq.max_raw_bytes);
         let msg = StateMsg::Open { file: file.clone(), offset, line_no, reset };
         if self.state_tx.send(msg).is_err() {
             anyhow::bail!("state thread stopped");
@@ -358,7 +359,8 @@ impl StateThread {
             StateDb::register(&tx, file, *offset, *line_no, *reset)
                 .with_context(|| format!("registering {}", file.path.display()))?;
         }
-        let new_dead = dlq::append(&self.dlq_dir, &tx, &self.dead).context("appending to the DLQ")?;
+        let new_dead =
+            dlq::append(&self.dlq_dir, &tx, &self.dead).context("appending to the DLQ")?;
         // Dead letters appended in this transaction count as durable for this pass.
         let mut dead_per_span: HashMap<*const Span, usize> = HashMap::new();
         for (_, span) in &self.dead {
@@ -372,8 +374,8 @@ impl StateThread {
             }
             let span = &queue[n_done - 1];
             let file = &span.file;
-            let fingerprint = Fingerprint::compute(&file.handle, file.gzip, span.end_offset)
-                .unwrap_or_default();
+            let fingerprint =
+                Fingerprint::compute(&file.handle, file.gzip, span.end_offset).unwrap_or_default();
             let size = if file.gzip { None } else { file.handle.metadata().ok().map(|m| m.len()) };
             let advance = Advance {
                 dev: file.dev,

@@ -139,7 +139,6 @@ impl Batch {
     pub fn arena_bytes(&self) -> usize {
         self.arena.len()
     }
-
 }
 
 fn push_text(arena: &mut String, s: &str) -> Text {
@@ -268,10 +267,8 @@ impl Router {
         let (meta, bytes) = match line {
             Line::Complete(meta, bytes) => (meta, bytes),
             Line::TooLong(meta, too_long) => {
-                let error = format!(
-                    "line is {} bytes, longer than sources.max_line_bytes",
-                    too_long.len
-                );
+                let error =
+                    format!("line is {} bytes, longer than sources.max_line_bytes", too_long.len);
                 pending.dead.push(DeadLetter::new(
                     file,
                     meta,
@@ -310,7 +307,7 @@ impl Router {
             }
         };
         let shard = shard_of(&record.run_id, self.writers.len());
-        let batch = pending.batches[shard].get_or_insert_with(|| BatchBuilder::default());
+        let batch = pending.batches[shard].get_or_insert_with(BatchBuilder::default);
         batch.push(&record, meta, bytes, file.day);
         pending.n_records += 1;
     }

@@ -49,7 +49,10 @@ impl Signals {
             for sig in signals.forever() {
                 let signal = if sig == SIGHUP { Signal::Reload } else { Signal::Shutdown };
                 if signal == Signal::Shutdown {
-                    tracing::info!(signal = sig, "shutdown requested; draining (send again to exit at once)");
+                    tracing::info!(
+                        signal = sig,
+                        "shutdown requested; draining (send again to exit at once)"
+                    );
                     flag.store(true, Ordering::SeqCst);
                 }
                 if tx.send(signal).is_err() {

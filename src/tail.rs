@@ -409,10 +409,7 @@ mod tests {
         let src = Pieces(vec![b"a\nbb".to_vec(), b"b\n\nccc".to_vec()]);
         let mut r = LineReader::new(src, 0, 0, 100, 10);
         let lines = collect(&mut r);
-        assert_eq!(
-            lines,
-            vec![(0, 1, "a".into()), (2, 2, "bbb".into()), (6, 3, "".into())]
-        );
+        assert_eq!(lines, vec![(0, 1, "a".into()), (2, 2, "bbb".into()), (6, 3, "".into())]);
         assert_eq!(r.offset(), 7);
         assert_eq!(r.pending_bytes(), 3);
         let last = r.finish().unwrap().unwrap();

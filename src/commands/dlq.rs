@@ -17,7 +17,12 @@ pub(super) fn list(config: &Config, reason: Option<&str>, json: bool) -> anyhow:
             writeln!(
                 out,
                 "{} {}:{} (line {}) {}: {}",
-                letter.at, letter.source, letter.offset, letter.line_no, letter.reason, letter.error
+                letter.at,
+                letter.source,
+                letter.offset,
+                letter.line_no,
+                letter.reason,
+                letter.error
             )?;
         }
     }

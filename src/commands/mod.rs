@@ -28,20 +28,50 @@ pub const DEFAULT_CONFIG: &str = "/etc/jsonl-shipper/config.toml";
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Loads the config named by `--config`/`--base` (exit 2 on error).
+/// Loads the config named by `--config`/`--base` (exit 2 on error) and starts logging with
+/// its `[log]` settings.
 pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
-    match (&args.base, &args.config) {
-        (Some(base), _) => Ok(Config::for_base(&absolute(base))),
+    let config = match (&args.base, &args.config) {
+        (Some(base), _) => Config::for_base(&absolute(base)),
         (None, config) => {
             let path = config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-            Config::load(&path).map_err(|e| UsageError(e.to_string()).into())
+            Config::load(&path).map_err(|e| UsageError(format!("{:#}", anyhow::Error::new(e))))?
         }
-    }
+    };
+    init_logging(&config.log)?;
+    Ok(config)
+}
+
+/// Logs go to stderr: no colours unless a terminal, no timestamps under journald (it adds its
+/// own), JSON lines with `format = "json"`. `RUST_LOG` overrides `log.level`.
+fn init_logging(log: &crate::config::LogConfig) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.is_empty() => {
+            EnvFilter::try_new(&directive).map_err(|e| UsageError(format!("RUST_LOG: {e}")))?
+        }
+        _ => EnvFilter::try_new(&log.level)
+            .map_err(|e| UsageError(format!("log.level: invalid filter {:?}: {e}", log.level)))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // A second call (tests, or a command loading twice) keeps the first subscriber.
+    let _ = match (log.format, journald) {
+        (crate::config::LogFormat::Json, _) => builder.json().try_init(),
+        (crate::config::LogFormat::Text, true) => builder.without_time().try_init(),
+        (crate::config::LogFormat::Text, false) => builder.try_init(),
+    };
+    Ok(())
 }
 
 /// Creates and checks the directories a writing command needs (exit 2 on error).
 pub fn prepare_dirs(config: &Config) -> anyhow::Result<()> {
-    config.prepare_dirs().map_err(|e| UsageError(e.to_string()).into())
+    config.prepare_dirs().map_err(|e| UsageError(format!("{:#}", anyhow::Error::new(e))).into())
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -73,7 +103,8 @@ fn parse_reason(reason: Option<&str>) -> anyhow::Result<Option<crate::parse::Dea
     reason
         .map(|r| {
             crate::parse::DeadReason::from_name(r).ok_or_else(|| {
-                let all: Vec<_> = crate::parse::DeadReason::ALL.iter().map(|r| r.as_str()).collect();
+                let all: Vec<_> =
+                    crate::parse::DeadReason::ALL.iter().map(|r| r.as_str()).collect();
                 UsageError(format!("--reason {r:?} is not one of {}", all.join(", "))).into()
             })
         })

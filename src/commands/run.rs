@@ -214,7 +214,9 @@ impl Tailer<'_> {
         for key in done {
             let Some(mut tailed) = self.files.remove(&key) else { continue };
             let path = tailed.opened.file.path.clone();
-            if let Err(error) = self.router.route(&tailed.opened.file, &mut tailed.opened.reader, true, &|| false) {
+            if let Err(error) =
+                self.router.route(&tailed.opened.file, &mut tailed.opened.reader, true, &|| false)
+            {
                 tracing::error!(path = %path.display(), %error, "read error while closing");
             }
             tracing::info!(path = %path.display(), offset = tailed.opened.reader.offset(), "closed rotated or deleted file");

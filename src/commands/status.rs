@@ -54,8 +54,10 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut files: Vec<FileStatus> = checkpoints
         .into_values()
         .map(|cp| {
-            let current = std::fs::metadata(&cp.path).ok().filter(|m| m.dev() == cp.dev && m.ino() == cp.ino);
-            let size = if cp.gzip { cp.size } else { current.as_ref().map(|m| m.len()).or(cp.size) };
+            let current =
+                std::fs::metadata(&cp.path).ok().filter(|m| m.dev() == cp.dev && m.ino() == cp.ino);
+            let size =
+                if cp.gzip { cp.size } else { current.as_ref().map(|m| m.len()).or(cp.size) };
             FileStatus {
                 path: cp.path.display().to_string(),
                 offset: cp.offset,
@@ -80,7 +82,10 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             if name.ends_with(".sqlite") {
                 runs.count += 1;
             }
-            if name.ends_with(".sqlite") || name.ends_with(".sqlite-wal") || name.ends_with(".sqlite-shm") {
+            if name.ends_with(".sqlite")
+                || name.ends_with(".sqlite-wal")
+                || name.ends_with(".sqlite-shm")
+            {
                 runs.bytes += meta.len();
             }
         }
@@ -112,7 +117,13 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             if f.present { "" } else { " (gone)" }
         )?;
     }
-    writeln!(out, "\nruns: {} DBs, {} in {}", status.runs.count, bytesize::ByteSize(status.runs.bytes), config.output.dir.display())?;
+    writeln!(
+        out,
+        "\nruns: {} DBs, {} in {}",
+        status.runs.count,
+        bytesize::ByteSize(status.runs.bytes),
+        config.output.dir.display()
+    )?;
     write!(out, "dead letters: {}", status.dlq.lines)?;
     for (reason, n) in &status.dlq.by_reason {
         write!(out, ", {reason}: {n}")?;

@@ -26,11 +26,7 @@ pub fn fold_run_record(state: &mut Value, record: &Value, status_key: &str) {
     };
     let resurrects = record.get(status_key).and_then(Value::as_str) == Some("running")
         && matches!(state.get(status_key), Some(v) if !v.is_null() && v.as_str() != Some("running"));
-    merge_object(
-        target_or_new(state),
-        record,
-        resurrects.then_some(status_key),
-    );
+    merge_object(target_or_new(state), record, resurrects.then_some(status_key));
 }
 
 /// RFC 7396 `MergePatch` for an object patch, optionally skipping one top-level key.
@@ -80,18 +76,10 @@ mod tests {
             (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
             (json!({"a":"b"}), json!({"a":null}), json!({})),
-            (
-                json!({"a":"b","b":"c"}),
-                json!({"a":null}),
-                json!({"b":"c"}),
-            ),
+            (json!({"a":"b","b":"c"}), json!({"a":null}), json!({"b":"c"})),
             (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
-            (
-                json!({"a":{"b":"c"}}),
-                json!({"a":{"b":"d","c":null}}),
-                json!({"a":{"b":"d"}}),
-            ),
+            (json!({"a":{"b":"c"}}), json!({"a":{"b":"d","c":null}}), json!({"a":{"b":"d"}})),
             (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
             (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
             (json!({"a":"b"}), json!(["c"]), json!(["c"])),
@@ -99,11 +87,7 @@ mod tests {
             (json!({"a":"foo"}), json!("bar"), json!("bar")),
             (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
             (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
-            (
-                json!({}),
-                json!({"a":{"bb":{"ccc":null}}}),
-                json!({"a":{"bb":{}}}),
-            ),
+            (json!({}), json!({"a":{"bb":{"ccc":null}}}), json!({"a":{"bb":{}}})),
             (
                 json!({"title":"Goodbye!","author":{"givenName":"John","familyName":"Doe"},
                        "tags":["example","sample"],"content":"This will be unchanged"}),
@@ -149,10 +133,7 @@ mod tests {
 
         // running → running is an ordinary replacement.
         check_fold(
-            &[
-                json!({"status":"running","n":1}),
-                json!({"status":"running","n":2}),
-            ],
+            &[json!({"status":"running","n":1}), json!({"status":"running","n":2})],
             json!({"status":"running","n":2}),
         );
 
@@ -173,10 +154,7 @@ mod tests {
         );
 
         // Any non-"running" status is terminal, whatever its JSON type.
-        check_fold(
-            &[json!({"status":3}), json!({"status":"running"})],
-            json!({"status":3}),
-        );
+        check_fold(&[json!({"status":3}), json!({"status":"running"})], json!({"status":3}));
 
         // The status key is configurable.
         let mut state = json!({});

@@ -162,7 +162,10 @@ impl Writer {
         }
         if !dead.is_empty() {
             // The state thread acks these once they are durable in the DLQ.
-            let _ = self.state.send(StateMsg::Dead(dead));
+            if self.state.send(StateMsg::Dead(dead)).is_err() {
+                // Only during a failed shutdown; the spans stay pending, so nothing is lost.
+                tracing::error!("state thread gone; write_failed dead letters will be replayed");
+            }
         }
         for (batch, failed) in batches.iter().zip(failed_per_batch) {
             batch.span.ack(batch.recs.len() - failed);
@@ -181,7 +184,8 @@ impl Writer {
         let mut last_log: Option<Instant> = None;
         loop {
             let result = self.pool.get(run_id).and_then(|conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let outcome = run_db::write_run(&tx, run_id, batches, refs, &self.config.mapping)?;
                 tx.commit()?;
                 Ok(outcome)
@@ -190,7 +194,11 @@ impl Writer {
                 Ok(outcome) => {
                     self.counters.commits.add(1);
                     if attempt > 0 {
-                        tracing::info!(run_id, attempts = attempt + 1, "run DB write succeeded after retries");
+                        tracing::info!(
+                            run_id,
+                            attempts = attempt + 1,
+                            "run DB write succeeded after retries"
+                        );
                     }
                     return outcome;
                 }
@@ -276,7 +284,9 @@ impl Pool {
 
 /// Closes a connection, truncating its WAL first so an idle run leaves one file behind.
 fn close(conn: Connection, path: &Path) {
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    if let Err(error) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::debug!(path = %path.display(), %error, "WAL checkpoint on close failed");
+    }
     if let Err((_, error)) = conn.close() {
         tracing::warn!(path = %path.display(), %error, "closing run DB failed");
     }

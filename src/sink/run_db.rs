@@ -227,9 +227,8 @@ fn merge_run(
         max_pos = new[new.len() - 1].0;
     } else {
         state = Value::Object(Default::default());
-        let mut stmt = tx.prepare_cached(
-            "SELECT pos, data FROM run_records ORDER BY pos, rowid",
-        )?;
+        let mut stmt =
+            tx.prepare_cached("SELECT pos, data FROM run_records ORDER BY pos, rowid")?;
         let mut rows = stmt.query([])?;
         let mut last = -1;
         while let Some(row) = rows.next()? {

@@ -124,10 +124,7 @@ mod tests {
         assert!(name.len() <= 255, "{} bytes: {name}", name.len());
         let stem = name.strip_suffix(".sqlite").expect("ends with .sqlite");
         assert!(!stem.is_empty(), "empty stem: {name}");
-        assert!(
-            stem.bytes().all(|b| is_kept(b) || b == b'%' || b == b'~'),
-            "bad byte in {name}"
-        );
+        assert!(stem.bytes().all(|b| is_kept(b) || b == b'%' || b == b'~'), "bad byte in {name}");
     }
 
     #[test]
@@ -191,24 +188,12 @@ mod tests {
     #[test]
     fn hostile_ids_stay_in_dir() {
         let long = "../".repeat(400);
-        let hostile = [
-            "..",
-            ".",
-            "../x",
-            "/etc/passwd",
-            "a/../../b",
-            "\u{0}",
-            "~root",
-            &long,
-        ];
+        let hostile = ["..", ".", "../x", "/etc/passwd", "a/../../b", "\u{0}", "~root", &long];
         for id in hostile {
             let name = db_file_name(id);
             let path = Path::new("/out").join(&name);
             assert_eq!(path.parent(), Some(Path::new("/out")), "{id:?}");
-            assert_eq!(
-                path.file_name().and_then(|n| n.to_str()),
-                Some(name.as_str())
-            );
+            assert_eq!(path.file_name().and_then(|n| n.to_str()), Some(name.as_str()));
             assert!(!name.starts_with('.'));
         }
     }
