@@ -115,6 +115,10 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
         (events + counters.events_unchanged.get()) as f64 / elapsed.max(1e-9),
     );
     eprintln!("{summary}");
+    eprintln!(
+        "run DBs are in {dir} (one per run); try: sqlite3 {dir}/<run>.sqlite 'SELECT event_type, count(*) FROM events GROUP BY 1'; dead letters: jsonl-shipper dlq list",
+        dir = config.output.dir.display()
+    );
     if failed.load(Ordering::SeqCst) {
         return Ok(ExitCode::from(super::EXIT_FAILURE));
     }
