@@ -1176,7 +1176,7 @@ impl Goal {
     }
     /// Judged on the median throughput and the worst (max) peak RSS over the reps.
     fn met(&self, ev: &Stat, rss: &Stat) -> bool {
-        ev.median >= self.min_ev_per_s && self.max_rss_mib.map_or(true, |m| rss.max <= m)
+        ev.median >= self.min_ev_per_s && self.max_rss_mib.is_none_or(|m| rss.max <= m)
     }
 }
 
@@ -1184,7 +1184,7 @@ fn fmt_int(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
