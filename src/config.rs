@@ -33,8 +33,10 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = MIB as usize;
 pub const DEFAULT_MAX_OPEN_FILES: usize = 1024;
 /// Large batches amortise the per-commit fsync, which dominates write cost.
 pub const DEFAULT_BATCH_MAX_EVENTS: usize = 20_000;
-/// Bounds the memory one batch holds, whatever the line sizes.
-pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 * MIB as usize;
+/// Bounds the memory buffered records hold (all writers together), whatever the line sizes and
+/// the number of runs; with thousands of interleaved runs batches grow to this to amortise
+/// one commit per run.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 64 * MIB as usize;
 /// A trickle of events still lands within a tenth of a second.
 pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(100);
 /// Enough for every concurrently active run on a busy host; each open DB costs fds and cache.
@@ -1022,7 +1024,7 @@ mod tests {
     fn to_toml_string_round_trips() {
         let mut c = Config::for_base(Path::new("/b"));
         let defaults = c.to_toml_string();
-        assert!(defaults.contains("batch_max_bytes = \"16MiB\""), "{defaults}");
+        assert!(defaults.contains("batch_max_bytes = \"64MiB\""), "{defaults}");
         assert!(defaults.contains("max_age = \"off\""), "{defaults}");
         assert!(defaults.contains("batch_max_delay = \"100ms\""), "{defaults}");
         assert_eq!(parse(&defaults).unwrap(), c);

@@ -136,8 +136,9 @@ impl Batch {
         &self.span.file.source
     }
 
-    pub fn arena_bytes(&self) -> usize {
-        self.arena.len()
+    /// Roughly what this batch holds in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.arena.capacity() + self.recs.capacity() * std::mem::size_of::<Rec>()
     }
 }
 

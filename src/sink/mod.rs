@@ -13,7 +13,7 @@ pub mod merge;
 pub mod run_db;
 pub mod run_path;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,6 +28,14 @@ use crate::metrics::Counters;
 use crate::parse::DeadReason;
 use crate::route::{Batch, StateMsg};
 use crate::tail::LineMeta;
+
+/// Rows per run a count-triggered flush waits for (see `Writer::should_flush`).
+const MIN_ROWS_PER_COMMIT: usize = 64;
+
+fn hash_run(run_id: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(run_id)
+}
 
 /// What a writer needs to know; shared by all writers.
 #[derive(Debug, Clone)]
@@ -64,6 +72,7 @@ pub fn spawn(
             n_events: 0,
             n_bytes: 0,
             oldest: None,
+            runs_in_buffer: HashSet::new(),
         };
         writer.run(inbox);
     })
@@ -78,6 +87,8 @@ struct Writer {
     n_events: usize,
     n_bytes: usize,
     oldest: Option<Instant>,
+    /// Hashes of the run_ids in `pending`.
+    runs_in_buffer: HashSet<u64>,
     /// Runs written so far, for the backfill summary (None in the daemon: it would grow forever).
     seen_runs: Option<std::collections::HashSet<String>>,
 }
@@ -96,12 +107,13 @@ impl Writer {
             match received {
                 Ok(batch) => {
                     self.n_events += batch.recs.len();
-                    self.n_bytes += batch.arena_bytes();
+                    self.n_bytes += batch.memory_bytes();
+                    for rec in &batch.recs {
+                        self.runs_in_buffer.insert(hash_run(batch.text(rec.run_id)));
+                    }
                     self.oldest.get_or_insert_with(Instant::now);
                     self.pending.push(batch);
-                    if self.n_events >= self.config.max_events
-                        || self.n_bytes >= self.config.max_bytes
-                    {
+                    if self.should_flush() {
                         self.flush();
                     }
                 }
@@ -115,8 +127,19 @@ impl Writer {
         }
     }
 
+    /// Size-based flushing. `max_events` alone would, with thousands of interleaved runs, make
+    /// every flush a few rows in each of thousands of DBs (a commit, an fsync and often an
+    /// open each); so the count only triggers once there are enough rows per run to be worth
+    /// a commit, and `max_bytes` bounds memory whatever the mix.
+    fn should_flush(&self) -> bool {
+        self.n_bytes >= self.config.max_bytes
+            || (self.n_events >= self.config.max_events
+                && self.n_events >= MIN_ROWS_PER_COMMIT * self.runs_in_buffer.len())
+    }
+
     fn flush(&mut self) {
         let batches = std::mem::take(&mut self.pending);
+        self.runs_in_buffer.clear();
         self.n_events = 0;
         self.n_bytes = 0;
         self.oldest = None;
@@ -129,6 +152,10 @@ impl Writer {
                 by_run.entry(batch.text(rec.run_id)).or_default().push((b as u32, r as u32));
             }
         }
+        // Runs whose DB is open first, so that opening the others does not evict DBs this
+        // flush still needs.
+        let mut by_run: Vec<(&str, Vec<(u32, u32)>)> = by_run.into_iter().collect();
+        by_run.sort_by_key(|(run_id, _)| !self.pool.is_open(run_id));
         let mut failed_per_batch = vec![0usize; batches.len()];
         let mut dead = Vec::new();
         for (run_id, refs) in &by_run {
@@ -240,11 +267,20 @@ struct Pool {
     cap: usize,
     conns: HashMap<String, (Connection, u64)>,
     tick: u64,
+    /// Runs closed without a checkpoint since (their WAL may hold commits).
+    uncheckpointed: HashSet<String>,
 }
 
 impl Pool {
     fn new(dir: PathBuf, sqlite: SqliteConfig, cap: usize) -> Pool {
-        Pool { dir, sqlite, cap: cap.max(1), conns: HashMap::new(), tick: 0 }
+        Pool {
+            dir,
+            sqlite,
+            cap: cap.max(1),
+            conns: HashMap::new(),
+            tick: 0,
+            uncheckpointed: HashSet::new(),
+        }
     }
 
     fn path_of(&self, run_id: &str) -> PathBuf {
@@ -269,24 +305,51 @@ impl Pool {
         Ok(&mut entry.0)
     }
 
+    fn is_open(&self, run_id: &str) -> bool {
+        self.conns.contains_key(run_id)
+    }
+
+    /// Closes a DB without checkpointing; it is remembered and checkpointed by `close_all`.
     fn evict(&mut self, run_id: &str) {
         if let Some((conn, _)) = self.conns.remove(run_id) {
             close(conn, &self.path_of(run_id));
+            self.uncheckpointed.insert(run_id.to_string());
         }
     }
 
+    /// Checkpoints (TRUNCATE) and closes every DB this pool wrote, open or not, so that a
+    /// finished writer leaves each run as one file.
     fn close_all(&mut self) {
         for (run_id, (conn, _)) in std::mem::take(&mut self.conns) {
-            close(conn, &self.path_of(&run_id));
+            checkpoint_and_close(conn, &self.path_of(&run_id));
+            self.uncheckpointed.remove(&run_id);
+        }
+        for run_id in std::mem::take(&mut self.uncheckpointed) {
+            let path = self.path_of(&run_id);
+            match run_db::open(&path, &self.sqlite) {
+                Ok(conn) => checkpoint_and_close(conn, &path),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot open run DB to checkpoint it")
+                }
+            }
         }
     }
 }
 
-/// Closes a connection, truncating its WAL first so an idle run leaves one file behind.
-fn close(conn: Connection, path: &Path) {
+fn checkpoint_and_close(conn: Connection, path: &Path) {
     if let Err(error) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-        tracing::debug!(path = %path.display(), %error, "WAL checkpoint on close failed");
+        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
     }
+    // Let SQLite remove the (now empty) WAL and shm files when this last connection closes.
+    if let Err(error) =
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+    {
+        tracing::debug!(path = %path.display(), %error, "cannot re-enable checkpoint on close");
+    }
+    close(conn, path);
+}
+
+fn close(conn: Connection, path: &Path) {
     if let Err((_, error)) = conn.close() {
         tracing::warn!(path = %path.display(), %error, "closing run DB failed");
     }

@@ -105,9 +105,14 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<(
 }
 
 /// Opens (creating if needed) a run DB.
+///
+/// Closing it does not checkpoint: with thousands of runs the pool closes and reopens DBs
+/// often, and a checkpoint plus WAL delete/recreate on every close cost more than the writes.
+/// The writer checkpoints explicitly instead (`checkpoint_and_close`).
 pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
     create_private_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     let mut conn = Connection::open(path)?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     apply_pragmas(&conn, sqlite)?;
     migrate(&mut conn, MIGRATIONS)?;
     conn.set_prepared_statement_cache_capacity(16);
