@@ -5,7 +5,6 @@
 //! event upserts are ordered by stream position (file day, line number), not arrival order.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,15 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::UsageError;
 use crate::config::Config;
+use crate::discover;
 use crate::metrics::Counters;
 use crate::pipeline::{Mode, Pipeline};
 use crate::shutdown::Signals;
 
 pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::Result<ExitCode> {
     super::prepare_dirs(&config)?;
-    let files = expand(&config, args)?;
+    let files = discover::backfill_files(&config.sources.paths, args)
+        .map_err(|e| super::UsageError(e.to_string()))?;
     let total_bytes: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
     let signals = Signals::install().context("installing signal handlers")?;
     let started = Instant::now();
@@ -135,51 +135,6 @@ fn is_finished(file: &crate::route::FileEntry, close_inactive: Duration) -> bool
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= close_inactive))
-}
-
-/// The files to ship, oldest day first. Without arguments: the configured globs and their
-/// `.gz` twins. Arguments may be files, directories (their `*.ndjson` and `*.ndjson.gz`) or
-/// globs; one that matches nothing is a usage error.
-fn expand(config: &Config, args: &[String]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    if args.is_empty() {
-        for pattern in &config.sources.paths {
-            files.extend(glob_files(pattern)?);
-            files.extend(glob_files(&format!("{pattern}.gz"))?);
-        }
-    } else {
-        for arg in args {
-            let path = Path::new(arg);
-            if path.is_dir() {
-                let dir = glob::Pattern::escape(arg);
-                files.extend(glob_files(&format!("{dir}/*.ndjson"))?);
-                files.extend(glob_files(&format!("{dir}/*.ndjson.gz"))?);
-            } else if path.is_file() {
-                files.push(path.to_path_buf());
-            } else if arg.contains(['*', '?', '[']) {
-                let matched = glob_files(arg)?;
-                if matched.is_empty() {
-                    return Err(UsageError(format!("{arg}: the glob matches no file")).into());
-                }
-                files.extend(matched);
-            } else {
-                return Err(UsageError(format!("{arg}: no such file or directory")).into());
-            }
-        }
-    }
-    let mut files: Vec<PathBuf> =
-        files.into_iter().map(|p| std::path::absolute(&p).unwrap_or(p)).collect();
-    files.sort_by_cached_key(|p| {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        (crate::parse::file_day(&name), p.clone())
-    });
-    files.dedup();
-    Ok(files)
-}
-
-fn glob_files(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let paths = glob::glob(pattern).map_err(|e| UsageError(format!("{pattern}: bad glob: {e}")))?;
-    Ok(paths.filter_map(Result::ok).filter(|p| p.is_file()).collect())
 }
 
 /// A progress bar on a terminal; a log line every 10 s otherwise.

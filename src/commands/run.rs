@@ -15,6 +15,7 @@ use notify::Watcher;
 
 use crate::cli::ConfigArgs;
 use crate::config::{Config, ReadFrom};
+use crate::discover;
 use crate::metrics::Counters;
 use crate::pipeline::{Mode, Opened, Pipeline};
 use crate::route::{Routed, Router};
@@ -112,7 +113,7 @@ impl Tailer<'_> {
     /// Finds files matching the globs and starts tailing new ones.
     fn rescan(&mut self, mut watcher: Option<&mut notify::RecommendedWatcher>) {
         for pattern in &self.config.sources.paths {
-            let dir = glob_base(pattern);
+            let dir = discover::glob_base(pattern);
             if let Some(w) = watcher.as_deref_mut() {
                 if !self.watched_dirs.contains(&dir)
                     && dir.is_dir()
@@ -222,33 +223,5 @@ impl Tailer<'_> {
             tracing::info!(path = %path.display(), offset = tailed.opened.reader.offset(), "closed rotated or deleted file");
         }
         self.counters.files_watched.set(self.files.len() as u64);
-    }
-}
-
-/// The directory part of a glob before its first wildcard: what inotify watches.
-fn glob_base(pattern: &str) -> PathBuf {
-    let mut base = PathBuf::new();
-    for part in Path::new(pattern).components() {
-        let text = part.as_os_str().to_string_lossy();
-        if text.contains(['*', '?', '[']) {
-            break;
-        }
-        base.push(part);
-    }
-    if base.as_os_str() == pattern {
-        base.pop();
-    }
-    base
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_base_is_the_literal_directory() {
-        assert_eq!(glob_base("/d/raw/events_*.ndjson"), PathBuf::from("/d/raw"));
-        assert_eq!(glob_base("/d/*/x.ndjson"), PathBuf::from("/d"));
-        assert_eq!(glob_base("/d/raw/events.ndjson"), PathBuf::from("/d/raw"));
     }
 }
