@@ -308,6 +308,15 @@ impl StateDb {
         rows.collect()
     }
 
+    /// Records a DLQ file (length 0) in its own committed transaction, before the file is
+    /// created, so that `dlq::recover` knows every file this state DB's processes write.
+    pub fn dlq_ensure_file(&mut self, name: &str) -> rusqlite::Result<()> {
+        let tx = self.transaction()?;
+        tx.prepare_cached("INSERT OR IGNORE INTO dlq_files (name, committed_len) VALUES (?1, 0)")?
+            .execute([name])?;
+        tx.commit()
+    }
+
     pub fn dlq_committed_len(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<u64>> {
         tx.prepare_cached("SELECT committed_len FROM dlq_files WHERE name = ?1")?
             .query_row([name], |r| r.get::<_, i64>(0))

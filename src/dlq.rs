@@ -120,8 +120,8 @@ pub fn append(
     dir: &Path,
     tx: &Transaction<'_>,
     letters: &[(DeadLetter, Arc<Span>)],
+    now: SystemTime,
 ) -> io::Result<BTreeMap<DeadReason, u64>> {
-    let now = SystemTime::now();
     let name = file_name_for(now);
     let at = humantime::format_rfc3339_millis(now).to_string();
     let mut out = Vec::new();
@@ -178,12 +178,14 @@ pub fn append(
 }
 
 /// Cuts every DLQ file back to its committed length: run under the lock at startup, so lines
-/// appended by a process that died before committing do not stay visible.
+/// appended by a process that died before committing do not stay visible. Files this state DB
+/// never recorded are left alone: they were not written under it (e.g. the state DB was reset),
+/// and cutting them would destroy dead letters. (`append` records a file before creating it.)
 pub fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64)>> {
     let committed = state.dlq_committed().map_err(io::Error::other)?;
     let mut cut = Vec::new();
     for (name, len) in dlq_files(dir)? {
-        let want = committed.get(&name).copied().unwrap_or(0);
+        let Some(&want) = committed.get(&name) else { continue };
         if len > want {
             let path = dir.join(&name);
             OpenOptions::new().write(true).open(&path)?.set_len(want)?;

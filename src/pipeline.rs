@@ -349,10 +349,15 @@ impl StateThread {
         if self.opens.is_empty() && self.dead.is_empty() && !has_advance {
             return Ok(());
         }
+        let now = std::time::SystemTime::now();
         let _lock = if self.dead.is_empty() {
             None
         } else {
-            Some(DlqLock::acquire(&self.dlq_dir).context("locking the DLQ")?)
+            let lock = DlqLock::acquire(&self.dlq_dir).context("locking the DLQ")?;
+            self.db
+                .dlq_ensure_file(&dlq::file_name_for(now))
+                .context("recording the DLQ file in the state DB")?;
+            Some(lock)
         };
         let tx = self.db.transaction().context("starting state transaction")?;
         for (file, offset, line_no, reset) in &self.opens {
@@ -360,7 +365,7 @@ impl StateThread {
                 .with_context(|| format!("registering {}", file.path.display()))?;
         }
         let new_dead =
-            dlq::append(&self.dlq_dir, &tx, &self.dead).context("appending to the DLQ")?;
+            dlq::append(&self.dlq_dir, &tx, &self.dead, now).context("appending to the DLQ")?;
         // Dead letters appended in this transaction count as durable for this pass.
         let mut dead_per_span: HashMap<*const Span, usize> = HashMap::new();
         for (_, span) in &self.dead {
