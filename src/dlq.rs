@@ -52,7 +52,11 @@ impl DeadLetter {
         digest: &[u8; 32],
         max_raw_bytes: usize,
     ) -> DeadLetter {
-        let cut = &raw[..raw.len().min(max_raw_bytes)];
+        // Cut after the lossy conversion, at a character boundary: each invalid byte becomes a
+        // 3-byte U+FFFD, so cutting the input instead could triple `raw`.
+        let mut lossy =
+            String::from_utf8_lossy(&raw[..raw.len().min(max_raw_bytes + 3)]).into_owned();
+        lossy.truncate(crate::parse::floor_char_boundary(&lossy, max_raw_bytes));
         let mut key = Vec::with_capacity(24);
         key.extend_from_slice(&meta.line_no.to_be_bytes());
         key.extend_from_slice(&digest[..16]);
@@ -62,7 +66,7 @@ impl DeadLetter {
             line_no: meta.line_no,
             reason,
             error,
-            raw: String::from_utf8_lossy(cut).into_owned(),
+            raw: lossy,
             raw_len,
             key,
         }

@@ -280,11 +280,17 @@ fn not_object_error(trimmed: &str) -> String {
 }
 
 fn cut(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
+    &s[..floor_char_boundary(s, max)]
+}
+
+/// The largest char boundary of `s` at or below `index` (`str::floor_char_boundary` is newer
+/// than our MSRV).
+pub fn floor_char_boundary(s: &str, index: usize) -> usize {
+    let mut end = index.min(s.len());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &s[..end]
+    end
 }
 
 /// A mapped field's raw JSON, classified.

@@ -37,7 +37,7 @@ const PASS_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Batches in flight per writer: enough to keep a writer busy while the reader parses ahead,
 /// few enough that a stalled DB stops the reader within a few MiB.
-const WRITER_INBOX: usize = 16;
+const WRITER_INBOX: usize = 4;
 
 /// How the writers batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,7 @@ impl Pipeline {
             output_dir: config.output.dir.clone(),
             sqlite: config.sqlite.clone(),
             mapping: config.mapping.clone(),
-            max_events: config.output.batch_max_events.div_ceil(n_writers).max(1),
+            max_events: config.output.batch_max_events.max(1),
             max_bytes: config.output.batch_max_bytes.div_ceil(n_writers).max(1),
             linger: (mode == Mode::Daemon).then_some(config.output.batch_max_delay),
             max_open: config.output.max_open_dbs.div_ceil(n_writers).max(1),

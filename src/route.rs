@@ -106,13 +106,17 @@ pub struct Rec {
     pub offset: u64,
     pub line_no: u64,
     pub pos: i64,
+    /// Index into the owning batch's spans.
+    span: u32,
 }
 
-/// Records of one span for one writer shard. Strings are packed in one arena so a batch is a
-/// handful of allocations whatever its size.
-#[derive(Debug)]
+/// Records with their strings packed in one arena, so a batch is a handful of allocations
+/// whatever its size. Readers send one per span and writer shard; writers keep one per run,
+/// filled from many incoming batches (`push_from`), so each record knows its span.
+#[derive(Debug, Default)]
 pub struct Batch {
-    pub span: Arc<Span>,
+    /// The spans the records belong to, with how many records of each are here, in order.
+    spans: Vec<(Arc<Span>, usize)>,
     arena: String,
     pub recs: Vec<Rec>,
 }
@@ -132,13 +136,52 @@ impl Batch {
         })
     }
 
-    pub fn source(&self) -> &str {
-        &self.span.file.source
+    /// The span a record belongs to.
+    pub fn span_of(&self, rec: &Rec) -> &Arc<Span> {
+        &self.spans[rec.span as usize].0
+    }
+
+    /// The path a record was read from.
+    pub fn source(&self, rec: &Rec) -> &str {
+        &self.span_of(rec).file.source
+    }
+
+    /// The spans of these records with their record counts.
+    pub fn spans(&self) -> &[(Arc<Span>, usize)] {
+        &self.spans
     }
 
     /// Roughly what this batch holds in memory.
     pub fn memory_bytes(&self) -> usize {
         self.arena.capacity() + self.recs.capacity() * std::mem::size_of::<Rec>()
+    }
+
+    /// Copies `rec` of `from` into this batch.
+    pub fn push_from(&mut self, from: &Batch, rec: &Rec) {
+        let span = from.span_of(rec);
+        match self.spans.last_mut() {
+            Some((last, n)) if Arc::ptr_eq(last, span) => *n += 1,
+            _ => self.spans.push((span.clone(), 1)),
+        }
+        let arena = &mut self.arena;
+        let mut copy = |t: Text| push_text(arena, from.text(t));
+        let copied = Rec {
+            run_id: copy(rec.run_id),
+            key: copy(rec.key),
+            data: copy(rec.data),
+            span: (self.spans.len() - 1) as u32,
+            ..rec.clone()
+        };
+        let event_type = copy_value(&mut self.arena, from, rec.event_type);
+        let ts = copy_value(&mut self.arena, from, rec.ts);
+        self.recs.push(Rec { event_type, ts, ..copied });
+    }
+}
+
+fn copy_value(arena: &mut String, from: &Batch, v: Value) -> Value {
+    match v {
+        Value::Text(t) => Value::Text(push_text(arena, from.text(t))),
+        other => other,
     }
 }
 
@@ -374,11 +417,13 @@ impl BatchBuilder {
             offset: meta.offset,
             line_no: meta.line_no,
             pos: parse::stream_pos(day, meta.line_no),
+            span: 0,
         });
     }
 
     fn into_batch(self, span: Arc<Span>) -> Batch {
-        Batch { span, arena: self.arena, recs: self.recs }
+        let n = self.recs.len();
+        Batch { spans: vec![(span, n)], arena: self.arena, recs: self.recs }
     }
 }
 

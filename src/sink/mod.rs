@@ -26,16 +26,8 @@ use crate::config::{Mapping, SqliteConfig};
 use crate::dlq::DeadLetter;
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
-use crate::route::{Batch, StateMsg};
+use crate::route::{Batch, Span, StateMsg};
 use crate::tail::LineMeta;
-
-/// Rows per run a count-triggered flush waits for (see `Writer::should_flush`).
-const MIN_ROWS_PER_COMMIT: usize = 64;
-
-fn hash_run(run_id: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(run_id)
-}
 
 /// What a writer needs to know; shared by all writers.
 #[derive(Debug, Clone)]
@@ -68,11 +60,9 @@ pub fn spawn(
             config,
             state,
             counters,
-            pending: Vec::new(),
-            n_events: 0,
+            runs: HashMap::new(),
             n_bytes: 0,
             oldest: None,
-            runs_in_buffer: HashSet::new(),
         };
         writer.run(inbox);
     })
@@ -83,14 +73,13 @@ struct Writer {
     pool: Pool,
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
-    pending: Vec<Batch>,
-    n_events: usize,
+    /// Buffered records, per run.
+    runs: HashMap<String, Batch>,
     n_bytes: usize,
+    /// When the oldest buffered record arrived.
     oldest: Option<Instant>,
-    /// Hashes of the run_ids in `pending`.
-    runs_in_buffer: HashSet<u64>,
     /// Runs written so far, for the backfill summary (None in the daemon: it would grow forever).
-    seen_runs: Option<std::collections::HashSet<String>>,
+    seen_runs: Option<HashSet<String>>,
 }
 
 impl Writer {
@@ -105,21 +94,10 @@ impl Writer {
                 None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
-                Ok(batch) => {
-                    self.n_events += batch.recs.len();
-                    self.n_bytes += batch.memory_bytes();
-                    for rec in &batch.recs {
-                        self.runs_in_buffer.insert(hash_run(batch.text(rec.run_id)));
-                    }
-                    self.oldest.get_or_insert_with(Instant::now);
-                    self.pending.push(batch);
-                    if self.should_flush() {
-                        self.flush();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => self.flush(),
+                Ok(batch) => self.buffer(batch),
+                Err(RecvTimeoutError::Timeout) => self.flush_all(),
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.flush();
+                    self.flush_all();
                     self.pool.close_all();
                     return;
                 }
@@ -127,93 +105,99 @@ impl Writer {
         }
     }
 
-    /// Size-based flushing. `max_events` alone would, with thousands of interleaved runs, make
-    /// every flush a few rows in each of thousands of DBs (a commit, an fsync and often an
-    /// open each); so the count only triggers once there are enough rows per run to be worth
-    /// a commit, and `max_bytes` bounds memory whatever the mix.
-    fn should_flush(&self) -> bool {
-        self.n_bytes >= self.config.max_bytes
-            || (self.n_events >= self.config.max_events
-                && self.n_events >= MIN_ROWS_PER_COMMIT * self.runs_in_buffer.len())
+    /// Sorts a batch's records into the per-run buffers, then commits the runs that have
+    /// `max_events` rows, and everything if the buffers hold `max_bytes`.
+    fn buffer(&mut self, batch: Batch) {
+        let mut full: Vec<String> = Vec::new();
+        for rec in &batch.recs {
+            let run_id = batch.text(rec.run_id);
+            let buf = match self.runs.get_mut(run_id) {
+                Some(buf) => buf,
+                None => self.runs.entry(run_id.to_string()).or_default(),
+            };
+            let before = buf.memory_bytes();
+            buf.push_from(&batch, rec);
+            self.n_bytes = self.n_bytes + buf.memory_bytes() - before;
+            if buf.recs.len() == self.config.max_events {
+                full.push(run_id.to_string());
+            }
+        }
+        self.oldest.get_or_insert_with(Instant::now);
+        for run_id in full {
+            self.flush_run(&run_id);
+        }
+        if self.n_bytes >= self.config.max_bytes {
+            self.flush_all();
+        }
     }
 
-    fn flush(&mut self) {
-        let batches = std::mem::take(&mut self.pending);
-        self.runs_in_buffer.clear();
-        self.n_events = 0;
-        self.n_bytes = 0;
-        self.oldest = None;
-        if batches.is_empty() {
-            return;
-        }
-        let mut by_run: HashMap<&str, Vec<(u32, u32)>> = HashMap::new();
-        for (b, batch) in batches.iter().enumerate() {
-            for (r, rec) in batch.recs.iter().enumerate() {
-                by_run.entry(batch.text(rec.run_id)).or_default().push((b as u32, r as u32));
-            }
-        }
+    fn flush_all(&mut self) {
         // Runs whose DB is open first, so that opening the others does not evict DBs this
         // flush still needs.
-        let mut by_run: Vec<(&str, Vec<(u32, u32)>)> = by_run.into_iter().collect();
-        by_run.sort_by_key(|(run_id, _)| !self.pool.is_open(run_id));
-        let mut failed_per_batch = vec![0usize; batches.len()];
+        let mut run_ids: Vec<String> = self.runs.keys().cloned().collect();
+        run_ids.sort_by_key(|run_id| !self.pool.is_open(run_id));
+        for run_id in run_ids {
+            self.flush_run(&run_id);
+        }
+        self.oldest = None;
+    }
+
+    /// Commits one run's buffered records, then acks their spans.
+    fn flush_run(&mut self, run_id: &str) {
+        let Some(batch) = self.runs.remove(run_id) else { return };
+        self.n_bytes -= batch.memory_bytes().min(self.n_bytes);
+        if self.runs.is_empty() {
+            self.oldest = None;
+        }
+        let outcome = self.write_with_retry(run_id, &batch);
+        self.counters.events_written.add(outcome.written);
+        self.counters.events_unchanged.add(outcome.unchanged);
+        if let Some(seen) = &mut self.seen_runs {
+            if !seen.contains(run_id) {
+                seen.insert(run_id.to_string());
+                self.counters.runs_touched.add(1);
+            }
+        }
+        let mut failed_per_span: HashMap<*const Span, usize> = HashMap::new();
         let mut dead = Vec::new();
-        for (run_id, refs) in &by_run {
-            let outcome = self.write_with_retry(run_id, &batches, refs);
-            self.counters.events_written.add(outcome.written);
-            self.counters.events_unchanged.add(outcome.unchanged);
-            if let Some(seen) = &mut self.seen_runs {
-                if !seen.contains(*run_id) {
-                    seen.insert(run_id.to_string());
-                    self.counters.runs_touched.add(1);
-                }
-            }
-            for (b, r, error) in outcome.failed {
-                failed_per_batch[b] += 1;
-                let batch = &batches[b];
-                let rec = &batch.recs[r];
-                let data = batch.text(rec.data).as_bytes();
-                let meta = LineMeta { offset: rec.offset, line_no: rec.line_no, end_offset: 0 };
-                let letter = DeadLetter::new(
-                    &batch.span.file,
-                    meta,
-                    DeadReason::WriteFailed,
-                    format!("run {run_id:?}: {error}"),
-                    data,
-                    data.len() as u64,
-                    &crate::parse::digest(data),
-                    self.config.max_raw_bytes,
-                );
-                dead.push((letter, batch.span.clone()));
-            }
+        for (i, error) in outcome.failed {
+            let rec = &batch.recs[i];
+            let span = batch.span_of(rec);
+            *failed_per_span.entry(Arc::as_ptr(span)).or_default() += 1;
+            let data = batch.text(rec.data).as_bytes();
+            let meta = LineMeta { offset: rec.offset, line_no: rec.line_no, end_offset: 0 };
+            let letter = DeadLetter::new(
+                &span.file,
+                meta,
+                DeadReason::WriteFailed,
+                format!("run {run_id:?}: {error}"),
+                data,
+                data.len() as u64,
+                &crate::parse::digest(data),
+                self.config.max_raw_bytes,
+            );
+            dead.push((letter, span.clone()));
         }
-        if !dead.is_empty() {
-            // The state thread acks these once they are durable in the DLQ.
-            if self.state.send(StateMsg::Dead(dead)).is_err() {
-                // Only during a failed shutdown; the spans stay pending, so nothing is lost.
-                tracing::error!("state thread gone; write_failed dead letters will be replayed");
-            }
+        if !dead.is_empty() && self.state.send(StateMsg::Dead(dead)).is_err() {
+            // Only during a failed shutdown; the spans stay pending, so nothing is lost.
+            tracing::error!("state thread gone; write_failed dead letters will be replayed");
         }
-        for (batch, failed) in batches.iter().zip(failed_per_batch) {
-            batch.span.ack(batch.recs.len() - failed);
+        // The state thread acks the failed ones once they are durable in the DLQ.
+        for (span, n) in batch.spans() {
+            span.ack(n - failed_per_span.get(&Arc::as_ptr(span)).copied().unwrap_or(0));
         }
     }
 
     /// Writes one run's records, retrying database-level failures (locked, full disk, I/O)
     /// with capped exponential backoff until they succeed.
-    fn write_with_retry(
-        &mut self,
-        run_id: &str,
-        batches: &[Batch],
-        refs: &[(u32, u32)],
-    ) -> run_db::WriteOutcome {
+    fn write_with_retry(&mut self, run_id: &str, batch: &Batch) -> run_db::WriteOutcome {
         let mut attempt: u32 = 0;
         let mut last_log: Option<Instant> = None;
         loop {
             let result = self.pool.get(run_id).and_then(|conn| {
                 let tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let outcome = run_db::write_run(&tx, run_id, batches, refs, &self.config.mapping)?;
+                let outcome = run_db::write_run(&tx, run_id, batch, &self.config.mapping)?;
                 tx.commit()?;
                 Ok(outcome)
             });

@@ -126,8 +126,8 @@ pub struct WriteOutcome {
     pub written: u64,
     /// Records already stored (replays, re-reads).
     pub unchanged: u64,
-    /// Records that failed on their own (e.g. too big): `(batch index, record index, error)`.
-    pub failed: Vec<(usize, usize, rusqlite::Error)>,
+    /// Records that failed on their own (e.g. too big): `(record index, error)`.
+    pub failed: Vec<(usize, rusqlite::Error)>,
 }
 
 /// Whether an error belongs to one record (dead-letter it) rather than to the database
@@ -139,12 +139,11 @@ fn is_record_error(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Writes the records `refs` (indices into `batches`) of `run_id` in one transaction.
+/// Writes `batch`, the buffered records of `run_id`, in the caller's transaction.
 pub fn write_run(
     tx: &Transaction<'_>,
     run_id: &str,
-    batches: &[Batch],
-    refs: &[(u32, u32)],
+    batch: &Batch,
     mapping: &Mapping,
 ) -> rusqlite::Result<WriteOutcome> {
     let mut out = WriteOutcome::default();
@@ -165,9 +164,7 @@ pub fn write_run(
             "INSERT INTO run_records (record_key, pos, data, source, line_no)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (record_key) DO NOTHING",
         )?;
-        for &(b, r) in refs {
-            let batch = &batches[b as usize];
-            let rec = &batch.recs[r as usize];
+        for (i, rec) in batch.recs.iter().enumerate() {
             let data = batch.text(rec.data);
             let result = match rec.kind {
                 Kind::Event => upsert.execute(params![
@@ -176,7 +173,7 @@ pub fn write_run(
                     batch.value(rec.event_type),
                     batch.value(rec.ts),
                     data,
-                    batch.source(),
+                    batch.source(rec),
                     rec.line_no as i64,
                     rec.pos
                 ]),
@@ -185,7 +182,7 @@ pub fn write_run(
                         batch.text(rec.key),
                         rec.pos,
                         data,
-                        batch.source(),
+                        batch.source(rec),
                         rec.line_no as i64
                     ])
                     .inspect(|&n| {
@@ -197,7 +194,7 @@ pub fn write_run(
             match result {
                 Ok(0) => out.unchanged += 1,
                 Ok(_) => out.written += 1,
-                Err(e) if is_record_error(&e) => out.failed.push((b as usize, r as usize, e)),
+                Err(e) if is_record_error(&e) => out.failed.push((i, e)),
                 Err(e) => return Err(e),
             }
         }
