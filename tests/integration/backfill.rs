@@ -1,0 +1,150 @@
+//! `backfill` over the generated multi-day set: exact rows, runs and dead letters; idempotence
+//! (twice, copies, `.gz` of shipped files); `--jobs 2` equals `--jobs 1`.
+
+use std::collections::BTreeSet;
+
+use crate::dataset::{expected, multi_day, GenFile};
+use crate::harness::{
+    assert_dead_letters, assert_private, assert_same, assert_snapshot, gzip_members, Checkpoint,
+    Shipper,
+};
+
+fn write_all(shipper: &Shipper, files: &[GenFile]) {
+    for file in files {
+        file.write(shipper);
+    }
+}
+
+/// The checkpoint of a file shipped to its end: its whole (decompressed) length, every line.
+fn at_end(shipper: &Shipper, files: &[GenFile]) -> Vec<Checkpoint> {
+    let mut out: Vec<Checkpoint> = files
+        .iter()
+        .map(|f| Checkpoint { path: shipper.source(&f.rel), offset: f.len(), line_no: f.n_lines() })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
+    let shipper = Shipper::new();
+    let (files, runs) = multi_day();
+    write_all(&shipper, &files);
+
+    shipper.backfill(&[]);
+
+    let (want, want_dead) = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), &runs);
+    let got = shipper.snapshot();
+    assert_snapshot(&got, &want);
+    assert_dead_letters(&shipper.dead_letters(), &want_dead);
+    assert_eq!(shipper.checkpoints(), at_end(&shipper, &files));
+
+    // One DB per run, named by the escaping, holding exactly its original run_id; nothing
+    // anywhere else (a hostile run_id must not name a file outside D/db/runs).
+    let want_dbs: BTreeSet<String> = want.runs.iter().map(|r| r.db.clone()).collect();
+    assert_eq!(shipper.run_db_names().into_iter().collect::<BTreeSet<_>>(), want_dbs);
+    for run_id in ["../x", "a/b", "/", "\0", &"x".repeat(1000), "42", "ünï"] {
+        assert!(got.runs.iter().any(|r| r.run_id == run_id), "no runs row with run_id {run_id:?}");
+    }
+    let mut allowed: BTreeSet<String> = files.iter().map(|f| format!("base/{}", f.rel)).collect();
+    for suffix in ["", "-wal", "-shm"] {
+        allowed.insert(format!("base/db/shipper-state.sqlite{suffix}"));
+        for db in &want_dbs {
+            allowed.insert(format!("base/db/runs/{db}{suffix}"));
+        }
+    }
+    let stray: Vec<String> = shipper
+        .all_files()
+        .into_iter()
+        .filter(|f| !allowed.contains(f) && !f.starts_with("base/dlq/"))
+        .collect();
+    assert!(stray.is_empty(), "files outside the expected layout: {stray:?}");
+    for db in &want_dbs {
+        assert_eq!(shipper.user_version(db), 1, "{db}");
+        assert_private(&shipper.path("db/runs").join(db));
+    }
+    assert_private(&shipper.path("db/shipper-state.sqlite"));
+    for (name, _) in shipper.dlq_files() {
+        assert_private(&shipper.path("dlq").join(name));
+    }
+}
+
+#[test]
+fn backfill_twice_changes_nothing() {
+    let shipper = Shipper::new();
+    let (files, _) = multi_day();
+    write_all(&shipper, &files);
+    shipper.backfill(&[]);
+    let (rows, dlq, checkpoints) = (shipper.snapshot(), shipper.dlq_files(), shipper.checkpoints());
+
+    let second = shipper.backfill(&[]);
+
+    assert!(second.summary().contains(" 0 events written"), "{}", second.summary());
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
+    assert_eq!(shipper.checkpoints(), checkpoints);
+}
+
+#[test]
+fn jobs_2_equals_jobs_1() {
+    let (files, runs) = multi_day();
+    let one = Shipper::new();
+    let two = Shipper::new();
+    write_all(&one, &files);
+    write_all(&two, &files);
+
+    one.backfill(&["--jobs", "1"]);
+    two.backfill(&["--jobs", "2"]);
+
+    let (want, want_dead) = expected(two.base(), &files.iter().collect::<Vec<_>>(), &runs);
+    assert_snapshot(&two.snapshot(), &want);
+    assert_snapshot(&two.snapshot().rebased(two.base(), "D"), &one.snapshot().rebased(one.base(), "D"));
+    let rebase = |s: &Shipper| -> Vec<_> {
+        s.dead_letters().iter().map(|d| d.rebased(s.base(), "D")).collect()
+    };
+    assert_dead_letters(&two.dead_letters(), &want_dead);
+    assert_dead_letters(&rebase(&two), &rebase(&one));
+    let checkpoints = |s: &Shipper| -> Vec<Checkpoint> {
+        let base = s.base().to_str().expect("UTF-8").to_string();
+        s.checkpoints()
+            .into_iter()
+            .map(|c| Checkpoint { path: c.path.replace(&base, "D"), ..c })
+            .collect()
+    };
+    assert_same("checkpoints", &checkpoints(&two), &checkpoints(&one), |c| c.path.clone());
+}
+
+#[test]
+fn rereading_copies_renames_and_gzips_of_shipped_files_adds_nothing() {
+    let shipper = Shipper::new();
+    let (files, _) = multi_day();
+    write_all(&shipper, &files);
+    shipper.backfill(&[]);
+    let (rows, dlq) = (shipper.snapshot(), shipper.dlq_files());
+    let [day1, day2, day3] = &files[..] else { panic!("three days") };
+
+    // Under the configured glob: a copy of the plain day, and a `.gz` of it.
+    shipper.write("raw/events_20240103-copy.ndjson", day3.bytes());
+    shipper.age("raw/events_20240103-copy.ndjson");
+    let n = day3.bytes().len();
+    shipper.write_gz("raw/events_20240103.ndjson.gz", day3.bytes(), &[n / 2]);
+    let again = shipper.backfill(&[]);
+    assert!(again.summary().contains(" 0 events written"), "{}", again.summary());
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
+
+    // Given explicitly, elsewhere, under names without a date: a `.gz` copy of a `.gz`, a
+    // decompressed copy of a `.gz` (a rename), and a single-member `.gz` of a plain file.
+    let gz_copy = shipper.write("elsewhere/copy.ndjson.gz", &gzip_members(day1.bytes(), &[]));
+    let plain_copy = shipper.write("elsewhere/renamed.ndjson", day2.bytes());
+    shipper.age("elsewhere/renamed.ndjson");
+    let gz_of_plain = shipper.write("elsewhere/plain.ndjson.gz", &gzip_members(day3.bytes(), &[]));
+    let paths: Vec<&str> = [&gz_copy, &plain_copy, &gz_of_plain]
+        .into_iter()
+        .map(|p| p.to_str().expect("UTF-8"))
+        .collect();
+    let again = shipper.backfill(&paths);
+    assert!(again.summary().contains(" 0 events written"), "{}", again.summary());
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
+}

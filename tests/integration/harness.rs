@@ -1,0 +1,653 @@
+//! The one harness every integration test goes through: a temp dir per test, helpers to write
+//! source files (plain, multi-member gzip), to run the real binary with a deadline or spawn it
+//! as a daemon, and to read back everything it produced (all rows of all run DBs, the DLQ, the
+//! checkpoint table) as sorted plain data for exact comparison.
+//!
+//! Synchronisation is always by polling an observable condition ([`wait_until`]), never by a
+//! fixed sleep: the suite must pass on a loaded 2-core machine and fail fast on a real bug.
+
+use std::collections::BTreeSet;
+use std::fmt::{Debug, Write as _};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use flate2::write::GzEncoder;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+/// The binary under test (the debug build cargo made for this test target).
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_jsonl-shipper");
+
+/// How long any one wait may take. Generous on purpose: a debug binary on a loaded 2-core box.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `dlq.max_raw_bytes` and `sources.max_line_bytes` under `--base` (the contract's defaults).
+pub(crate) const MAX_RAW_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// A temp dir holding one `--base D` installation. `D` is `<root>/base`, so that a run_id that
+/// escaped `D` would still land inside `<root>` where [`Shipper::all_files`] sees it.
+pub(crate) struct Shipper {
+    root: tempfile::TempDir,
+    base: PathBuf,
+}
+
+impl Shipper {
+    pub(crate) fn new() -> Shipper {
+        let root = tempfile::Builder::new().prefix("jsonl-shipper-it-").tempdir().expect("temp dir");
+        let base = root.path().join("base");
+        fs::create_dir_all(base.join("raw")).expect("create raw dir");
+        Shipper { root, base }
+    }
+
+    pub(crate) fn base(&self) -> &Path {
+        &self.base
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `D/<rel>`.
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
+        self.base.join(rel)
+    }
+
+    /// `D/<rel>` as the text the shipper stores in `source` columns and dead letters.
+    pub(crate) fn source(&self, rel: &str) -> String {
+        self.path(rel).to_str().expect("temp paths are UTF-8").to_string()
+    }
+
+    /// Creates or replaces `D/<rel>` with `bytes`.
+    pub(crate) fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().expect("has parent")).expect("create parent dir");
+        fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+
+    /// Appends `bytes` to `D/<rel>` in one `write_all`, as a producer would.
+    pub(crate) fn append(&self, rel: &str, bytes: &[u8]) {
+        let path = self.path(rel);
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        file.write_all(bytes).unwrap_or_else(|e| panic!("appending to {}: {e}", path.display()));
+    }
+
+    /// Writes `bytes` gzip-compressed as several concatenated members, cut at `cuts` (offsets
+    /// into `bytes`; a cut may fall inside a line, which the reader must not notice).
+    pub(crate) fn write_gz(&self, rel: &str, bytes: &[u8], cuts: &[usize]) -> PathBuf {
+        self.write(rel, &gzip_members(bytes, cuts))
+    }
+
+    /// Makes `D/<rel>` look written long ago, i.e. "finished" for `backfill`
+    /// (older than `sources.close_inactive`).
+    pub(crate) fn age(&self, rel: &str) {
+        let path = self.path(rel);
+        let file = fs::File::options().write(true).open(&path).expect("open to age");
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        file.set_modified(past).expect("set mtime");
+    }
+
+    /// `jsonl-shipper <subcommand> --base D <args>`.
+    pub(crate) fn command(&self, subcommand: &[&str], args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(subcommand)
+            .arg("--base")
+            .arg(&self.base)
+            .args(args)
+            .env_remove("JSONL_SHIPPER_CONFIG")
+            .env_remove("JOURNAL_STREAM")
+            .env("RUST_LOG", "info")
+            .current_dir(self.root.path());
+        command
+    }
+
+    /// Runs a command to completion (or panics after [`DEADLINE`]).
+    pub(crate) fn run_cmd(&self, subcommand: &[&str], args: &[&str]) -> Finished {
+        Running::spawn(self.command(subcommand, args)).wait()
+    }
+
+    /// `backfill --base D <args>`, which must exit 0 and print its summary.
+    pub(crate) fn backfill(&self, args: &[&str]) -> Finished {
+        let finished = self.run_cmd(&["backfill"], args);
+        finished.assert_success("backfill");
+        finished.summary();
+        finished
+    }
+
+    pub(crate) fn spawn_backfill(&self, args: &[&str]) -> Running {
+        Running::spawn(self.command(&["backfill"], args))
+    }
+
+    /// The daemon, `run --base D`.
+    pub(crate) fn spawn_run(&self) -> Running {
+        Running::spawn(self.command(&["run"], &[]))
+    }
+
+    /// Every row of every run DB. Panics on any error (use [`Shipper::try_snapshot`] while a
+    /// process may be creating DBs).
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.try_snapshot().unwrap_or_else(|e| panic!("reading run DBs: {e}"))
+    }
+
+    pub(crate) fn try_snapshot(&self) -> rusqlite::Result<Snapshot> {
+        let mut snapshot = Snapshot::default();
+        for name in self.run_db_names() {
+            let conn = open_read_only(&self.path("db/runs").join(&name))?;
+            let mut stmt = conn.prepare(
+                "SELECT run_id, status, started_at, ended_at, data FROM runs ORDER BY run_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(RunRow {
+                    db: name.clone(),
+                    run_id: r.get(0)?,
+                    status: r.get(1)?,
+                    started_at: r.get(2)?,
+                    ended_at: r.get(3)?,
+                    data: json_column(r.get(4)?),
+                })
+            })?;
+            for row in rows {
+                snapshot.runs.push(row?);
+            }
+            let mut stmt = conn.prepare(
+                "SELECT event_key, run_id, event_type, ts, data, source, line_no FROM events",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(EventRow {
+                    db: name.clone(),
+                    event_key: r.get(0)?,
+                    run_id: r.get(1)?,
+                    event_type: r.get(2)?,
+                    ts: r.get(3)?,
+                    data: r.get(4)?,
+                    source: r.get(5)?,
+                    line_no: r.get(6)?,
+                })
+            })?;
+            for row in rows {
+                snapshot.events.push(row?);
+            }
+        }
+        snapshot.sort();
+        Ok(snapshot)
+    }
+
+    /// Names of the run DB files in `D/db/runs` (`*.sqlite`), sorted.
+    pub(crate) fn run_db_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read_dir_names(&self.path("db/runs"))
+            .into_iter()
+            .filter(|name| name.ends_with(".sqlite"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// `PRAGMA user_version` of a run DB.
+    pub(crate) fn user_version(&self, db_name: &str) -> i64 {
+        let conn = open_read_only(&self.path("db/runs").join(db_name)).expect("open run DB");
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("user_version")
+    }
+
+    /// Every dead letter in `D/dlq/dlq_*.ndjson`, sorted. Checks the fields a [`DeadLetter`]
+    /// does not keep (`at`, `error`) are present and well-formed, and that each file is named
+    /// after the UTC day its letters were written.
+    pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
+        let mut letters = Vec::new();
+        for (name, bytes) in self.dlq_files() {
+            let day = name
+                .strip_prefix("dlq_")
+                .and_then(|n| n.strip_suffix(".ndjson"))
+                .unwrap_or_else(|| panic!("unexpected DLQ file name {name}"));
+            let text = String::from_utf8(bytes).expect("DLQ files are UTF-8");
+            assert!(text.is_empty() || text.ends_with('\n'), "{name}: last line unterminated");
+            for line in text.lines() {
+                let letter = parse_dead_letter(line);
+                assert_eq!(letter.1.replace('-', "")[..8], *day, "{name}: `at` vs file day: {line}");
+                letters.push(letter.0);
+            }
+        }
+        letters.sort();
+        letters
+    }
+
+    /// The DLQ files (`dlq_*.ndjson`) with their exact bytes, sorted by name.
+    pub(crate) fn dlq_files(&self) -> Vec<(String, Vec<u8>)> {
+        let dir = self.path("dlq");
+        let mut names: Vec<String> = read_dir_names(&dir)
+            .into_iter()
+            .filter(|n| n.starts_with("dlq_") && n.ends_with(".ndjson"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let bytes = fs::read(dir.join(&name)).expect("read DLQ file");
+                (name, bytes)
+            })
+            .collect()
+    }
+
+    /// The state DB's `files` table, sorted by path. Empty if the state DB does not exist yet.
+    pub(crate) fn checkpoints(&self) -> Vec<Checkpoint> {
+        self.try_checkpoints().unwrap_or_else(|e| panic!("reading the state DB: {e}"))
+    }
+
+    pub(crate) fn try_checkpoints(&self) -> rusqlite::Result<Vec<Checkpoint>> {
+        let path = self.path("db/shipper-state.sqlite");
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let conn = open_read_only(&path)?;
+        let mut stmt = conn.prepare("SELECT path, offset, line_no FROM files ORDER BY path")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Checkpoint { path: r.get(0)?, offset: r.get(1)?, line_no: r.get(2)? })
+        })?;
+        rows.collect()
+    }
+
+    /// Sum of the checkpointed offsets: how far the shipper has durably got. 0 while the state
+    /// DB does not exist or is being created.
+    pub(crate) fn progress(&self) -> u64 {
+        self.try_checkpoints().map(|cps| cps.iter().map(|cp| cp.offset).sum()).unwrap_or(0)
+    }
+
+    /// Every file under the temp root (relative to it), sorted.
+    pub(crate) fn all_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(self.root.path(), self.root.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// Every file under `dir`, as paths relative to `root`.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("dir entry");
+        let path = entry.path();
+        if entry.file_type().expect("file type").is_dir() {
+            walk(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).expect("under root");
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Vec<String> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("listing {}: {e}", dir.display()),
+    }
+}
+
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+fn json_column(text: String) -> Json {
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("runs.data is not JSON ({e}): {text}"))
+}
+
+/// Parses one DLQ line into the kept fields and its `at`.
+fn parse_dead_letter(line: &str) -> (DeadLetter, String) {
+    let value: Json =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("DLQ line is not JSON ({e}): {line}"));
+    let text = |key: &str| -> String {
+        value[key].as_str().unwrap_or_else(|| panic!("DLQ `{key}` not a string: {line}")).to_string()
+    };
+    let number = |key: &str| -> u64 {
+        value[key].as_u64().unwrap_or_else(|| panic!("DLQ `{key}` not an integer: {line}"))
+    };
+    let at = text("at");
+    humantime::parse_rfc3339_weak(&at).unwrap_or_else(|e| panic!("DLQ `at` {at:?}: {e}"));
+    assert!(!text("error").is_empty(), "DLQ `error` is empty: {line}");
+    let letter = DeadLetter {
+        source: text("source"),
+        line_no: number("line_no"),
+        offset: number("offset"),
+        reason: text("reason"),
+        raw_len: number("raw_len"),
+        raw: text("raw"),
+    };
+    (letter, at)
+}
+
+/// All rows of all run DBs of one installation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Snapshot {
+    pub(crate) runs: Vec<RunRow>,
+    pub(crate) events: Vec<EventRow>,
+}
+
+impl Snapshot {
+    pub(crate) fn sort(&mut self) {
+        self.runs.sort_by(|a, b| (&a.db, &a.run_id).cmp(&(&b.db, &b.run_id)));
+        self.events.sort_by(|a, b| (&a.db, &a.event_key).cmp(&(&b.db, &b.event_key)));
+    }
+
+    /// The same rows with `from` replaced by `to` in every `source`, to compare two
+    /// installations that read identical layouts under different temp dirs.
+    pub(crate) fn rebased(&self, from: &Path, to: &str) -> Snapshot {
+        let from = from.to_str().expect("UTF-8 path");
+        let mut out = self.clone();
+        for event in &mut out.events {
+            event.source = event.source.replace(from, to);
+        }
+        out
+    }
+}
+
+/// One `runs` row (`data` parsed: the merge's key order is not part of the contract).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunRow {
+    /// The run DB file it was read from.
+    pub(crate) db: String,
+    pub(crate) run_id: String,
+    pub(crate) status: SqlValue,
+    pub(crate) started_at: SqlValue,
+    pub(crate) ended_at: SqlValue,
+    pub(crate) data: Json,
+}
+
+/// One `events` row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EventRow {
+    /// The run DB file it was read from.
+    pub(crate) db: String,
+    pub(crate) event_key: String,
+    pub(crate) run_id: String,
+    pub(crate) event_type: SqlValue,
+    pub(crate) ts: SqlValue,
+    pub(crate) data: String,
+    pub(crate) source: String,
+    pub(crate) line_no: i64,
+}
+
+/// One dead letter, without `at` and `error` (checked for shape when read).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct DeadLetter {
+    pub(crate) source: String,
+    pub(crate) line_no: u64,
+    pub(crate) offset: u64,
+    pub(crate) reason: String,
+    pub(crate) raw_len: u64,
+    pub(crate) raw: String,
+}
+
+impl DeadLetter {
+    pub(crate) fn rebased(&self, from: &Path, to: &str) -> DeadLetter {
+        let from = from.to_str().expect("UTF-8 path");
+        DeadLetter { source: self.source.replace(from, to), ..self.clone() }
+    }
+}
+
+/// One row of the state DB's `files` table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Checkpoint {
+    pub(crate) path: String,
+    pub(crate) offset: u64,
+    pub(crate) line_no: u64,
+}
+
+/// A process that ran to its end.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Finished {
+    #[track_caller]
+    pub(crate) fn assert_success(&self, what: &str) {
+        assert!(self.status.success(), "{what} failed with {}; stderr:\n{}", self.status, self.stderr);
+    }
+
+    /// The `backfill done:` summary line.
+    #[track_caller]
+    pub(crate) fn summary(&self) -> &str {
+        self.stderr
+            .lines()
+            .find(|line| line.starts_with("backfill done:"))
+            .unwrap_or_else(|| panic!("no `backfill done:` line in stderr:\n{}", self.stderr))
+    }
+}
+
+/// A child process of the binary whose output is collected in the background (so a chatty
+/// child never blocks on a full pipe). Dropping it SIGKILLs the child if it still runs, so a
+/// failing test leaves no daemon behind.
+pub(crate) struct Running {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    pub(crate) fn spawn(mut command: Command) -> Running {
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
+        let stdout = child.stdout.take().map(collect::<ChildStdout>);
+        let stderr = child.stderr.take().map(collect::<ChildStderr>);
+        Running { child, stdout, stderr }
+    }
+
+    /// The exit status if the process has exited.
+    pub(crate) fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub(crate) fn terminate(mut self) -> Finished {
+        self.signal(libc::SIGTERM);
+        self.finish()
+    }
+
+    /// SIGKILL (`kill -9`) and reap.
+    pub(crate) fn kill9(mut self) -> Finished {
+        self.signal(libc::SIGKILL);
+        self.finish()
+    }
+
+    /// Waits for the process to exit on its own.
+    pub(crate) fn wait(mut self) -> Finished {
+        self.finish()
+    }
+
+    #[allow(unsafe_code)]
+    fn signal(&mut self, signal: libc::c_int) {
+        if self.try_status().is_some() {
+            return;
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers; `pid` is our own unreaped child (checked just
+        // above), so the pid cannot have been recycled for another process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    }
+
+    fn finish(&mut self) -> Finished {
+        let reaped = poll_until(DEADLINE, || self.try_status().is_some());
+        if !reaped {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().expect("wait");
+        let join = |h: Option<JoinHandle<Vec<u8>>>| {
+            h.map(|h| String::from_utf8_lossy(&h.join().expect("reader thread")).into_owned())
+                .unwrap_or_default()
+        };
+        let stdout = join(self.stdout.take());
+        let stderr = join(self.stderr.take());
+        assert!(reaped, "process did not exit within {DEADLINE:?}; stderr:\n{stderr}");
+        Finished { status, stdout, stderr }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn collect<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        out
+    })
+}
+
+/// Polls `cond` (every 10 ms) until it holds or `deadline` passes; returns whether it held.
+pub(crate) fn poll_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `cond` until it holds; panics naming `what` after `deadline`.
+#[track_caller]
+pub(crate) fn wait_until(deadline: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(poll_until(deadline, cond), "timed out after {deadline:?} waiting for {what}");
+}
+
+/// Asserts two sorted row lists are equal, reporting the first differences by key instead of
+/// dumping thousands of rows.
+#[track_caller]
+pub(crate) fn assert_same<T: Debug + PartialEq, K: Ord + Debug>(
+    what: &str,
+    actual: &[T],
+    expected: &[T],
+    key: impl Fn(&T) -> K,
+) {
+    if actual == expected {
+        return;
+    }
+    let actual_keys: BTreeSet<K> = actual.iter().map(&key).collect();
+    let expected_keys: BTreeSet<K> = expected.iter().map(&key).collect();
+    let mut report = format!("{what}: {} rows, expected {}\n", actual.len(), expected.len());
+    let mut n = 0;
+    for row in expected.iter().filter(|r| !actual_keys.contains(&key(r))).take(10) {
+        let _ = writeln!(report, "  missing:    {row:?}");
+        n += 1;
+    }
+    for row in actual.iter().filter(|r| !expected_keys.contains(&key(r))).take(10) {
+        let _ = writeln!(report, "  unexpected: {row:?}");
+        n += 1;
+    }
+    for a in actual {
+        if n >= 30 {
+            break;
+        }
+        if let Some(e) = expected.iter().find(|e| key(e) == key(a)) {
+            if a != e {
+                let _ = writeln!(report, "  actual:     {a:?}\n  expected:   {e:?}");
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        let _ = writeln!(report, "  same rows, different order or multiplicity");
+    }
+    panic!("{report}");
+}
+
+/// Asserts a whole snapshot equals the expected one.
+#[track_caller]
+pub(crate) fn assert_snapshot(actual: &Snapshot, expected: &Snapshot) {
+    assert_same("runs", &actual.runs, &expected.runs, |r| (r.db.clone(), r.run_id.clone()));
+    assert_same("events", &actual.events, &expected.events, |e| {
+        (e.db.clone(), e.event_key.clone())
+    });
+}
+
+#[track_caller]
+pub(crate) fn assert_dead_letters(actual: &[DeadLetter], expected: &[DeadLetter]) {
+    assert_same("dead letters", actual, expected, |d| (d.source.clone(), d.line_no));
+}
+
+/// The contract's run DB file name: bytes `[A-Za-z0-9_-]` kept, others `%XX`; stems longer than
+/// 200 bytes become their first ≤160 bytes (no `%XX` split) + `~` + SHA-256 of the run_id.
+pub(crate) fn db_file_name(run_id: &str) -> String {
+    let mut stem = String::new();
+    for b in run_id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            stem.push(char::from(b));
+        } else {
+            let _ = write!(stem, "%{b:02X}");
+        }
+    }
+    if stem.len() > 200 {
+        let mut cut = 160;
+        if let Some(i) = stem[cut - 2..cut].rfind('%') {
+            cut = cut - 2 + i;
+        }
+        stem.truncate(cut);
+        stem.push('~');
+        for b in Sha256::digest(run_id.as_bytes()) {
+            let _ = write!(stem, "{b:02x}");
+        }
+    }
+    format!("{stem}.sqlite")
+}
+
+/// The event key of a line without `event_id`: its 1-based line number and the first 16 bytes
+/// of the SHA-256 of its bytes (without the newline).
+pub(crate) fn line_key(line_no: u64, line: &[u8]) -> String {
+    let digest = Sha256::digest(line);
+    let mut key = format!("{line_no:010}-");
+    for b in &digest[..16] {
+        let _ = write!(key, "{b:02x}");
+    }
+    key
+}
+
+/// Concatenated gzip members of `bytes` split at `cuts`.
+pub(crate) fn gzip_members(bytes: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&bytes.len())) {
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&bytes[start..end]).expect("gzip");
+        out.extend(encoder.finish().expect("gzip"));
+        start = end;
+    }
+    out
+}
+
+/// Asserts a file's permission bits are 0640 or stricter.
+#[track_caller]
+pub(crate) fn assert_private(path: &Path) {
+    let mode = fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode & !0o640, 0, "{} has mode {mode:o}, want 0640 or stricter", path.display());
+}
