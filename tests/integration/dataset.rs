@@ -86,6 +86,14 @@ impl GenFile {
         self.lines.len() as u64
     }
 
+    /// The first `n_lines` lines of this file, as a file of its own (what a tailer has seen
+    /// once the producer wrote that far).
+    pub(crate) fn prefix(&self, n_lines: usize) -> GenFile {
+        let lines = self.lines[..n_lines].to_vec();
+        let end = self.lines.get(n_lines).map_or(self.bytes.len(), |l| l.offset as usize);
+        GenFile { bytes: self.bytes[..end].to_vec(), lines, closed: false, ..self.clone() }
+    }
+
     /// A valid record (event or run record); its expectation follows from the text.
     pub(crate) fn good(&mut self, text: &str) -> &mut GenFile {
         let rec = expect_record(text);

@@ -101,11 +101,20 @@ impl Shipper {
 
     /// `jsonl-shipper <subcommand> --base D <args>`.
     pub(crate) fn command(&self, subcommand: &[&str], args: &[&str]) -> Command {
+        let mut command = self.bare_command(subcommand);
+        command.arg("--base").arg(&self.base).args(args);
+        command
+    }
+
+    /// `jsonl-shipper <args>` (no `--base`) run to completion.
+    pub(crate) fn run_bare(&self, args: &[&str]) -> Finished {
+        Running::spawn(self.bare_command(args)).wait()
+    }
+
+    /// `jsonl-shipper <args>`, run in the temp root, with a controlled environment.
+    fn bare_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command
-            .args(subcommand)
-            .arg("--base")
-            .arg(&self.base)
             .args(args)
             .env_remove("JSONL_SHIPPER_CONFIG")
             .env_remove("JOURNAL_STREAM")
@@ -202,21 +211,34 @@ impl Shipper {
     }
 
     /// Every dead letter in `D/dlq/dlq_*.ndjson`, sorted. Checks the fields a [`DeadLetter`]
-    /// does not keep (`at`, `error`) are present and well-formed, and that each file is named
-    /// after the UTC day its letters were written.
+    /// does not keep (`at`, `error`) are present and well-formed, that each file is named after
+    /// the UTC day its letters were written, and that no line is left unterminated.
     pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.read_dead_letters(true)
+    }
+
+    /// The same while a process may be appending: a trailing fragment is not a letter yet.
+    pub(crate) fn dead_letters_so_far(&self) -> Vec<DeadLetter> {
+        self.read_dead_letters(false)
+    }
+
+    fn read_dead_letters(&self, strict: bool) -> Vec<DeadLetter> {
         let mut letters = Vec::new();
         for (name, bytes) in self.dlq_files() {
             let day = name
                 .strip_prefix("dlq_")
                 .and_then(|n| n.strip_suffix(".ndjson"))
                 .unwrap_or_else(|| panic!("unexpected DLQ file name {name}"));
-            let text = String::from_utf8(bytes).expect("DLQ files are UTF-8");
-            assert!(text.is_empty() || text.ends_with('\n'), "{name}: last line unterminated");
+            let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+                Some(i) => &bytes[..=i],
+                None => &[][..],
+            };
+            assert!(!strict || complete.len() == bytes.len(), "{name}: last line unterminated");
+            let text = std::str::from_utf8(complete).expect("DLQ files are UTF-8");
             for line in text.lines() {
-                let letter = parse_dead_letter(line);
-                assert_eq!(letter.1.replace('-', "")[..8], *day, "{name}: `at` vs file day: {line}");
-                letters.push(letter.0);
+                let (letter, at) = parse_dead_letter(line);
+                assert_eq!(at.replace('-', "")[..8], *day, "{name}: `at` vs file day: {line}");
+                letters.push(letter);
             }
         }
         letters.sort();
@@ -458,21 +480,21 @@ impl Running {
         self.child.try_wait().expect("try_wait")
     }
 
-    /// Sends SIGTERM and waits for the exit.
-    pub(crate) fn terminate(mut self) -> Finished {
+    /// Sends SIGTERM and waits up to `deadline` for the exit.
+    pub(crate) fn terminate(mut self, deadline: Duration) -> Finished {
         self.signal(libc::SIGTERM);
-        self.finish()
+        self.finish(deadline)
     }
 
     /// SIGKILL (`kill -9`) and reap.
     pub(crate) fn kill9(mut self) -> Finished {
         self.signal(libc::SIGKILL);
-        self.finish()
+        self.finish(DEADLINE)
     }
 
     /// Waits for the process to exit on its own.
     pub(crate) fn wait(mut self) -> Finished {
-        self.finish()
+        self.finish(DEADLINE)
     }
 
     #[allow(unsafe_code)]
@@ -487,8 +509,8 @@ impl Running {
         assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
     }
 
-    fn finish(&mut self) -> Finished {
-        let reaped = poll_until(DEADLINE, || self.try_status().is_some());
+    fn finish(&mut self, deadline: Duration) -> Finished {
+        let reaped = poll_until(deadline, || self.try_status().is_some());
         if !reaped {
             let _ = self.child.kill();
         }
@@ -499,7 +521,7 @@ impl Running {
         };
         let stdout = join(self.stdout.take());
         let stderr = join(self.stderr.take());
-        assert!(reaped, "process did not exit within {DEADLINE:?}; stderr:\n{stderr}");
+        assert!(reaped, "process did not exit within {deadline:?}; stderr:\n{stderr}");
         Finished { status, stdout, stderr }
     }
 }

@@ -10,3 +10,7 @@ mod harness;
 mod dataset;
 
 mod backfill;
+mod crash;
+mod replay;
+mod daemon;
+mod status;

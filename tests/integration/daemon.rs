@@ -1,0 +1,109 @@
+//! `run`, the daemon: tails appends (a partial line is not a line until its newline arrives),
+//! picks up new daily files, drains and exits 0 on SIGTERM, and resumes after a restart
+//! without re-adding anything.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::dataset::{expected, run_row, Form, GenFile};
+use crate::harness::{
+    assert_dead_letters, assert_snapshot, poll_until, Checkpoint, DeadLetter, RunRow, Shipper,
+    Snapshot, DEADLINE,
+};
+
+/// How long a drain after SIGTERM may take.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until the run DBs and the DLQ hold exactly `want`, then asserts it (so a timeout
+/// reports the difference).
+#[track_caller]
+fn wait_for_rows(shipper: &Shipper, want: &(Snapshot, Vec<DeadLetter>)) {
+    poll_until(DEADLINE, || {
+        shipper.try_snapshot().is_ok_and(|s| s == want.0)
+            && shipper.dead_letters_so_far() == want.1
+    });
+    assert_snapshot(&shipper.snapshot(), &want.0);
+    assert_dead_letters(&shipper.dead_letters(), &want.1);
+}
+
+fn checkpoint(shipper: &Shipper, file: &GenFile) -> Checkpoint {
+    Checkpoint { path: shipper.source(&file.rel), offset: file.len(), line_no: file.n_lines() }
+}
+
+#[test]
+fn daemon_tails_appends_partial_lines_and_new_files_and_resumes_after_sigterm() {
+    let shipper = Shipper::new();
+    let mut day5 = GenFile::new("raw/events_20240105.ndjson", Form::Live);
+    day5.good(r#"{"run_id":"live","record_type":"run","status":"running","start_time":"2024-01-05T10:00:00Z"}"#)
+        .good(r#"{"run_id":"live","event_id":"a","event_type":"fetch","ts":1}"#)
+        .good(r#"{"run_id":"live","ts":2,"note":"no id"}"#)
+        .blank("")
+        .bad(br#"{"run_id":"live",oops}"#, "invalid_json")
+        .good(r#"{"run_id":"live","event_id":"p","v":"written in two halves"}"#)
+        .good(r#"{"run_id":"live","event_id":"a","event_type":"fetch","ts":1,"v":"new content"}"#)
+        .good(r#"{"run_id":"other","event_id":"b"}"#)
+        .good(r#"{"run_id":"live","ts":9}"#);
+    let mut day6 = GenFile::new("raw/events_20240106.ndjson", Form::Live);
+    day6.good(r#"{"run_id":"live","event_id":"c"}"#)
+        .good(r#"{"run_id":"live","record_type":"run","status":"finished","end_time":"2024-01-06T00:01:00Z"}"#)
+        .good(r#"{"run_id":"other","ts":3}"#);
+    let running = run_row(
+        "live",
+        json!({"run_id":"live","record_type":"run","status":"running",
+               "start_time":"2024-01-05T10:00:00Z"}),
+    );
+    let finished = run_row(
+        "live",
+        json!({"run_id":"live","record_type":"run","status":"finished",
+               "start_time":"2024-01-05T10:00:00Z","end_time":"2024-01-06T00:01:00Z"}),
+    );
+    let want = |files: &[&GenFile], runs: &[RunRow]| expected(shipper.base(), files, runs);
+    let bytes = day5.bytes();
+    let end_of = |n_lines: usize| day5.prefix(n_lines).len() as usize;
+
+    let daemon = shipper.spawn_run();
+
+    // Lines 1-3 in one write.
+    shipper.append(&day5.rel, &bytes[..end_of(3)]);
+    wait_for_rows(&shipper, &want(&[&day5.prefix(3)], &[running.clone()]));
+
+    // A blank line, a bad line and the first half of line 6: only lines 4-5 are lines yet.
+    let half = end_of(5) + (end_of(6) - end_of(5)) / 2;
+    shipper.append(&day5.rel, &bytes[end_of(3)..half]);
+    let five = day5.prefix(5);
+    let caught_up = poll_until(DEADLINE, || {
+        shipper.try_checkpoints().is_ok_and(|c| c == [checkpoint(&shipper, &five)])
+    });
+    assert!(caught_up, "checkpoint {:?}, want {:?}", shipper.checkpoints(), checkpoint(&shipper, &five));
+    wait_for_rows(&shipper, &want(&[&five], &[running.clone()]));
+
+    // The rest of line 6 and line 7 (a new version of event "a").
+    shipper.append(&day5.rel, &bytes[half..end_of(7)]);
+    wait_for_rows(&shipper, &want(&[&day5.prefix(7)], &[running.clone()]));
+
+    let drained = daemon.terminate(DRAIN_DEADLINE);
+    drained.assert_success("run after SIGTERM");
+    assert_eq!(shipper.checkpoints(), [checkpoint(&shipper, &day5.prefix(7))]);
+
+    // Restarted: appends continue at line 8; a new daily file is picked up.
+    let daemon = shipper.spawn_run();
+    shipper.append(&day5.rel, &bytes[end_of(7)..]);
+    wait_for_rows(&shipper, &want(&[&day5], &[running.clone()]));
+    shipper.write(&day6.rel, day6.bytes());
+    let everything = want(&[&day5, &day6], &[finished.clone()]);
+    wait_for_rows(&shipper, &everything);
+
+    let drained = daemon.terminate(DRAIN_DEADLINE);
+    drained.assert_success("run after SIGTERM");
+    assert_snapshot(&shipper.snapshot(), &everything.0);
+    assert_dead_letters(&shipper.dead_letters(), &everything.1);
+    assert_eq!(shipper.checkpoints(), [checkpoint(&shipper, &day5), checkpoint(&shipper, &day6)]);
+
+    // A backfill of what the daemon shipped adds nothing.
+    let dlq = shipper.dlq_files();
+    let backfill = shipper.backfill(&[]);
+    assert!(backfill.summary().contains(" 0 events written"), "{}", backfill.summary());
+    assert_snapshot(&shipper.snapshot(), &everything.0);
+    assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
+}
