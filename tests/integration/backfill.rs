@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::dataset::{expected, multi_day, GenFile};
+use crate::dataset::{expected, multi_day, Form, GenFile};
 use crate::harness::{
     assert_dead_letters, assert_private, assert_same, assert_snapshot, gzip_members, Checkpoint,
     Shipper,
@@ -30,6 +30,9 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
     let shipper = Shipper::new();
     let (files, runs) = multi_day();
     write_all(&shipper, &files);
+    // Not matched by the default sources: never read.
+    shipper.write("raw/events_20240101.json", b"not ndjson\n");
+    shipper.write("raw/notes.txt", b"{\"run_id\":\"notes\"}\n");
 
     shipper.backfill(&[]);
 
@@ -43,10 +46,12 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
     // anywhere else (a hostile run_id must not name a file outside D/db/runs).
     let want_dbs: BTreeSet<String> = want.runs.iter().map(|r| r.db.clone()).collect();
     assert_eq!(shipper.run_db_names().into_iter().collect::<BTreeSet<_>>(), want_dbs);
-    for run_id in ["../x", "a/b", "/", "\0", &"x".repeat(1000), "42", "ünï"] {
+    let hostile = ["../x", "a/b", "/", "\0", &"x".repeat(1000), &"z".repeat(4096), " ", "ünï"];
+    for run_id in hostile.into_iter().chain(["42", "12345678901234567890"]) {
         assert!(got.runs.iter().any(|r| r.run_id == run_id), "no runs row with run_id {run_id:?}");
     }
     let mut allowed: BTreeSet<String> = files.iter().map(|f| format!("base/{}", f.rel)).collect();
+    allowed.extend(["base/raw/events_20240101.json".into(), "base/raw/notes.txt".into()]);
     for suffix in ["", "-wal", "-shm"] {
         allowed.insert(format!("base/db/shipper-state.sqlite{suffix}"));
         for db in &want_dbs {
@@ -60,6 +65,8 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
         .collect();
     assert!(stray.is_empty(), "files outside the expected layout: {stray:?}");
     for db in &want_dbs {
+        // `data` is JSON that SQLite's own functions accept (what analysts query with).
+        assert_eq!(shipper.rows_sqlite_rejects(db), Vec::<String>::new(), "{db}");
         assert_eq!(shipper.user_version(db), 1, "{db}");
         assert_private(&shipper.path("db/runs").join(db));
     }
@@ -98,7 +105,10 @@ fn jobs_2_equals_jobs_1() {
 
     let (want, want_dead) = expected(two.base(), &files.iter().collect::<Vec<_>>(), &runs);
     assert_snapshot(&two.snapshot(), &want);
-    assert_snapshot(&two.snapshot().rebased(two.base(), "D"), &one.snapshot().rebased(one.base(), "D"));
+    assert_snapshot(
+        &two.snapshot().rebased(two.base(), "D"),
+        &one.snapshot().rebased(one.base(), "D"),
+    );
     let rebase = |s: &Shipper| -> Vec<_> {
         s.dead_letters().iter().map(|d| d.rebased(s.base(), "D")).collect()
     };
@@ -121,7 +131,7 @@ fn rereading_copies_renames_and_gzips_of_shipped_files_adds_nothing() {
     write_all(&shipper, &files);
     shipper.backfill(&[]);
     let (rows, dlq) = (shipper.snapshot(), shipper.dlq_files());
-    let [day1, day2, day3] = &files[..] else { panic!("three days") };
+    let [_, day1, day2, day3, _] = &files[..] else { panic!("five days") };
 
     // Under the configured glob: a copy of the plain day, and a `.gz` of it.
     shipper.write("raw/events_20240103-copy.ndjson", day3.bytes());
@@ -147,4 +157,29 @@ fn rereading_copies_renames_and_gzips_of_shipped_files_adds_nothing() {
     assert!(again.summary().contains(" 0 events written"), "{}", again.summary());
     assert_snapshot(&shipper.snapshot(), &rows);
     assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
+}
+
+#[test]
+fn dead_letter_raw_is_the_lossy_line_cut_to_max_raw_bytes() {
+    let shipper = Shipper::new();
+    let mut file = GenFile::new("raw/events_20240110.ndjson", Form::Finished);
+    // 65,536 bytes into these lines falls inside a two-byte `é`, or inside a run of invalid
+    // bytes that lossy decoding turns into three-byte U+FFFD: either way `raw` must stay
+    // within 64 KiB.
+    file.too_long_of(2 * 1024 * 1024, r#"{"run_id":"r","pad":""#, 'é').bad(
+        &[&b"{\"run_id\":\"r\",\"x\":\""[..], &[0xff; 70_000], b"\"}"].concat(),
+        "invalid_json",
+    );
+    file.write(&shipper);
+
+    shipper.backfill(&[]);
+
+    let letters = shipper.dead_letters();
+    let too_big: Vec<(u64, usize)> = letters
+        .iter()
+        .filter(|l| l.raw.len() > 64 * 1024)
+        .map(|l| (l.line_no, l.raw.len()))
+        .collect();
+    assert_eq!(too_big, [], "(line_no, raw bytes) of dead letters whose raw exceeds 64 KiB");
+    assert_dead_letters(&letters, &expected(shipper.base(), &[&file], &[]).1);
 }

@@ -1,5 +1,5 @@
-//! kill -9 during a backfill, at several points, then resume: the result is identical to an
-//! uninterrupted run (no row lost, duplicated or rolled back; no dead letter duplicated).
+//! kill -9 (and Ctrl-C, once or twice) during a backfill, at several points, then resume: the
+//! result is identical to an uninterrupted run (no row lost, duplicated or rolled back; no dead letter duplicated).
 
 use std::os::unix::process::ExitStatusExt;
 
@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::dataset::{expected, run_row, Form, GenFile};
 use crate::harness::{
-    assert_dead_letters, assert_same, assert_snapshot, poll_until, Checkpoint, RunRow, Shipper,
+    assert_dead_letters, assert_same, assert_snapshot, wait_until, Checkpoint, RunRow, Shipper,
     DEADLINE,
 };
 
@@ -53,7 +53,9 @@ fn big_set() -> (Vec<GenFile>, Vec<RunRow>) {
     }
     let runs = (0..RUNS)
         .map(|run| {
-            let end = (LINES_PER_DAY - RUNS..LINES_PER_DAY).find(|i| i % RUNS == run).expect("one per run");
+            let end = (LINES_PER_DAY - RUNS..LINES_PER_DAY)
+                .find(|i| i % RUNS == run)
+                .expect("one per run");
             run_row(
                 &format!("run-{run:02}"),
                 json!({"run_id":format!("run-{run:02}"),"record_type":"run","status":"finished",
@@ -64,8 +66,19 @@ fn big_set() -> (Vec<GenFile>, Vec<RunRow>) {
     (files, runs)
 }
 
+/// How a backfill is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGKILL.
+    Kill9,
+    /// One SIGINT (Ctrl-C): a graceful stop.
+    Interrupt,
+    /// SIGINT again and again until it exits: the second one exits at once.
+    InterruptTwice,
+}
+
 #[test]
-fn kill_9_at_three_points_then_resume_equals_an_uninterrupted_backfill() {
+fn kill_9_and_ctrl_c_at_several_points_then_resume_equals_an_uninterrupted_backfill() {
     let (files, runs) = big_set();
     let clean = Shipper::new();
     let crashed = Shipper::new();
@@ -76,24 +89,31 @@ fn kill_9_at_three_points_then_resume_equals_an_uninterrupted_backfill() {
     let total: u64 = files.iter().map(GenFile::len).sum();
 
     let mut last_progress = 0;
-    for percent in [15, 45, 75] {
+    for (percent, stop) in
+        [(15, Stop::Kill9), (35, Stop::Interrupt), (55, Stop::InterruptTwice), (75, Stop::Kill9)]
+    {
         let mut backfill = crashed.spawn_backfill(&[]);
         let target = total * percent / 100;
-        let reached = poll_until(DEADLINE, || {
+        wait_until(DEADLINE, &format!("checkpoints at {percent}% or an exit"), || {
             crashed.progress() >= target || backfill.try_status().is_some()
         });
-        assert!(reached, "no progress to {percent}% within {DEADLINE:?}");
-        let killed = backfill.kill9();
-        assert_eq!(
-            killed.status.signal(),
-            Some(libc::SIGKILL),
-            "backfill ended before the {percent}% kill point: {}\n{}",
-            killed.status,
-            killed.stderr
-        );
+        assert!(backfill.try_status().is_none(), "backfill ended before the {percent}% stop point");
+        let stopped = match stop {
+            Stop::Kill9 => {
+                let killed = backfill.kill9();
+                assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "{}", killed.stderr);
+                killed
+            }
+            Stop::Interrupt => backfill.interrupt(),
+            Stop::InterruptTwice => backfill.interrupt_until_exit(),
+        };
         let progress = crashed.progress();
         assert!(progress >= last_progress, "checkpoints went back: {progress} < {last_progress}");
-        assert!(progress < total, "killed at {percent}% but everything was checkpointed");
+        assert!(
+            progress < total,
+            "stopped ({stop:?}) at {percent}% but everything was checkpointed:\n{}",
+            stopped.stderr
+        );
         last_progress = progress;
     }
     crashed.backfill(&[]);
@@ -102,7 +122,10 @@ fn kill_9_at_three_points_then_resume_equals_an_uninterrupted_backfill() {
     let (want, want_dead) = expected(clean.base(), &files.iter().collect::<Vec<_>>(), &runs);
     assert_snapshot(&clean.snapshot(), &want);
     assert_dead_letters(&clean.dead_letters(), &want_dead);
-    assert_snapshot(&crashed.snapshot().rebased(crashed.base(), "D"), &want.rebased(clean.base(), "D"));
+    assert_snapshot(
+        &crashed.snapshot().rebased(crashed.base(), "D"),
+        &want.rebased(clean.base(), "D"),
+    );
     let rebased_dead: Vec<_> =
         crashed.dead_letters().iter().map(|d| d.rebased(crashed.base(), "D")).collect();
     let want_dead: Vec<_> = want_dead.iter().map(|d| d.rebased(clean.base(), "D")).collect();
@@ -110,7 +133,11 @@ fn kill_9_at_three_points_then_resume_equals_an_uninterrupted_backfill() {
     let at_end: Vec<Checkpoint> = {
         let mut v: Vec<Checkpoint> = files
             .iter()
-            .map(|f| Checkpoint { path: crashed.source(&f.rel), offset: f.len(), line_no: f.n_lines() })
+            .map(|f| Checkpoint {
+                path: crashed.source(&f.rel),
+                offset: f.len(),
+                line_no: f.n_lines(),
+            })
             .collect();
         v.sort();
         v

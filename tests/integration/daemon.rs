@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::dataset::{expected, run_row, Form, GenFile};
 use crate::harness::{
-    assert_dead_letters, assert_snapshot, poll_until, Checkpoint, DeadLetter, RunRow, Shipper,
-    Snapshot, DEADLINE,
+    assert_dead_letters, assert_snapshot, poll_until, wait_until, Checkpoint, DeadLetter, RunRow,
+    Shipper, Snapshot, DEADLINE, MAX_LINE_BYTES,
 };
 
 /// How long a drain after SIGTERM may take.
@@ -20,8 +20,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 #[track_caller]
 fn wait_for_rows(shipper: &Shipper, want: &(Snapshot, Vec<DeadLetter>)) {
     poll_until(DEADLINE, || {
-        shipper.try_snapshot().is_ok_and(|s| s == want.0)
-            && shipper.dead_letters_so_far() == want.1
+        shipper.try_snapshot().is_ok_and(|s| s == want.0) && shipper.dead_letters_so_far() == want.1
     });
     assert_snapshot(&shipper.snapshot(), &want.0);
     assert_dead_letters(&shipper.dead_letters(), &want.1);
@@ -66,7 +65,7 @@ fn daemon_tails_appends_partial_lines_and_new_files_and_resumes_after_sigterm() 
 
     // Lines 1-3 in one write.
     shipper.append(&day5.rel, &bytes[..end_of(3)]);
-    wait_for_rows(&shipper, &want(&[&day5.prefix(3)], &[running.clone()]));
+    wait_for_rows(&shipper, &want(&[&day5.prefix(3)], std::slice::from_ref(&running)));
 
     // A blank line, a bad line and the first half of line 6: only lines 4-5 are lines yet.
     let half = end_of(5) + (end_of(6) - end_of(5)) / 2;
@@ -75,12 +74,17 @@ fn daemon_tails_appends_partial_lines_and_new_files_and_resumes_after_sigterm() 
     let caught_up = poll_until(DEADLINE, || {
         shipper.try_checkpoints().is_ok_and(|c| c == [checkpoint(&shipper, &five)])
     });
-    assert!(caught_up, "checkpoint {:?}, want {:?}", shipper.checkpoints(), checkpoint(&shipper, &five));
-    wait_for_rows(&shipper, &want(&[&five], &[running.clone()]));
+    assert!(
+        caught_up,
+        "checkpoint {:?}, want {:?}",
+        shipper.checkpoints(),
+        checkpoint(&shipper, &five)
+    );
+    wait_for_rows(&shipper, &want(&[&five], std::slice::from_ref(&running)));
 
     // The rest of line 6 and line 7 (a new version of event "a").
     shipper.append(&day5.rel, &bytes[half..end_of(7)]);
-    wait_for_rows(&shipper, &want(&[&day5.prefix(7)], &[running.clone()]));
+    wait_for_rows(&shipper, &want(&[&day5.prefix(7)], std::slice::from_ref(&running)));
 
     let drained = daemon.terminate(DRAIN_DEADLINE);
     drained.assert_success("run after SIGTERM");
@@ -89,9 +93,9 @@ fn daemon_tails_appends_partial_lines_and_new_files_and_resumes_after_sigterm() 
     // Restarted: appends continue at line 8; a new daily file is picked up.
     let daemon = shipper.spawn_run();
     shipper.append(&day5.rel, &bytes[end_of(7)..]);
-    wait_for_rows(&shipper, &want(&[&day5], &[running.clone()]));
+    wait_for_rows(&shipper, &want(&[&day5], std::slice::from_ref(&running)));
     shipper.write(&day6.rel, day6.bytes());
-    let everything = want(&[&day5, &day6], &[finished.clone()]);
+    let everything = want(&[&day5, &day6], std::slice::from_ref(&finished));
     wait_for_rows(&shipper, &everything);
 
     let drained = daemon.terminate(DRAIN_DEADLINE);
@@ -106,4 +110,91 @@ fn daemon_tails_appends_partial_lines_and_new_files_and_resumes_after_sigterm() 
     assert!(backfill.summary().contains(" 0 events written"), "{}", backfill.summary());
     assert_snapshot(&shipper.snapshot(), &everything.0);
     assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
+}
+
+#[test]
+fn daemon_skips_a_long_line_written_in_pieces_and_keeps_a_partial_line_across_a_restart() {
+    let shipper = Shipper::new();
+    let mut file = GenFile::new("raw/events_20240108.ndjson", Form::Live);
+    file.good(r#"{"run_id":"long","event_id":"before"}"#)
+        .too_long(MAX_LINE_BYTES + MAX_LINE_BYTES / 2)
+        .good(r#"{"run_id":"long","event_id":"after"}"#)
+        .good(r#"{"run_id":"long","event_id":"split by a restart"}"#);
+    let bytes = file.bytes();
+    let end_of = |n_lines: usize| file.prefix(n_lines).len() as usize;
+    let daemon = shipper.spawn_run();
+
+    // The long line arrives in four writes, each read by the daemon before the next one (it
+    // must carry the skip over reads), the checkpoint staying at line 1 meanwhile.
+    let path = shipper.path(&file.rel);
+    shipper.append(&file.rel, &bytes[..end_of(1)]);
+    let first = file.prefix(1);
+    wait_for_rows(&shipper, &expected(shipper.base(), &[&first], &[]));
+    wait_until(DEADLINE, "the checkpoint at line 1", || {
+        shipper.try_checkpoints().is_ok_and(|c| c == [checkpoint(&shipper, &first)])
+    });
+    let long_end = end_of(2);
+    let step = (long_end - end_of(1)) / 4;
+    for piece in 0..4 {
+        let from = end_of(1) + piece * step;
+        let to = if piece == 3 { long_end - 1 } else { from + step };
+        shipper.append(&file.rel, &bytes[from..to]);
+        wait_until(DEADLINE, "the daemon to read the piece", || {
+            daemon.read_position(&path) == Some(to as u64)
+        });
+        assert_eq!(shipper.checkpoints(), [checkpoint(&shipper, &first)]);
+        assert_eq!(shipper.dead_letters(), []);
+    }
+    shipper.append(&file.rel, &bytes[long_end - 1..end_of(3)]);
+    wait_for_rows(&shipper, &expected(shipper.base(), &[&file.prefix(3)], &[]));
+
+    // Half of line 4 when SIGTERM comes: the drain must not ship it.
+    let half = end_of(3) + (end_of(4) - end_of(3)) / 2;
+    shipper.append(&file.rel, &bytes[end_of(3)..half]);
+    wait_until(DEADLINE, "the checkpoint at line 3", || {
+        shipper.try_checkpoints().is_ok_and(|c| c == [checkpoint(&shipper, &file.prefix(3))])
+    });
+    daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
+    assert_eq!(shipper.checkpoints(), [checkpoint(&shipper, &file.prefix(3))]);
+    let three = expected(shipper.base(), &[&file.prefix(3)], &[]);
+    assert_snapshot(&shipper.snapshot(), &three.0);
+    assert_dead_letters(&shipper.dead_letters(), &three.1);
+
+    let daemon = shipper.spawn_run();
+    shipper.append(&file.rel, &bytes[half..]);
+    wait_for_rows(&shipper, &expected(shipper.base(), &[&file], &[]));
+    daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
+    assert_eq!(shipper.checkpoints(), [checkpoint(&shipper, &file)]);
+}
+
+#[test]
+fn backfill_while_the_daemon_runs_ships_everything_exactly_once() {
+    let shipper = Shipper::new();
+    let (files, runs) = crate::dataset::multi_day();
+    let daemon = shipper.spawn_run();
+    for file in &files {
+        file.write(&shipper);
+    }
+
+    shipper.backfill(&[]);
+
+    let want = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), &runs);
+    wait_for_rows(&shipper, &want);
+    daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
+    assert_snapshot(&shipper.snapshot(), &want.0);
+    assert_dead_letters(&shipper.dead_letters(), &want.1);
+}
+
+#[test]
+fn daemon_skips_a_64_mib_line_in_bounded_memory() {
+    let shipper = Shipper::new();
+    let mut file = GenFile::new("raw/events_20240109.ndjson", Form::Live);
+    file.too_long(64 * 1024 * 1024).good(r#"{"run_id":"big","event_id":"after"}"#);
+    let daemon = shipper.spawn_run();
+    file.write(&shipper);
+    wait_for_rows(&shipper, &expected(shipper.base(), &[&file], &[]));
+    // Holding the line whole would take 64 MiB at least.
+    let peak = daemon.peak_rss();
+    assert!(peak < 40 * 1024 * 1024, "peak RSS {} MiB while skipping a 64 MiB line", peak >> 20);
+    daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
 }

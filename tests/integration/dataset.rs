@@ -69,7 +69,14 @@ pub(crate) struct GenFile {
 impl GenFile {
     /// A file at `rel`; its stream day is the `YYYYMMDD` in its name (0 if none).
     pub(crate) fn new(rel: &str, form: Form) -> GenFile {
-        GenFile { rel: rel.to_string(), form, day: day_of(rel), bytes: Vec::new(), lines: Vec::new(), closed: false }
+        GenFile {
+            rel: rel.to_string(),
+            form,
+            day: day_of(rel),
+            bytes: Vec::new(),
+            lines: Vec::new(),
+            closed: false,
+        }
     }
 
     /// Total bytes (decompressed).
@@ -100,6 +107,19 @@ impl GenFile {
         self.push(text.as_bytes(), What::Record(rec), true)
     }
 
+    /// A valid event nested too deep for the generator's own JSON parser (serde_json stops at
+    /// 128 levels): its expectation is given instead of read from the text.
+    pub(crate) fn good_deep(&mut self, text: &str, run_id: &str) -> &mut GenFile {
+        let rec = Rec {
+            run_id: run_id.to_string(),
+            is_run: false,
+            event_id: None,
+            event_type: SqlValue::Null,
+            ts: SqlValue::Null,
+        };
+        self.push(text.as_bytes(), What::Record(rec), true)
+    }
+
     /// A blank (empty or whitespace-only) line: counted, never stored.
     pub(crate) fn blank(&mut self, text: &str) -> &mut GenFile {
         assert!(text.bytes().all(|b| b" \t\r".contains(&b)), "not blank: {text:?}");
@@ -114,12 +134,19 @@ impl GenFile {
 
     /// A valid JSON object of exactly `len` bytes (> max_line_bytes): `line_too_long`.
     pub(crate) fn too_long(&mut self, len: usize) -> &mut GenFile {
+        self.too_long_of(len, r#"{"run_id":"alpha","event_id":"too-long","pad":""#, 'x')
+    }
+
+    /// A valid JSON object of about `len` bytes (> max_line_bytes): `head`, then `fill`
+    /// repeated, then `"}`.
+    pub(crate) fn too_long_of(&mut self, len: usize, head: &str, fill: char) -> &mut GenFile {
         assert!(len > MAX_LINE_BYTES);
-        let head = r#"{"run_id":"alpha","event_id":"too-long","pad":""#;
-        let mut line = head.as_bytes().to_vec();
-        line.resize(len - 2, b'x');
-        line.extend_from_slice(b"\"}");
-        self.bad(&line, "line_too_long")
+        let mut line = head.to_string();
+        while line.len() + fill.len_utf8() + 2 <= len {
+            line.push(fill);
+        }
+        line.push_str("\"}");
+        self.bad(line.as_bytes(), "line_too_long")
     }
 
     /// Unterminated trailing bytes that parse: a record of a finished file.
@@ -177,12 +204,14 @@ fn day_of(rel: &str) -> u64 {
 /// call something good that the contract would dead-letter.
 fn expect_record(text: &str) -> Rec {
     assert!(text.len() <= MAX_LINE_BYTES);
-    let value: Json = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    let object = value.as_object().unwrap_or_else(|| panic!("not an object: {text}"));
+    let short = short(text);
+    let value: Json =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {short}"));
+    let object = value.as_object().unwrap_or_else(|| panic!("not an object: {short}"));
     let run_id = match object.get("run_id") {
         Some(Json::String(s)) if !s.is_empty() && s.len() <= 4096 => s.clone(),
         Some(Json::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-        other => panic!("generator: bad run_id {other:?} in a good line: {text}"),
+        other => panic!("generator: bad run_id {other:?} in a good line: {short}"),
     };
     let event_id = match object.get("event_id") {
         None | Some(Json::Null) => None,
@@ -205,6 +234,27 @@ fn expect_record(text: &str) -> Rec {
         event_type: column("event_type"),
         ts: column("ts"),
     }
+}
+
+/// A dead letter's `raw`: the line as lossy UTF-8, cut to at most `dlq.max_raw_bytes` bytes
+/// (at a character boundary, so it stays valid text of at most that size).
+fn cut_raw(line: &[u8]) -> String {
+    // Every output character comes from at least one input byte, so this prefix suffices.
+    let lossy = String::from_utf8_lossy(&line[..line.len().min(MAX_RAW_BYTES + 4)]);
+    let mut end = lossy.len().min(MAX_RAW_BYTES);
+    while !lossy.is_char_boundary(end) {
+        end -= 1;
+    }
+    lossy[..end].to_string()
+}
+
+/// `text` cut to at most 200 bytes, for messages.
+fn short(text: &str) -> &str {
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A hand-written `runs` row: `status`, `started_at`, `ended_at` are `data`'s `status`,
@@ -230,7 +280,11 @@ pub(crate) fn run_row(run_id: &str, data: Json) -> RunRow {
 /// The expected state after shipping `files` (in any order) into `base`: every event of the
 /// files, the latest version per key; a `runs` row for every run seen (`{}` and NULLs unless
 /// `runs` gives its merged row; every run with run records must be given); every dead letter.
-pub(crate) fn expected(base: &Path, files: &[&GenFile], runs: &[RunRow]) -> (Snapshot, Vec<DeadLetter>) {
+pub(crate) fn expected(
+    base: &Path,
+    files: &[&GenFile],
+    runs: &[RunRow],
+) -> (Snapshot, Vec<DeadLetter>) {
     let mut events: BTreeMap<(String, String), (u64, EventRow)> = BTreeMap::new();
     let mut seen_runs: BTreeMap<String, bool> = BTreeMap::new();
     let mut dead = Vec::new();
@@ -245,8 +299,7 @@ pub(crate) fn expected(base: &Path, files: &[&GenFile], runs: &[RunRow]) -> (Sna
                     offset: line.offset,
                     reason: reason.to_string(),
                     raw_len: line.bytes.len() as u64,
-                    raw: String::from_utf8_lossy(&line.bytes[..line.bytes.len().min(MAX_RAW_BYTES)])
-                        .into_owned(),
+                    raw: cut_raw(&line.bytes),
                 }),
                 What::Record(rec) => {
                     *seen_runs.entry(rec.run_id.clone()).or_default() |= rec.is_run;
@@ -254,7 +307,8 @@ pub(crate) fn expected(base: &Path, files: &[&GenFile], runs: &[RunRow]) -> (Sna
                         continue;
                     }
                     let db = db_file_name(&rec.run_id);
-                    let key = rec.event_id.clone().unwrap_or_else(|| line_key(line.line_no, &line.bytes));
+                    let key =
+                        rec.event_id.clone().unwrap_or_else(|| line_key(line.line_no, &line.bytes));
                     let pos = file.day * 10_000_000_000 + line.line_no;
                     let row = EventRow {
                         db: db.clone(),
@@ -281,26 +335,43 @@ pub(crate) fn expected(base: &Path, files: &[&GenFile], runs: &[RunRow]) -> (Sna
         match runs.iter().find(|r| &r.run_id == run_id) {
             Some(row) => run_rows.push(row.clone()),
             None => {
-                assert!(!has_run_records, "generator: run {run_id:?} has run records; give its merged row");
+                assert!(
+                    !has_run_records,
+                    "generator: run {run_id:?} has run records; give its merged row"
+                );
                 run_rows.push(run_row(run_id, serde_json::json!({})));
             }
         }
     }
     for row in runs {
-        assert!(seen_runs.contains_key(&row.run_id), "generator: run {:?} has no records", row.run_id);
+        assert!(
+            seen_runs.contains_key(&row.run_id),
+            "generator: run {:?} has no records",
+            row.run_id
+        );
     }
-    let mut snapshot = Snapshot { runs: run_rows, events: events.into_values().map(|(_, row)| row).collect() };
+    let mut snapshot =
+        Snapshot { runs: run_rows, events: events.into_values().map(|(_, row)| row).collect() };
     snapshot.sort();
     dead.sort();
     (snapshot, dead)
 }
 
-/// The multi-day set: three daily files (the two older ones gzip, several members, cut
-/// mid-line; the newest plain and finished), with every kind of bad line, producer retries,
+/// The multi-day set: four daily files (a plain one, then two gzip ones of several members cut
+/// mid-line, then the newest, plain; plain ones finished), with every kind of bad line, producer retries,
 /// changed content under one `event_id` across days, runs crossing midnight, hostile run_ids.
 /// Returns the files and the hand-merged `runs` rows of the runs that have run records.
 pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
     use serde_json::json;
+
+    // The oldest day, plain: its unterminated last line parses, so it is a record.
+    let mut day0 = GenFile::new("raw/events_20231231.ndjson", Form::Finished);
+    bulk(&mut day0, 0, 0..10);
+    day0.blank("\r").good(r#"{"run_id":" ","n":5}"#).good(&format!(
+        r#"{{"run_id":"alpha","s":"{}","event_type":"nesting inside a string is fine"}}"#,
+        "[".repeat(5000)
+    ));
+    day0.tail_good(r#"{"run_id":"alpha","event_id":"tail-0","v":0}"#);
 
     let mut day1 = GenFile::new("raw/events_20240101.ndjson.gz", Form::Gzip);
     day1.good(r#"{"run_id":"night","record_type":"run","status":"running","start_time":"2024-01-01T23:50:00Z","host":"crawl-1","cfg":{"depth":3,"tmp":true}}"#)
@@ -332,6 +403,7 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
     day2.good(r#"{"run_id":"night","record_type":"run","status":"finished","end_time":"2024-01-02T00:10:00Z","cfg":{"depth":4},"host":null}"#);
     bulk(&mut day2, 2, 0..50);
     let long_id = format!(r#"{{"run_id":"{}","n":3}}"#, "x".repeat(1000));
+    let longest_id = format!(r#"{{"run_id":"{}","n":4}}"#, "z".repeat(4096));
     let too_long_id = format!(r#"{{"run_id":"{}","n":4}}"#, "y".repeat(4097));
     let deep = format!(r#"{{"run_id":"alpha","deep":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
     day2.good(r#"{"run_id":"alpha","event_id":"7","v":"day2"}"#)
@@ -342,7 +414,18 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
         .good(r#"{"run_id":"\u002f","n":1}"#)
         .good(r#"{"run_id":"\u0000","n":2}"#)
         .good(&long_id)
+        .good(&longest_id)
+        .good(r#"{"run_id":12345678901234567890,"event_id":-3}"#)
+        .good(r#"{"run_id":"alpha","record_type":"run","event_id":"rr-1","phase":"post"}"#)
+        .good(r#"{"run_id":"alpha","record_type":"RUN","event_id":"not-a-run-record"}"#)
+        .good(r#"{"run_id":"%41","n":6}"#)
+        .good(r#"{"run_id":"A","n":7}"#)
+        .good(r#"{"run_id":".","n":8}"#)
+        .good(r#"{"run_id":"..","n":9}"#)
+        .good(r#"{"run_id":"alpha","event_id":"shared","v":"alpha"}"#)
+        .good(r#"{"run_id":"night","event_id":"shared","v":"night"}"#)
         .bad(too_long_id.as_bytes(), "invalid_run_id")
+        .bad(br#"{"run_id":1e3}"#, "invalid_run_id")
         .bad(deep.as_bytes(), "invalid_json")
         .too_long(2 * 1024 * 1024)
         .bad(b"{\"run_id\":\"alpha\",\"x\":\"a\0b\"}", "invalid_json")
@@ -371,6 +454,10 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
         .good(r#"{"run_id":"night","event_id":"r3","v":1}"#)
         .good(r#"{"run_id":"night","event_id":"r3","v":1}"#)
         .too_long(2 * 1024 * 1024 + 17)
+        .good(&sized_line(MAX_LINE_BYTES))
+        .too_long(MAX_LINE_BYTES + 1)
+        .good_deep(&nested(999), "alpha")
+        .bad(nested(1000).as_bytes(), "invalid_json")
         .bad(b"\0{\"run_id\":\"alpha\"}", "invalid_json");
     bulk(&mut day3, 3, 40..60);
     day3.tail_bad(br#"{"run_id":"alpha","broken"#);
@@ -379,7 +466,8 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
         run_row(
             "alpha",
             json!({"run_id":"alpha","record_type":"run","status":"finished",
-                   "start_time":1704067200,"end_time":1704070800,"result":{"pages":100}}),
+                   "start_time":1704067200,"end_time":1704070800,"result":{"pages":100},
+                   "event_id":"rr-1","phase":"post"}),
         ),
         // Crosses midnight: started on day 1, ended on day 2; the day-3 heartbeat merges its
         // other keys but does not resurrect the run.
@@ -390,9 +478,30 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
                    "cfg":{"depth":4},"heartbeat":2}),
         ),
         // "42" and 42 are one run; the later record's integer run_id wins in `data`.
-        run_row("42", json!({"run_id":42,"record_type":"run","status":"done","start_time":5,"n":1})),
+        run_row(
+            "42",
+            json!({"run_id":42,"record_type":"run","status":"done","start_time":5,"n":1}),
+        ),
     ];
-    (vec![day1, day2, day3], runs)
+    // Only blank lines.
+    let mut day4 = GenFile::new("raw/events_20240104.ndjson", Form::Finished);
+    day4.blank("").blank(" ").blank("\t\r");
+    (vec![day0, day1, day2, day3, day4], runs)
+}
+
+/// A valid event of exactly `len` bytes.
+fn sized_line(len: usize) -> String {
+    let head = format!(r#"{{"run_id":"alpha","event_id":"len-{len}","pad":""#);
+    format!("{head}{}\"}}", "x".repeat(len - head.len() - 2))
+}
+
+/// An event whose arrays nest `depth` deep inside the object, i.e. `depth + 1` levels.
+fn nested(depth: usize) -> String {
+    format!(
+        r#"{{"run_id":"alpha","depth":{depth},"x":{}{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
 }
 
 /// Ordinary events of `day`: three runs (one with an integer run_id every other time), most
@@ -406,7 +515,11 @@ fn bulk(file: &mut GenFile, day: u32, range: std::ops::Range<u32>) {
             _ => r#""42""#,
         };
         let event_type = ["fetch", "parse", "store"][(i % 3) as usize];
-        let ts = if i % 5 == 0 { format!("{}.5", 1_704_067_200 + i) } else { (1_704_067_200 + i).to_string() };
+        let ts = if i % 5 == 0 {
+            format!("{}.5", 1_704_067_200 + i)
+        } else {
+            (1_704_067_200 + i).to_string()
+        };
         let id = if i % 4 == 3 { String::new() } else { format!(r#""event_id":"d{day}-{i}","#) };
         file.good(&format!(
             r#"{{"run_id":{run},{id}"event_type":"{event_type}","ts":{ts},"payload":{{"url":"https://example.com/{day}/{i}","tags":["a","b"],"n":{i}}}}}"#

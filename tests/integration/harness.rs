@@ -7,7 +7,7 @@
 //! fixed sleep: the suite must pass on a loaded 2-core machine and fail fast on a real bug.
 
 use std::collections::BTreeSet;
-use std::fmt::{Debug, Write as _};
+use std::fmt::Debug;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -41,7 +41,8 @@ pub(crate) struct Shipper {
 
 impl Shipper {
     pub(crate) fn new() -> Shipper {
-        let root = tempfile::Builder::new().prefix("jsonl-shipper-it-").tempdir().expect("temp dir");
+        let root =
+            tempfile::Builder::new().prefix("jsonl-shipper-it-").tempdir().expect("temp dir");
         let base = root.path().join("base");
         fs::create_dir_all(base.join("raw")).expect("create raw dir");
         Shipper { root, base }
@@ -49,10 +50,6 @@ impl Shipper {
 
     pub(crate) fn base(&self) -> &Path {
         &self.base
-    }
-
-    pub(crate) fn root(&self) -> &Path {
-        self.root.path()
     }
 
     /// `D/<rel>`.
@@ -204,6 +201,16 @@ impl Shipper {
         names
     }
 
+    /// Keys of the events in a run DB whose `data` SQLite's JSON functions reject.
+    pub(crate) fn rows_sqlite_rejects(&self, db_name: &str) -> Vec<String> {
+        let conn = open_read_only(&self.path("db/runs").join(db_name)).expect("open run DB");
+        let mut stmt = conn
+            .prepare("SELECT event_key FROM events WHERE NOT json_valid(data) OR json_type(data) != 'object'")
+            .expect("prepare");
+        let keys = stmt.query_map([], |r| r.get(0)).expect("query");
+        keys.collect::<rusqlite::Result<_>>().expect("rows")
+    }
+
     /// `PRAGMA user_version` of a run DB.
     pub(crate) fn user_version(&self, db_name: &str) -> i64 {
         let conn = open_read_only(&self.path("db/runs").join(db_name)).expect("open run DB");
@@ -337,7 +344,10 @@ fn parse_dead_letter(line: &str) -> (DeadLetter, String) {
     let value: Json =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("DLQ line is not JSON ({e}): {line}"));
     let text = |key: &str| -> String {
-        value[key].as_str().unwrap_or_else(|| panic!("DLQ `{key}` not a string: {line}")).to_string()
+        value[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("DLQ `{key}` not a string: {line}"))
+            .to_string()
     };
     let number = |key: &str| -> u64 {
         value[key].as_u64().unwrap_or_else(|| panic!("DLQ `{key}` not an integer: {line}"))
@@ -444,7 +454,12 @@ pub(crate) struct Finished {
 impl Finished {
     #[track_caller]
     pub(crate) fn assert_success(&self, what: &str) {
-        assert!(self.status.success(), "{what} failed with {}; stderr:\n{}", self.status, self.stderr);
+        assert!(
+            self.status.success(),
+            "{what} failed with {}; stderr:\n{}",
+            self.status,
+            self.stderr
+        );
     }
 
     /// The `backfill done:` summary line.
@@ -480,10 +495,61 @@ impl Running {
         self.child.try_wait().expect("try_wait")
     }
 
+    /// The furthest file position of any descriptor the process has open on `path` (from
+    /// `/proc/<pid>/fdinfo`): how far a tailer has read. None if it has no such descriptor.
+    pub(crate) fn read_position(&self, path: &Path) -> Option<u64> {
+        let proc_dir = PathBuf::from(format!("/proc/{}", self.child.id()));
+        let fds = fs::read_dir(proc_dir.join("fd")).ok()?;
+        let mut furthest = None;
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).ok().as_deref() != Some(path) {
+                continue;
+            }
+            let info = fs::read_to_string(proc_dir.join("fdinfo").join(fd.file_name()));
+            let pos = info.ok().and_then(|info| {
+                info.lines().find_map(|l| l.strip_prefix("pos:").map(|p| p.trim().parse::<u64>()))
+            });
+            if let Some(Ok(pos)) = pos {
+                furthest = furthest.max(Some(pos));
+            }
+        }
+        furthest
+    }
+
+    /// The process's peak resident set size so far (`VmHWM`), in bytes.
+    pub(crate) fn peak_rss(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/<pid>/status");
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in:\n{status}"));
+        kib * 1024
+    }
+
     /// Sends SIGTERM and waits up to `deadline` for the exit.
     pub(crate) fn terminate(mut self, deadline: Duration) -> Finished {
         self.signal(libc::SIGTERM);
         self.finish(deadline)
+    }
+
+    /// One SIGINT (Ctrl-C), then waits for the exit.
+    pub(crate) fn interrupt(mut self) -> Finished {
+        self.signal(libc::SIGINT);
+        self.finish(DEADLINE)
+    }
+
+    /// SIGINT every 50 ms until the process exits (a second signal must end it at once).
+    pub(crate) fn interrupt_until_exit(mut self) -> Finished {
+        let exited = poll_until(DEADLINE, || {
+            self.signal(libc::SIGINT);
+            std::thread::sleep(Duration::from_millis(50));
+            self.try_status().is_some()
+        });
+        assert!(exited, "still running after SIGINTs for {DEADLINE:?}");
+        self.finish(DEADLINE)
     }
 
     /// SIGKILL (`kill -9`) and reap.
@@ -512,7 +578,9 @@ impl Running {
     fn finish(&mut self, deadline: Duration) -> Finished {
         let reaped = poll_until(deadline, || self.try_status().is_some());
         if !reaped {
-            let _ = self.child.kill();
+            if let Err(e) = self.child.kill() {
+                eprintln!("killing a process that overran its deadline: {e}");
+            }
         }
         let status = self.child.wait().expect("wait");
         let join = |h: Option<JoinHandle<Vec<u8>>>| {
@@ -528,9 +596,12 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        // Only an unreaped child may be signalled (its pid cannot have been reused).
+        if self.child.try_wait().ok().flatten().is_none()
+            && self.child.kill().is_ok()
+            && self.child.wait().is_err()
+        {
+            eprintln!("could not reap pid {}", self.child.id());
         }
     }
 }
@@ -538,7 +609,9 @@ impl Drop for Running {
 fn collect<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut out = Vec::new();
-        let _ = pipe.read_to_end(&mut out);
+        if let Err(e) = pipe.read_to_end(&mut out) {
+            eprintln!("reading a child's output: {e}");
+        }
         out
     })
 }
@@ -580,11 +653,11 @@ pub(crate) fn assert_same<T: Debug + PartialEq, K: Ord + Debug>(
     let mut report = format!("{what}: {} rows, expected {}\n", actual.len(), expected.len());
     let mut n = 0;
     for row in expected.iter().filter(|r| !actual_keys.contains(&key(r))).take(10) {
-        let _ = writeln!(report, "  missing:    {row:?}");
+        report.push_str(&format!("  missing:    {row:?}\n"));
         n += 1;
     }
     for row in actual.iter().filter(|r| !expected_keys.contains(&key(r))).take(10) {
-        let _ = writeln!(report, "  unexpected: {row:?}");
+        report.push_str(&format!("  unexpected: {row:?}\n"));
         n += 1;
     }
     for a in actual {
@@ -593,13 +666,13 @@ pub(crate) fn assert_same<T: Debug + PartialEq, K: Ord + Debug>(
         }
         if let Some(e) = expected.iter().find(|e| key(e) == key(a)) {
             if a != e {
-                let _ = writeln!(report, "  actual:     {a:?}\n  expected:   {e:?}");
+                report.push_str(&format!("  actual:     {a:?}\n  expected:   {e:?}\n"));
                 n += 1;
             }
         }
     }
     if n == 0 {
-        let _ = writeln!(report, "  same rows, different order or multiplicity");
+        report.push_str("  same rows, different order or multiplicity\n");
     }
     panic!("{report}");
 }
@@ -626,7 +699,7 @@ pub(crate) fn db_file_name(run_id: &str) -> String {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
             stem.push(char::from(b));
         } else {
-            let _ = write!(stem, "%{b:02X}");
+            stem.push_str(&format!("%{b:02X}"));
         }
     }
     if stem.len() > 200 {
@@ -637,7 +710,7 @@ pub(crate) fn db_file_name(run_id: &str) -> String {
         stem.truncate(cut);
         stem.push('~');
         for b in Sha256::digest(run_id.as_bytes()) {
-            let _ = write!(stem, "{b:02x}");
+            stem.push_str(&format!("{b:02x}"));
         }
     }
     format!("{stem}.sqlite")
@@ -649,7 +722,7 @@ pub(crate) fn line_key(line_no: u64, line: &[u8]) -> String {
     let digest = Sha256::digest(line);
     let mut key = format!("{line_no:010}-");
     for b in &digest[..16] {
-        let _ = write!(key, "{b:02x}");
+        key.push_str(&format!("{b:02x}"));
     }
     key
 }

@@ -55,10 +55,17 @@ fn status_json_reports_exact_offset_size_and_lag_after_a_partial_read() {
 
     let path = shipper.source(&file.rel);
     let size = file.len() + partial.len() as u64;
-    assert_eq!(shipper.checkpoints(), [Checkpoint { path: path.clone(), offset: file.len(), line_no: 4 }]);
+    assert_eq!(
+        shipper.checkpoints(),
+        [Checkpoint { path: path.clone(), offset: file.len(), line_no: 4 }]
+    );
     let got = status(&shipper);
-    let files: Vec<Json> =
-        got["files"].as_array().unwrap_or_else(|| panic!("files: {got}")).iter().map(file_status).collect();
+    let files: Vec<Json> = got["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("files: {got}"))
+        .iter()
+        .map(file_status)
+        .collect();
     assert_eq!(
         files,
         [json!({"path": path, "offset": file.len(), "size": size, "lag_bytes": partial.len()})]
@@ -81,8 +88,12 @@ fn status_json_reports_exact_offset_size_and_lag_after_a_partial_read() {
     whole.good(&format!("{partial}}}"));
     shipper.backfill(&[]);
     let got = status(&shipper);
-    let files: Vec<Json> = got["files"].as_array().expect("files").iter().map(file_status).collect();
-    assert_eq!(files, [json!({"path": path, "offset": size + 2, "size": size + 2, "lag_bytes": 0})]);
+    let files: Vec<Json> =
+        got["files"].as_array().expect("files").iter().map(file_status).collect();
+    assert_eq!(
+        files,
+        [json!({"path": path, "offset": size + 2, "size": size + 2, "lag_bytes": 0})]
+    );
     assert_snapshot(&shipper.snapshot(), &expected(shipper.base(), &[&whole], &[]).0);
 }
 
@@ -100,6 +111,14 @@ fn check_config_exits_2_naming_an_unknown_key() {
     let shipper = Shipper::new();
     let paths = format!("paths = [\"{}/raw/events_*.ndjson\"]", shipper.base().display());
     check_unknown_key(&shipper, &format!("[sources]\n{paths}\nfrobnicate = true\n"), "frobnicate");
-    check_unknown_key(&shipper, &format!("[sources]\n{paths}\n[output]\nbatch_max_evnts = 10\n"), "batch_max_evnts");
-    check_unknown_key(&shipper, &format!("[sources]\n{paths}\n[retention_typo]\nmax_age = \"1d\"\n"), "retention_typo");
+    check_unknown_key(
+        &shipper,
+        &format!("[sources]\n{paths}\n[output]\nbatch_max_evnts = 10\n"),
+        "batch_max_evnts",
+    );
+    check_unknown_key(
+        &shipper,
+        &format!("[sources]\n{paths}\n[retention_typo]\nmax_age = \"1d\"\n"),
+        "retention_typo",
+    );
 }
