@@ -97,7 +97,15 @@ fn kill_9_and_ctrl_c_at_several_points_then_resume_equals_an_uninterrupted_backf
         wait_until(DEADLINE, &format!("checkpoints at {percent}% or an exit"), || {
             crashed.progress() >= target || backfill.try_status().is_some()
         });
-        assert!(backfill.try_status().is_none(), "backfill ended before the {percent}% stop point");
+        if backfill.try_status().is_some() {
+            let ended = backfill.wait();
+            panic!(
+                "backfill ended ({}) before the {percent}% stop point, at {} of {total} bytes:\n{}",
+                ended.status,
+                crashed.progress(),
+                ended.stderr
+            );
+        }
         let stopped = match stop {
             Stop::Kill9 => {
                 let killed = backfill.kill9();

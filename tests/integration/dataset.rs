@@ -101,6 +101,12 @@ impl GenFile {
         GenFile { bytes: self.bytes[..end].to_vec(), lines, closed: false, ..self.clone() }
     }
 
+    /// This file as seen by a reader that started after its first `n_lines` lines: same
+    /// bytes, only the later lines expected.
+    pub(crate) fn skipping(&self, n_lines: usize) -> GenFile {
+        GenFile { lines: self.lines[n_lines..].to_vec(), ..self.clone() }
+    }
+
     /// A valid record (event or run record); its expectation follows from the text.
     pub(crate) fn good(&mut self, text: &str) -> &mut GenFile {
         let rec = expect_record(text);

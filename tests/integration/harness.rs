@@ -37,6 +37,8 @@ pub(crate) const MAX_LINE_BYTES: usize = 1024 * 1024;
 pub(crate) struct Shipper {
     root: tempfile::TempDir,
     base: PathBuf,
+    /// With a config file, commands get `--config F` (whose `base` is D) instead of `--base D`.
+    config: Option<PathBuf>,
 }
 
 impl Shipper {
@@ -45,7 +47,16 @@ impl Shipper {
             tempfile::Builder::new().prefix("jsonl-shipper-it-").tempdir().expect("temp dir");
         let base = root.path().join("base");
         fs::create_dir_all(base.join("raw")).expect("create raw dir");
-        Shipper { root, base }
+        Shipper { root, base, config: None }
+    }
+
+    /// An installation driven by `--config <root>/config.toml`: `base = D` plus `toml`.
+    pub(crate) fn with_config(toml: &str) -> Shipper {
+        let mut shipper = Shipper::new();
+        let path = shipper.root.path().join("config.toml");
+        fs::write(&path, format!("base = \"base\"\n{toml}")).expect("write config");
+        shipper.config = Some(path);
+        shipper
     }
 
     pub(crate) fn base(&self) -> &Path {
@@ -96,10 +107,14 @@ impl Shipper {
         file.set_modified(past).expect("set mtime");
     }
 
-    /// `jsonl-shipper <subcommand> --base D <args>`.
+    /// `jsonl-shipper <subcommand> --base D <args>` (or `--config F`, see [`Shipper::with_config`]).
     pub(crate) fn command(&self, subcommand: &[&str], args: &[&str]) -> Command {
         let mut command = self.bare_command(subcommand);
-        command.arg("--base").arg(&self.base).args(args);
+        match &self.config {
+            Some(config) => command.arg("--config").arg(config),
+            None => command.arg("--base").arg(&self.base),
+        };
+        command.args(args);
         command
     }
 

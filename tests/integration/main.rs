@@ -14,3 +14,4 @@ mod crash;
 mod replay;
 mod daemon;
 mod status;
+mod configured;
