@@ -27,7 +27,7 @@ fn at_end(shipper: &Shipper, files: &[GenFile]) -> Vec<Checkpoint> {
 
 #[test]
 fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
-    let shipper = Shipper::new();
+    let shipper = Shipper::new().with_umask_000();
     let (files, runs) = multi_day();
     write_all(&shipper, &files);
     // Not matched by the default sources: never read.
@@ -36,6 +36,12 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
 
     shipper.backfill(&[]);
 
+    // Run under umask 000, every file the shipper made (DBs, -wal, -shm, DLQ) is still 0640
+    // or stricter. (Checked before this test opens any DB itself.)
+    let made = shipper.all_files();
+    for file in made.iter().filter(|f| f.starts_with("base/db/") || f.starts_with("base/dlq/")) {
+        assert_private(&shipper.root().join(file));
+    }
     let (want, want_dead) = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), &runs);
     let got = shipper.snapshot();
     assert_snapshot(&got, &want);
@@ -58,21 +64,13 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
             allowed.insert(format!("base/db/runs/{db}{suffix}"));
         }
     }
-    let stray: Vec<String> = shipper
-        .all_files()
-        .into_iter()
-        .filter(|f| !allowed.contains(f) && !f.starts_with("base/dlq/"))
-        .collect();
+    let stray: Vec<String> =
+        made.into_iter().filter(|f| !allowed.contains(f) && !f.starts_with("base/dlq/")).collect();
     assert!(stray.is_empty(), "files outside the expected layout: {stray:?}");
     for db in &want_dbs {
         // `data` is JSON that SQLite's own functions accept (what analysts query with).
         assert_eq!(shipper.rows_sqlite_rejects(db), Vec::<String>::new(), "{db}");
         assert_eq!(shipper.user_version(db), 1, "{db}");
-        assert_private(&shipper.path("db/runs").join(db));
-    }
-    assert_private(&shipper.path("db/shipper-state.sqlite"));
-    for (name, _) in shipper.dlq_files() {
-        assert_private(&shipper.path("dlq").join(name));
     }
 }
 

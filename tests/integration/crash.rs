@@ -89,21 +89,29 @@ fn kill_9_and_ctrl_c_at_several_points_then_resume_equals_an_uninterrupted_backf
     let total: u64 = files.iter().map(GenFile::len).sum();
 
     let mut last_progress = 0;
+    // Checkpoints advance in steps of a batch per writer (about a tenth of this set, up to a
+    // third at the end), so the stop points stay where an intermediate checkpoint is sure to
+    // be seen before the backfill could finish.
     for (percent, stop) in
-        [(15, Stop::Kill9), (35, Stop::Interrupt), (55, Stop::InterruptTwice), (75, Stop::Kill9)]
+        [(10, Stop::Kill9), (30, Stop::Interrupt), (45, Stop::InterruptTwice), (60, Stop::Kill9)]
     {
         let mut backfill = crashed.spawn_backfill(&[]);
-        let target = total * percent / 100;
+        let target = (total * percent / 100).max(last_progress + 1);
+        let started = std::time::Instant::now();
+        let mut seen = Vec::new();
         wait_until(DEADLINE, &format!("checkpoints at {percent}% or an exit"), || {
-            crashed.progress() >= target || backfill.try_status().is_some()
+            let progress = crashed.progress();
+            if seen.last().is_none_or(|&(_, p)| p != progress) {
+                seen.push((started.elapsed().as_millis(), progress));
+            }
+            progress >= target || backfill.try_status().is_some()
         });
         if backfill.try_status().is_some() {
             let ended = backfill.wait();
             panic!(
-                "backfill ended ({}) before the {percent}% stop point, at {} of {total} bytes:\n{}",
-                ended.status,
-                crashed.progress(),
-                ended.stderr
+                "backfill ended ({}) before the {percent}% stop point ({target} of {total} \
+                 bytes); (ms, checkpointed bytes) seen: {seen:?}\n{}",
+                ended.status, ended.stderr
             );
         }
         let stopped = match stop {

@@ -388,6 +388,8 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
         .good(r#"{"run_id":"alpha","event_id":"retry-1","event_type":"fetch","v":1}"#)
         .good(r#"{"run_id":"night","event_id":"chg","v":"old"}"#)
         .good(r#"{"run_id":"night","event_id":"chg3","v":"day1"}"#)
+        .good(r#"{"run\u005fid":"alpha","event\u005fid":"escaped-key-names","ts":1e3}"#)
+        .good(r#"{"run_id":"alpha","event_id":"caf\u00e9","v":"escaped"}"#)
         .blank("")
         .blank("  \t")
         .bad(br#"{"run_id":"alpha","#, "invalid_json")
@@ -414,6 +416,8 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
     let deep = format!(r#"{{"run_id":"alpha","deep":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
     day2.good(r#"{"run_id":"alpha","event_id":"7","v":"day2"}"#)
         .good(r#"{"run_id":"night","event_id":"chg","v":"new"}"#)
+        .good(r#"{"run_id":"alpha","event_id":"café","v":"the same id, unescaped"}"#)
+        .good(r#"{"run_id":"a\/b","record_type":"r\u0075n","status":"running"}"#)
         .good(r#"{"run_id":"alpha","event_id":"retry-1","event_type":"fetch","v":1}"#)
         .good(r#"{"run_id":42,"event_id":"i1","ts":1.25}"#)
         .good(r#"{"run_id":"42","event_id":"i2","ts":-7}"#)
@@ -483,6 +487,8 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
                    "start_time":"2024-01-01T23:50:00Z","end_time":"2024-01-02T00:10:00Z",
                    "cfg":{"depth":4},"heartbeat":2}),
         ),
+        // `a\/b` is `a/b`, and `r\u0075n` is `run`.
+        run_row("a/b", json!({"run_id":"a/b","record_type":"run","status":"running"})),
         // "42" and 42 are one run; the later record's integer run_id wins in `data`.
         run_row(
             "42",

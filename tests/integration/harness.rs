@@ -39,6 +39,8 @@ pub(crate) struct Shipper {
     base: PathBuf,
     /// With a config file, commands get `--config F` (whose `base` is D) instead of `--base D`.
     config: Option<PathBuf>,
+    /// Run the binary under `umask 000`, so only its own choice of modes protects its files.
+    umask_000: bool,
 }
 
 impl Shipper {
@@ -47,7 +49,7 @@ impl Shipper {
             tempfile::Builder::new().prefix("jsonl-shipper-it-").tempdir().expect("temp dir");
         let base = root.path().join("base");
         fs::create_dir_all(base.join("raw")).expect("create raw dir");
-        Shipper { root, base, config: None }
+        Shipper { root, base, config: None, umask_000: false }
     }
 
     /// An installation driven by `--config <root>/config.toml`: `base = D` plus `toml`.
@@ -61,6 +63,10 @@ impl Shipper {
 
     pub(crate) fn base(&self) -> &Path {
         &self.base
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        self.root.path()
     }
 
     /// `D/<rel>`.
@@ -107,6 +113,12 @@ impl Shipper {
         file.set_modified(past).expect("set mtime");
     }
 
+    /// Runs the binary under `umask 000` from now on.
+    pub(crate) fn with_umask_000(mut self) -> Shipper {
+        self.umask_000 = true;
+        self
+    }
+
     /// `jsonl-shipper <subcommand> --base D <args>` (or `--config F`, see [`Shipper::with_config`]).
     pub(crate) fn command(&self, subcommand: &[&str], args: &[&str]) -> Command {
         let mut command = self.bare_command(subcommand);
@@ -125,7 +137,13 @@ impl Shipper {
 
     /// `jsonl-shipper <args>`, run in the temp root, with a controlled environment.
     fn bare_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        let mut command = if self.umask_000 {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", "umask 000 && exec \"$0\" \"$@\"", BIN]);
+            sh
+        } else {
+            Command::new(BIN)
+        };
         command
             .args(args)
             .env_remove("JSONL_SHIPPER_CONFIG")
