@@ -181,3 +181,29 @@ fn dead_letter_raw_is_the_lossy_line_cut_to_max_raw_bytes() {
     assert_eq!(too_big, [], "(line_no, raw bytes) of dead letters whose raw exceeds 64 KiB");
     assert_dead_letters(&letters, &expected(shipper.base(), &[&file], &[]).1);
 }
+
+#[test]
+fn explicit_files_directories_and_globs_are_shipped_with_absolute_sources() {
+    let shipper = Shipper::new();
+    let mut by_file = GenFile::new("elsewhere/one/events_20240201.ndjson", Form::Finished);
+    by_file.good(r#"{"run_id":"p","event_id":"file"}"#);
+    let mut by_dir = GenFile::new("elsewhere/two/events_20240202.ndjson.gz", Form::Gzip);
+    by_dir.good(r#"{"run_id":"p","event_id":"dir"}"#);
+    let mut by_glob = GenFile::new("elsewhere/three/x_20240203.ndjson", Form::Finished);
+    by_glob.good(r#"{"run_id":"p","event_id":"glob"}"#);
+    let mut not_given = GenFile::new("raw/events_20240204.ndjson", Form::Finished);
+    not_given.good(r#"{"run_id":"p","event_id":"not given"}"#);
+    for file in [&by_file, &by_dir, &by_glob, &not_given] {
+        file.write(&shipper);
+    }
+
+    // Relative to the working directory (the temp root, the parent of D).
+    shipper.backfill(&[
+        "base/elsewhere/one/events_20240201.ndjson",
+        "base/elsewhere/two",
+        "base/elsewhere/three/*_20240203.ndjson",
+    ]);
+
+    let (want, _) = expected(shipper.base(), &[&by_file, &by_dir, &by_glob], &[]);
+    assert_snapshot(&shipper.snapshot(), &want);
+}

@@ -1,40 +1,40 @@
-//! kill -9 (and Ctrl-C, once or twice) during a backfill, at several points, then resume: the
-//! result is identical to an uninterrupted run (no row lost, duplicated or rolled back; no dead letter duplicated).
+//! kill -9 (and Ctrl-C, once or twice) during a backfill, at several points, or kill -9 of the
+//! daemon, then resume: the result is identical to an uninterrupted run (no row lost, duplicated or rolled back; no dead letter duplicated).
 
 use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::dataset::{expected, run_row, Form, GenFile};
 use crate::harness::{
-    assert_dead_letters, assert_same, assert_snapshot, wait_until, Checkpoint, RunRow, Shipper,
-    DEADLINE,
+    assert_dead_letters, assert_same, assert_snapshot, poll_until, wait_until, Checkpoint, RunRow,
+    Shipper, DEADLINE,
 };
 
 const RUNS: u32 = 20;
-const LINES_PER_DAY: u32 = 66_667;
 
-/// Three days (the first gzip, so resuming it re-decompresses its prefix), 20 runs: run
-/// records at the start, middle and end; half the events carry an `event_id` that every day
-/// repeats with new content; a bad line now and then.
-fn big_set() -> (Vec<GenFile>, Vec<RunRow>) {
+/// Three days of `lines_per_day` lines (with `gzip_first`, the first day is gzip, so resuming
+/// it re-decompresses its prefix), 20 runs: run records at the start, middle and end; half
+/// the events carry an `event_id` that every day repeats with new content; a bad line now and
+/// then.
+fn big_set(lines_per_day: u32, gzip_first: bool) -> (Vec<GenFile>, Vec<RunRow>) {
     let mut files = Vec::new();
     for day in 1..=3u32 {
         let (rel, form) = match day {
-            1 => ("raw/events_20240101.ndjson.gz", Form::Gzip),
-            2 => ("raw/events_20240102.ndjson", Form::Finished),
-            _ => ("raw/events_20240103.ndjson", Form::Finished),
+            1 if gzip_first => ("raw/events_20240101.ndjson.gz".to_string(), Form::Gzip),
+            _ => (format!("raw/events_2024010{day}.ndjson"), Form::Finished),
         };
-        let mut file = GenFile::new(rel, form);
-        for i in 0..LINES_PER_DAY {
+        let mut file = GenFile::new(&rel, form);
+        for i in 0..lines_per_day {
             let run = i % RUNS;
             if day == 1 && i < RUNS {
                 file.good(&format!(
                     r#"{{"run_id":"run-{run:02}","record_type":"run","status":"running","start_time":{i},"hb":0}}"#
                 ));
-            } else if day == 2 && (LINES_PER_DAY / 2..LINES_PER_DAY / 2 + RUNS).contains(&i) {
+            } else if day == 2 && (lines_per_day / 2..lines_per_day / 2 + RUNS).contains(&i) {
                 file.good(&format!(r#"{{"run_id":"run-{run:02}","record_type":"run","status":"running","hb":{day}}}"#));
-            } else if day == 3 && i >= LINES_PER_DAY - RUNS {
+            } else if day == 3 && i >= lines_per_day - RUNS {
                 file.good(&format!(
                     r#"{{"run_id":"run-{run:02}","record_type":"run","status":"finished","end_time":{i}}}"#
                 ));
@@ -53,7 +53,7 @@ fn big_set() -> (Vec<GenFile>, Vec<RunRow>) {
     }
     let runs = (0..RUNS)
         .map(|run| {
-            let end = (LINES_PER_DAY - RUNS..LINES_PER_DAY)
+            let end = (lines_per_day - RUNS..lines_per_day)
                 .find(|i| i % RUNS == run)
                 .expect("one per run");
             run_row(
@@ -79,7 +79,7 @@ enum Stop {
 
 #[test]
 fn kill_9_and_ctrl_c_at_several_points_then_resume_equals_an_uninterrupted_backfill() {
-    let (files, runs) = big_set();
+    let (files, runs) = big_set(66_667, true);
     let clean = Shipper::new();
     let crashed = Shipper::new();
     for file in &files {
@@ -159,4 +159,28 @@ fn kill_9_and_ctrl_c_at_several_points_then_resume_equals_an_uninterrupted_backf
         v
     };
     assert_same("checkpoints", &crashed.checkpoints(), &at_end, |c| c.path.clone());
+}
+
+#[test]
+fn daemon_killed_mid_stream_resumes_exactly() {
+    let (files, runs) = big_set(20_000, false);
+    let shipper = Shipper::new();
+    let total: u64 = files.iter().map(GenFile::len).sum();
+    let daemon = shipper.spawn_run();
+    for file in &files {
+        file.write(&shipper);
+    }
+    wait_until(DEADLINE, "the daemon to checkpoint some progress", || shipper.progress() > 0);
+    let killed = daemon.kill9();
+    assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "{}", killed.stderr);
+    assert!(shipper.progress() < total, "killed, but everything was already checkpointed");
+
+    let daemon = shipper.spawn_run();
+    let want = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), &runs);
+    poll_until(DEADLINE, || {
+        shipper.progress() == total && shipper.try_snapshot().is_ok_and(|s| s == want.0)
+    });
+    daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
+    assert_snapshot(&shipper.snapshot(), &want.0);
+    assert_dead_letters(&shipper.dead_letters(), &want.1);
 }

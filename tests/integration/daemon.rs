@@ -70,6 +70,10 @@ fn daemon_tails_appends_partial_lines_and_new_files_and_resumes_after_sigterm() 
     // A blank line, a bad line and the first half of line 6: only lines 4-5 are lines yet.
     let half = end_of(5) + (end_of(6) - end_of(5)) / 2;
     shipper.append(&day5.rel, &bytes[end_of(3)..half]);
+    let path = shipper.path(&day5.rel);
+    wait_until(DEADLINE, "the daemon to read the half line", || {
+        daemon.read_position(&path) == Some(half as u64)
+    });
     let five = day5.prefix(5);
     let caught_up = poll_until(DEADLINE, || {
         shipper.try_checkpoints().is_ok_and(|c| c == [checkpoint(&shipper, &five)])
@@ -104,8 +108,14 @@ fn daemon_tails_appends_partial_lines_and_new_files_and_resumes_after_sigterm() 
     assert_dead_letters(&shipper.dead_letters(), &everything.1);
     assert_eq!(shipper.checkpoints(), [checkpoint(&shipper, &day5), checkpoint(&shipper, &day6)]);
 
-    // A backfill of what the daemon shipped adds nothing.
+    // A backfill of what the daemon shipped adds nothing, nor does one of the `.gz` that
+    // log rotation makes of a shipped file.
     let dlq = shipper.dlq_files();
+    let backfill = shipper.backfill(&[]);
+    assert!(backfill.summary().contains(" 0 events written"), "{}", backfill.summary());
+    assert_snapshot(&shipper.snapshot(), &everything.0);
+    assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
+    shipper.write_gz("raw/events_20240105.ndjson.gz", day5.bytes(), &[]);
     let backfill = shipper.backfill(&[]);
     assert!(backfill.summary().contains(" 0 events written"), "{}", backfill.summary());
     assert_snapshot(&shipper.snapshot(), &everything.0);
@@ -151,10 +161,14 @@ fn daemon_skips_a_long_line_written_in_pieces_and_keeps_a_partial_line_across_a_
     // Half of line 4 when SIGTERM comes: the drain must not ship it.
     let half = end_of(3) + (end_of(4) - end_of(3)) / 2;
     shipper.append(&file.rel, &bytes[end_of(3)..half]);
+    wait_until(DEADLINE, "the daemon to read the half line", || {
+        daemon.read_position(&path) == Some(half as u64)
+    });
     wait_until(DEADLINE, "the checkpoint at line 3", || {
         shipper.try_checkpoints().is_ok_and(|c| c == [checkpoint(&shipper, &file.prefix(3))])
     });
-    daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
+    // SIGINT drains like SIGTERM.
+    daemon.interrupt().assert_success("run after SIGINT");
     assert_eq!(shipper.checkpoints(), [checkpoint(&shipper, &file.prefix(3))]);
     let three = expected(shipper.base(), &[&file.prefix(3)], &[]);
     assert_snapshot(&shipper.snapshot(), &three.0);

@@ -113,9 +113,10 @@ impl GenFile {
         self.push(text.as_bytes(), What::Record(rec), true)
     }
 
-    /// A valid event nested too deep for the generator's own JSON parser (serde_json stops at
-    /// 128 levels): its expectation is given instead of read from the text.
-    pub(crate) fn good_deep(&mut self, text: &str, run_id: &str) -> &mut GenFile {
+    /// A valid event without `event_id`, `event_type`, `ts` that the generator's own JSON
+    /// parser cannot read (nested deeper than serde_json's 128 levels, integers beyond 64
+    /// bits): its run is given instead of read from the text.
+    pub(crate) fn good_explicit(&mut self, text: &str, run_id: &str) -> &mut GenFile {
         let rec = Rec {
             run_id: run_id.to_string(),
             is_run: false,
@@ -466,7 +467,13 @@ pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
         .too_long(2 * 1024 * 1024 + 17)
         .good(&sized_line(MAX_LINE_BYTES))
         .too_long(MAX_LINE_BYTES + 1)
-        .good_deep(&nested(999), "alpha")
+        .good_explicit(&nested(999), "alpha")
+        .good_explicit(
+            r#"{"run_id":123456789012345678901234567890,"n":1}"#,
+            "123456789012345678901234567890",
+        )
+        .good(r#"{"run_id":"123456789012345678901234567890","n":2}"#)
+        .bad(br#"{"run_id":007}"#, "invalid_json")
         .bad(nested(1000).as_bytes(), "invalid_json")
         .bad(b"\0{\"run_id\":\"alpha\"}", "invalid_json");
     bulk(&mut day3, 3, 40..60);

@@ -122,3 +122,17 @@ fn check_config_exits_2_naming_an_unknown_key() {
         "retention_typo",
     );
 }
+
+#[test]
+fn status_of_a_fresh_base_is_empty_and_a_missing_backfill_path_is_a_usage_error() {
+    let shipper = Shipper::new();
+    let got = status(&shipper);
+    assert_eq!(got["files"], json!([]));
+    assert_eq!(got["runs"]["count"], json!(0));
+    assert_eq!(got["dlq"]["lines"], json!(0));
+
+    let missing = shipper.path("raw/no_such_file.ndjson");
+    let finished = shipper.run_cmd(&["backfill"], &[missing.to_str().expect("UTF-8")]);
+    assert_eq!(finished.status.code(), Some(2), "stderr:\n{}", finished.stderr);
+    assert!(finished.stderr.contains("no_such_file.ndjson"), "stderr:\n{}", finished.stderr);
+}
