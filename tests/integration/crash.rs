@@ -1,5 +1,6 @@
 //! kill -9 (and Ctrl-C, once or twice) during a backfill, at several points, or kill -9 of the
-//! daemon, then resume: the result is identical to an uninterrupted run (no row lost, duplicated or rolled back; no dead letter duplicated).
+//! daemon, then resume: the result is identical to an uninterrupted run (no row lost,
+//! duplicated or rolled back; no dead letter duplicated).
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;

@@ -364,9 +364,10 @@ pub(crate) fn expected(
     (snapshot, dead)
 }
 
-/// The multi-day set: four daily files (a plain one, then two gzip ones of several members cut
-/// mid-line, then the newest, plain; plain ones finished), with every kind of bad line, producer retries,
-/// changed content under one `event_id` across days, runs crossing midnight, hostile run_ids.
+/// The multi-day set: five daily files (a plain one; two gzip ones of several members cut
+/// mid-line; a plain one; one of blank lines only; plain ones finished), with every kind of
+/// bad line, producer retries, changed content under one `event_id` across days, runs crossing
+/// midnight, hostile run_ids.
 /// Returns the files and the hand-merged `runs` rows of the runs that have run records.
 pub(crate) fn multi_day() -> (Vec<GenFile>, Vec<RunRow>) {
     use serde_json::json;

@@ -3,15 +3,23 @@
 //! checkpoints against expectations built from the generator's knowledge (never read back
 //! from the shipper's own output).
 //!
-//! Modules: `harness` (temp dirs, processes, readers), `dataset` (generator and expected
-//! model), then one module per area of the contract.
+//! - `harness`: temp dir per test, writing sources (plain, multi-member gzip), running the
+//!   binary with deadlines or as a daemon (signals, `/proc` observations), reading every row,
+//!   dead letter and checkpoint back; polling waits only, never fixed sleeps.
+//! - `dataset`: the generator that knows what each line is, and the expected-state model.
+//! - one module per area: `backfill` (the multi-day set, idempotence, `--jobs`), `replay`
+//!   (the commit protocol's replay rules), `crash` (kill -9 / Ctrl-C and resume), `daemon`
+//!   (`run`: tailing, partial lines, SIGTERM drain, restart), `status` (`status --json`, exit
+//!   codes), `configured` (behaviour that needs `--config`).
+//!
+//! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
 mod harness;
 mod dataset;
 
 mod backfill;
-mod crash;
 mod replay;
+mod crash;
 mod daemon;
 mod status;
 mod configured;
