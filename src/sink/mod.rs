@@ -1,10 +1,10 @@
 //! The writers: OS threads that own every run-DB connection, one thread per shard of run_ids.
 //!
-//! A writer collects [`Batch`]es from its bounded inbox and flushes when it holds
-//! `batch_max_events` records or `batch_max_bytes` of text, when the oldest record has waited
-//! `batch_max_delay` (daemon only; backfill flushes by size), or when its inbox closes. A flush
-//! writes each run's records in one IMMEDIATE transaction, commits, and only then acks the
-//! spans. A locked or full database is retried with backoff, forever, never dead-lettered;
+//! A writer takes [`Batch`]es from its bounded inbox and sorts their records into per-run
+//! buffers. A run is committed when it holds `batch_max_events` rows; every run is committed
+//! when the buffers hold `batch_max_bytes`, when the oldest record has waited
+//! `batch_max_delay` (daemon only; backfill flushes by size), or when the inbox closes. Each
+//! commit is one IMMEDIATE transaction for one run; only after it are the spans acked. A locked or full database is retried with backoff, forever, never dead-lettered;
 //! a record that fails on its own (too big) becomes a `write_failed` dead letter.
 //!
 //! No other module opens a run DB for writing.

@@ -82,7 +82,9 @@ enum Stop {
 fn kill_9_and_ctrl_c_at_several_points_then_resume_equals_an_uninterrupted_backfill() {
     let (files, runs) = big_set(66_667, true);
     let clean = Shipper::new();
-    let crashed = Shipper::new();
+    // Small per-run batches make checkpoints advance in small steps, so every stop point below
+    // is reached with work still left (the default batches are sized for throughput).
+    let crashed = Shipper::with_config("[output]\nbatch_max_events = 64\n");
     for file in &files {
         file.write(&clean);
         file.write(&crashed);
@@ -90,9 +92,6 @@ fn kill_9_and_ctrl_c_at_several_points_then_resume_equals_an_uninterrupted_backf
     let total: u64 = files.iter().map(GenFile::len).sum();
 
     let mut last_progress = 0;
-    // Checkpoints advance in steps of a batch per writer (about a tenth of this set, up to a
-    // third at the end), so the stop points stay where an intermediate checkpoint is sure to
-    // be seen before the backfill could finish.
     for (percent, stop) in
         [(10, Stop::Kill9), (30, Stop::Interrupt), (45, Stop::InterruptTwice), (60, Stop::Kill9)]
     {
