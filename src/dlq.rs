@@ -57,9 +57,7 @@ impl DeadLetter {
         let mut lossy =
             String::from_utf8_lossy(&raw[..raw.len().min(max_raw_bytes + 3)]).into_owned();
         lossy.truncate(crate::parse::floor_char_boundary(&lossy, max_raw_bytes));
-        let mut key = Vec::with_capacity(24);
-        key.extend_from_slice(&meta.line_no.to_be_bytes());
-        key.extend_from_slice(&digest[..16]);
+        let key = crate::parse::line_key(meta.line_no, digest).to_vec();
         DeadLetter {
             source: file.source.clone(),
             offset: meta.offset,

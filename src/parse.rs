@@ -183,17 +183,16 @@ pub fn parse_line<'a>(line: &'a [u8], mapping: &Mapping) -> Outcome<'a> {
     })
 }
 
-/// The identity of a line that has no `event_id`: its line number and a hash of its bytes.
-/// Re-reading the same content at the same position (restart, rename, copy, `.gz`) gives the
-/// same key; the fixed-width line number first keeps keys of one file in ascending order, which
-/// keeps the primary-key index append-mostly.
-pub fn line_key(line_no: u64, digest: &[u8; 32]) -> String {
-    use std::fmt::Write;
-    let mut key = String::with_capacity(44);
-    write!(key, "{line_no:010}-").expect("writing to a String cannot fail");
-    for byte in &digest[..16] {
-        write!(key, "{byte:02x}").expect("writing to a String cannot fail");
-    }
+/// The identity of a line that has no `event_id`: its line number (8 bytes, big-endian) and
+/// the first 128 bits of the SHA-256 of its bytes. Re-reading the same content at the same
+/// position (restart, rename, copy, `.gz`) gives the same key. It is stored as a BLOB, and
+/// SQLite never considers a BLOB equal to TEXT, so it cannot collide with any producer
+/// `event_id` (always TEXT); line numbers first keep one file's keys ascending, which keeps
+/// the primary-key index append-mostly.
+pub fn line_key(line_no: u64, digest: &[u8; 32]) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&line_no.to_be_bytes());
+    key[8..].copy_from_slice(&digest[..16]);
     key
 }
 
@@ -521,7 +520,7 @@ mod tests {
         let b = line_key(10, &digest(b"x"));
         assert!(a < b);
         assert_ne!(line_key(9, &digest(b"y")), a);
-        assert_eq!(a.len(), 43);
-        assert!(a.starts_with("0000000009-"));
+        assert_eq!(a[..8], 9u64.to_be_bytes());
+        assert_eq!(a[8..], digest(b"x")[..16]);
     }
 }

@@ -84,6 +84,13 @@ pub struct Text {
     end: u32,
 }
 
+/// A record's identity: the producer's `event_id` (TEXT) or the line's identity (BLOB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    EventId(Text),
+    Line([u8; 24]),
+}
+
 /// A column value inside a batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value {
@@ -99,7 +106,7 @@ pub struct Rec {
     pub kind: Kind,
     pub run_id: Text,
     /// `event_key` for events, `record_key` for run records.
-    pub key: Text,
+    pub key: Key,
     pub data: Text,
     pub event_type: Value,
     pub ts: Value,
@@ -136,6 +143,14 @@ impl Batch {
         })
     }
 
+    pub fn key<'a>(&'a self, key: &'a Key) -> rusqlite::types::ToSqlOutput<'a> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        ToSqlOutput::Borrowed(match key {
+            Key::EventId(t) => ValueRef::Text(self.text(*t).as_bytes()),
+            Key::Line(bytes) => ValueRef::Blob(bytes),
+        })
+    }
+
     /// The span a record belongs to.
     pub fn span_of(&self, rec: &Rec) -> &Arc<Span> {
         &self.spans[rec.span as usize].0
@@ -167,7 +182,10 @@ impl Batch {
         let mut copy = |t: Text| push_text(arena, from.text(t));
         let copied = Rec {
             run_id: copy(rec.run_id),
-            key: copy(rec.key),
+            key: match rec.key {
+                Key::EventId(t) => Key::EventId(copy(t)),
+                line @ Key::Line(_) => line,
+            },
             data: copy(rec.data),
             span: (self.spans.len() - 1) as u32,
             ..rec.clone()
@@ -401,8 +419,8 @@ impl BatchBuilder {
         let arena = &mut self.arena;
         let run_id = push_text(arena, &record.run_id);
         let key = match (&record.event_id, record.kind) {
-            (Some(id), Kind::Event) => push_text(arena, id),
-            _ => push_text(arena, &parse::line_key(meta.line_no, &parse::digest(bytes))),
+            (Some(id), Kind::Event) => Key::EventId(push_text(arena, id)),
+            _ => Key::Line(parse::line_key(meta.line_no, &parse::digest(bytes))),
         };
         let data = push_text(arena, data);
         let event_type = push_value(arena, &record.event_type);

@@ -168,7 +168,7 @@ pub fn write_run(
             let data = batch.text(rec.data);
             let result = match rec.kind {
                 Kind::Event => upsert.execute(params![
-                    batch.text(rec.key),
+                    batch.key(&rec.key),
                     run_id,
                     batch.value(rec.event_type),
                     batch.value(rec.ts),
@@ -179,7 +179,7 @@ pub fn write_run(
                 ]),
                 Kind::Run => insert_run_record
                     .execute(params![
-                        batch.text(rec.key),
+                        batch.key(&rec.key),
                         rec.pos,
                         data,
                         batch.source(rec),

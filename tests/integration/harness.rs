@@ -207,7 +207,7 @@ impl Shipper {
             let rows = stmt.query_map([], |r| {
                 Ok(EventRow {
                     db: name.clone(),
-                    event_key: r.get(0)?,
+                    event_key: key_column(r.get(0)?),
                     run_id: r.get(1)?,
                     event_type: r.get(2)?,
                     ts: r.get(3)?,
@@ -240,7 +240,7 @@ impl Shipper {
         let mut stmt = conn
             .prepare("SELECT event_key FROM events WHERE NOT json_valid(data) OR json_type(data) != 'object'")
             .expect("prepare");
-        let keys = stmt.query_map([], |r| r.get(0)).expect("query");
+        let keys = stmt.query_map([], |r| r.get(0).map(key_column)).expect("query");
         keys.collect::<rusqlite::Result<_>>().expect("rows")
     }
 
@@ -749,15 +749,32 @@ pub(crate) fn db_file_name(run_id: &str) -> String {
     format!("{stem}.sqlite")
 }
 
-/// The event key of a line without `event_id`: its 1-based line number and the first 16 bytes
-/// of the SHA-256 of its bytes (without the newline).
+/// The event key of a line without `event_id`, as [`key_column`] renders it: a BLOB of the
+/// line number (8 bytes, big-endian) and the first 16 bytes of the SHA-256 of the line's bytes
+/// (without the newline).
 pub(crate) fn line_key(line_no: u64, line: &[u8]) -> String {
     let digest = Sha256::digest(line);
-    let mut key = format!("{line_no:010}-");
-    for b in &digest[..16] {
+    let mut key = String::from("blob:");
+    for b in line_no.to_be_bytes().iter().chain(&digest[..16]) {
         key.push_str(&format!("{b:02x}"));
     }
     key
+}
+
+/// An `event_key` value as text: TEXT as is (producer event_ids), BLOB as `blob:<hex>` (line
+/// identities). Any other type fails the comparison loudly.
+pub(crate) fn key_column(v: rusqlite::types::Value) -> String {
+    match v {
+        rusqlite::types::Value::Text(t) => t,
+        rusqlite::types::Value::Blob(b) => {
+            let mut key = String::from("blob:");
+            for byte in b {
+                key.push_str(&format!("{byte:02x}"));
+            }
+            key
+        }
+        other => format!("unexpected {other:?}"),
+    }
 }
 
 /// Concatenated gzip members of `bytes` split at `cuts`.
