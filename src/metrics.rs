@@ -62,6 +62,10 @@ pub struct Counters {
     pub write_retries: Counter,
     /// Run-DB transactions committed.
     pub commits: Counter,
+    /// Files found shorter than their read position (copytruncate, truncation).
+    pub truncations: Counter,
+    /// Rotated-away or deleted files read to their end and closed.
+    pub rotations: Counter,
     /// `jsonl_shipper_open_run_dbs`
     pub open_run_dbs: Gauge,
     /// `jsonl_shipper_files_watched`

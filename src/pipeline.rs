@@ -68,6 +68,12 @@ enum Start {
     /// No checkpoint: start after the last complete line.
     End,
     Zero,
+    /// Where this process left the file `key`.
+    At {
+        key: (u64, u64),
+        offset: u64,
+        line_no: u64,
+    },
 }
 
 /// A source file opened at its resume point.
@@ -165,6 +171,18 @@ impl Pipeline {
         self.open_with(path, Start::Zero)
     }
 
+    /// Reopens a file this process already read up to `offset` (it was closed while idle).
+    /// Falls back to the saved checkpoint if `path` is now another file, and to 0 if it shrank.
+    pub fn reopen(
+        &self,
+        path: &Path,
+        key: (u64, u64),
+        offset: u64,
+        line_no: u64,
+    ) -> anyhow::Result<Option<Opened>> {
+        self.open_with(path, Start::At { key, offset, line_no })
+    }
+
     fn open_with(&self, path: &Path, start: Start) -> anyhow::Result<Option<Opened>> {
         let handle = match File::open(path) {
             Ok(f) => f,
@@ -176,7 +194,16 @@ impl Pipeline {
         let (mut offset, mut line_no, mut reset) = (0, 0, true);
         let checkpoint = match start {
             Start::Zero => None,
-            Start::Checkpoint | Start::End => self.checkpoints.get(&(meta.dev(), meta.ino())),
+            Start::At { key, offset: at, line_no: at_line }
+                if key == (meta.dev(), meta.ino()) && meta.len() >= at =>
+            {
+                (offset, line_no, reset) = (at, at_line, false);
+                None
+            }
+            Start::At { key, .. } if key == (meta.dev(), meta.ino()) => None,
+            Start::Checkpoint | Start::End | Start::At { .. } => {
+                self.checkpoints.get(&(meta.dev(), meta.ino()))
+            }
         };
         if let Some(cp) = checkpoint {
             match cp.verify(&handle, gzip).with_context(|| format!("reading {}", path.display()))? {

@@ -1,11 +1,19 @@
 //! `run`: the daemon. Discovers files by periodic glob rescans (the source of truth), wakes
-//! early on inotify events (a hint only), tails every matching file from its checkpoint, and
-//! drains gracefully on SIGTERM/SIGINT.
+//! early on inotify events (a hint only), tails every matching file from its checkpoint,
+//! reloads its config on SIGHUP and drains gracefully on SIGTERM/SIGINT.
+//!
+//! File lifecycle: a matching file is opened at its checkpoint (verified by fingerprints) and
+//! followed. One idle for `close_inactive`, or pushed out by `max_open_files`, is *parked*: its
+//! descriptor is closed and its position remembered; a rescan that sees it grow (or shrink:
+//! truncation) reopens it. One rotated away or deleted is read to its end through the open
+//! descriptor, its unterminated tail shipped per the contract once it has been idle for
+//! `close_inactive`, and then closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,54 +29,77 @@ use crate::pipeline::{Mode, Opened, Pipeline};
 use crate::route::{Routed, Router};
 use crate::shutdown::{Signal, Signals};
 
-pub(super) fn run(config: Config, _args: ConfigArgs) -> anyhow::Result<ExitCode> {
+/// Rescans triggered by inotify (a new file, a rename) are at most this frequent, so a storm
+/// of events costs little while tomorrow's file is still found within ~100 ms.
+const MIN_EVENT_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why the inner loop returned.
+enum Exit {
+    Shutdown,
+    Reload(Box<Config>),
+}
+
+pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> {
     super::prepare_dirs(&config)?;
     let signals = Signals::install().context("installing signal handlers")?;
     let counters = Arc::new(Counters::default());
-    let config = Arc::new(config);
-    let pipeline = Pipeline::start(config.clone(), Mode::Daemon, counters.clone())?;
+    let mut config = Arc::new(config);
     let (wake_tx, wake_rx) = bounded::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+    let structural = Arc::new(AtomicBool::new(true));
+    let structural_flag = structural.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        use notify::EventKind;
+        let structural_change = match &event {
+            Ok(event) => {
+                !matches!(event.kind, EventKind::Modify(notify::event::ModifyKind::Data(_)))
+            }
+            // An error (e.g. the inotify queue overflowed): rescan to be safe.
+            Err(_) => true,
+        };
+        if structural_change {
+            structural_flag.store(true, Ordering::Relaxed);
+        }
         // Coalesce: one pending wake-up is enough, the reader looks at every file anyway.
         let _ = wake_tx.try_send(());
     })
     .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; relying on rescans"))
     .ok();
-    let mut tailer = Tailer {
-        router: pipeline.router(),
-        pipeline: &pipeline,
-        config: &config,
-        counters: &counters,
-        files: HashMap::new(),
-        watched_dirs: Vec::new(),
-        first_scan: true,
-    };
-    tailer.rescan(watcher.as_mut());
-    tracing::info!(
-        files = tailer.files.len(),
-        patterns = ?config.sources.paths,
-        output = %config.output.dir.display(),
-        "jsonl-shipper running"
-    );
-    let mut last_rescan = Instant::now();
+    let mut first_start = true;
     loop {
-        if signals.is_stopping() {
-            break;
+        let pipeline = Pipeline::start(config.clone(), Mode::Daemon, counters.clone())?;
+        let mut tailer = Tailer {
+            router: pipeline.router(),
+            pipeline: &pipeline,
+            config: &config,
+            counters: &counters,
+            open: HashMap::new(),
+            parked: HashMap::new(),
+            watched_dirs: Vec::new(),
+            // read_from = "end" applies to files first seen at startup, not after a reload.
+            from_end_at_first_scan: first_start && config.sources.read_from == ReadFrom::End,
+        };
+        tailer.rescan(watcher.as_mut());
+        if first_start {
+            tracing::info!(
+                files = tailer.open.len() + tailer.parked.len(),
+                patterns = ?config.sources.paths,
+                output = %config.output.dir.display(),
+                "jsonl-shipper running"
+            );
         }
-        tailer.read_all(&|| signals.is_stopping());
-        if last_rescan.elapsed() >= config.sources.rescan_interval {
-            last_rescan = Instant::now();
-            tailer.rescan(watcher.as_mut());
-            tailer.close_finished();
-        }
-        let timeout = config.sources.rescan_interval.saturating_sub(last_rescan.elapsed());
-        if wait(&signals.rx, &wake_rx, timeout) == Some(Signal::Shutdown) {
-            break;
+        first_start = false;
+        let exit = main_loop(&mut tailer, &signals, &wake_rx, &structural, watcher.as_mut(), &args);
+        drop(tailer);
+        pipeline.finish()?;
+        match exit {
+            Exit::Shutdown => break,
+            Exit::Reload(new) => {
+                tracing::info!(patterns = ?new.sources.paths, "config reloaded; resuming from the checkpoints just written");
+                config = Arc::new(*new);
+            }
         }
     }
-    drop(tailer);
     drop(watcher);
-    pipeline.finish()?;
     tracing::info!(
         lines = counters.lines_read.get(),
         events = counters.events_written.get(),
@@ -78,25 +109,64 @@ pub(super) fn run(config: Config, _args: ConfigArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// Sleeps until a signal, a file-system event, or the timeout.
-fn wait(signals: &Receiver<Signal>, wake: &Receiver<()>, timeout: Duration) -> Option<Signal> {
-    select! {
-        recv(signals) -> sig => match sig {
-            Ok(Signal::Reload) => {
-                tracing::warn!("SIGHUP: config reload is not implemented yet; restart to apply changes");
-                None
-            }
-            Ok(sig) => Some(sig),
-            Err(_) => Some(Signal::Shutdown),
-        },
-        recv(wake) -> _ => None,
-        default(timeout) => None,
+fn main_loop(
+    tailer: &mut Tailer<'_>,
+    signals: &Signals,
+    wake: &Receiver<()>,
+    structural: &AtomicBool,
+    mut watcher: Option<&mut notify::RecommendedWatcher>,
+    args: &ConfigArgs,
+) -> Exit {
+    let rescan_interval = tailer.config.sources.rescan_interval;
+    let mut last_rescan = Instant::now();
+    loop {
+        if signals.is_stopping() {
+            return Exit::Shutdown;
+        }
+        tailer.read_all(&|| signals.is_stopping());
+        let since = last_rescan.elapsed();
+        if since >= rescan_interval
+            || (since >= MIN_EVENT_RESCAN_INTERVAL && structural.swap(false, Ordering::Relaxed))
+        {
+            last_rescan = Instant::now();
+            tailer.rescan(watcher.as_deref_mut());
+            tailer.close_inactive();
+            // A file found by this rescan is read now, not after the next wake-up.
+            continue;
+        }
+        let timeout = rescan_interval.saturating_sub(last_rescan.elapsed());
+        select! {
+            recv(signals.rx) -> sig => match sig {
+                Ok(Signal::Reload) => match super::load_config(args)
+                    .and_then(|new| super::prepare_dirs(&new).map(|()| new))
+                {
+                    Ok(new) => return Exit::Reload(Box::new(new)),
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "SIGHUP: the new config is invalid; keeping the running one"
+                    ),
+                },
+                Ok(Signal::Shutdown) | Err(_) => return Exit::Shutdown,
+            },
+            recv(wake) -> _ => {},
+            default(timeout) => {},
+        }
     }
 }
 
+/// A file being followed.
 struct Tailed {
     opened: Opened,
+    /// Where the file was last seen (a rename changes it; identity is the inode).
+    path: PathBuf,
     last_data: Instant,
+}
+
+/// A file known but closed: nothing to read when last looked at.
+struct Parked {
+    offset: u64,
+    line_no: u64,
+    size_seen: u64,
 }
 
 struct Tailer<'a> {
@@ -104,14 +174,16 @@ struct Tailer<'a> {
     router: Router,
     config: &'a Config,
     counters: &'a Counters,
-    files: HashMap<(u64, u64), Tailed>,
+    open: HashMap<(u64, u64), Tailed>,
+    parked: HashMap<(u64, u64), Parked>,
     watched_dirs: Vec<PathBuf>,
-    first_scan: bool,
+    from_end_at_first_scan: bool,
 }
 
 impl Tailer<'_> {
-    /// Finds files matching the globs and starts tailing new ones.
+    /// Finds files matching the globs: opens new ones, reopens parked ones that changed.
     fn rescan(&mut self, mut watcher: Option<&mut notify::RecommendedWatcher>) {
+        let mut seen = HashSet::new();
         for pattern in &self.config.sources.paths {
             let dir = discover::glob_base(pattern);
             if let Some(w) = watcher.as_deref_mut() {
@@ -125,40 +197,93 @@ impl Tailer<'_> {
             let Ok(paths) = glob::glob(pattern) else { continue };
             for path in paths.filter_map(Result::ok) {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                if !meta.is_file() || self.files.contains_key(&(meta.dev(), meta.ino())) {
+                if !meta.is_file() {
                     continue;
                 }
-                let from_end = self.first_scan && self.config.sources.read_from == ReadFrom::End;
-                self.start(&path, from_end);
+                let key = (meta.dev(), meta.ino());
+                seen.insert(key);
+                if let Some(tailed) = self.open.get_mut(&key) {
+                    if tailed.path != path {
+                        tracing::info!(from = %tailed.path.display(), to = %path.display(), "file renamed; following it");
+                        tailed.path = path;
+                    }
+                    continue;
+                }
+                match self.parked.get(&key) {
+                    Some(p) if p.size_seen == meta.len() => {}
+                    Some(p) => {
+                        let (offset, line_no) = (p.offset, p.line_no);
+                        self.parked.remove(&key);
+                        self.start(&path, |pl| pl.reopen(&path, key, offset, line_no));
+                    }
+                    None => {
+                        let from_end = self.from_end_at_first_scan;
+                        self.start(&path, |pl| pl.open(&path, from_end));
+                    }
+                }
             }
         }
-        self.first_scan = false;
-        self.counters.files_watched.set(self.files.len() as u64);
+        self.from_end_at_first_scan = false;
+        // Parked files that no longer match (deleted, renamed away) are forgotten; their
+        // checkpoint rows stay in the state DB.
+        self.parked.retain(|key, _| seen.contains(key));
+        self.counters.files_watched.set((self.open.len() + self.parked.len()) as u64);
     }
 
-    fn start(&mut self, path: &Path, from_end: bool) {
-        match self.pipeline.open(path, from_end) {
+    fn start(
+        &mut self,
+        path: &Path,
+        open: impl FnOnce(&Pipeline) -> anyhow::Result<Option<Opened>>,
+    ) {
+        match open(self.pipeline) {
             Ok(Some(opened)) => {
-                tracing::info!(path = %path.display(), offset = opened.start_offset, "following file");
                 let key = (opened.file.dev, opened.file.ino);
-                self.files.insert(key, Tailed { opened, last_data: Instant::now() });
+                tracing::debug!(path = %path.display(), offset = opened.start_offset, "following file");
+                self.make_room();
+                self.open.insert(
+                    key,
+                    Tailed { opened, path: path.to_path_buf(), last_data: Instant::now() },
+                );
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot open file")
+                tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot open file; will retry at the next rescan")
             }
         }
     }
 
-    /// Reads every complete line available in every file.
+    /// Keeps at most `max_open_files` descriptors: parks the longest-idle file.
+    fn make_room(&mut self) {
+        while self.open.len() >= self.config.sources.max_open_files.max(1) {
+            let Some(key) = self.open.iter().min_by_key(|(_, t)| t.last_data).map(|(k, _)| *k)
+            else {
+                return;
+            };
+            self.park(key);
+        }
+    }
+
+    fn park(&mut self, key: (u64, u64)) {
+        if let Some(tailed) = self.open.remove(&key) {
+            let reader = &tailed.opened.reader;
+            // Reopening resumes after the last complete line; a partial line is read again.
+            let size_seen = tailed.opened.file.handle.metadata().map_or(0, |m| m.len());
+            self.parked.insert(
+                key,
+                Parked { offset: reader.offset(), line_no: reader.line_no(), size_seen },
+            );
+        }
+    }
+
+    /// Reads every complete line available in every open file.
     fn read_all(&mut self, stop: &dyn Fn() -> bool) {
         let mut truncated = Vec::new();
-        for (key, tailed) in &mut self.files {
+        for (key, tailed) in &mut self.open {
             let file = &tailed.opened.file;
             if !file.gzip {
                 if let Ok(meta) = file.handle.metadata() {
                     if meta.len() < tailed.opened.reader.offset() {
-                        truncated.push((*key, file.path.clone(), meta.len()));
+                        truncated.push((*key, tailed.path.clone(), meta.len()));
                         continue;
                     }
                 }
@@ -168,7 +293,7 @@ impl Tailer<'_> {
                 Ok(Routed::Drained) => {}
                 Ok(Routed::Closed) => return,
                 Err(error) => tracing::error!(
-                    path = %file.path.display(),
+                    path = %tailed.path.display(),
                     offset = tailed.opened.reader.offset(),
                     %error,
                     "read error; will retry"
@@ -179,49 +304,49 @@ impl Tailer<'_> {
             }
         }
         for (key, path, size) in truncated {
-            let old = self.files.remove(&key).map(|t| t.opened.reader.offset());
-            tracing::warn!(path = %path.display(), size, offset = old, "file truncated; reading its new content from the start");
-            self.restart_at_zero(&path);
+            let old = self.open.remove(&key).map(|t| t.opened.reader.offset());
+            self.counters.truncations.add(1);
+            tracing::warn!(
+                path = %path.display(),
+                size,
+                offset = old,
+                "file truncated (copytruncate?); reading its new content from the start"
+            );
+            self.start(&path, |pl| pl.open_from_start(&path));
         }
     }
 
-    fn restart_at_zero(&mut self, path: &Path) {
-        match self.pipeline.open_from_start(path) {
-            Ok(Some(opened)) => {
-                let key = (opened.file.dev, opened.file.ino);
-                self.files.insert(key, Tailed { opened, last_data: Instant::now() });
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot reopen file")
-            }
-        }
-    }
-
-    /// Closes files that were rotated away or deleted and have been idle for
-    /// `close_inactive`, shipping their unterminated tail per the contract.
-    fn close_finished(&mut self) {
+    /// Handles files idle for `close_inactive`: rotated-away or deleted ones are finished
+    /// (their unterminated tail shipped per the contract) and closed; others are parked.
+    fn close_inactive(&mut self) {
         let close_inactive = self.config.sources.close_inactive;
-        let done: Vec<(u64, u64)> = self
-            .files
+        let idle: Vec<(u64, u64)> = self
+            .open
             .iter()
-            .filter(|(key, t)| {
-                let still_there = std::fs::metadata(&t.opened.file.path)
-                    .is_ok_and(|m| (m.dev(), m.ino()) == **key);
-                !still_there && t.last_data.elapsed() >= close_inactive
-            })
+            .filter(|(_, t)| t.last_data.elapsed() >= close_inactive)
             .map(|(key, _)| *key)
             .collect();
-        for key in done {
-            let Some(mut tailed) = self.files.remove(&key) else { continue };
-            let path = tailed.opened.file.path.clone();
+        for key in idle {
+            let still_there = self.open.get(&key).is_some_and(|t| {
+                std::fs::metadata(&t.path).is_ok_and(|m| (m.dev(), m.ino()) == key)
+            });
+            if still_there {
+                self.park(key);
+                continue;
+            }
+            let Some(mut tailed) = self.open.remove(&key) else { continue };
             if let Err(error) =
                 self.router.route(&tailed.opened.file, &mut tailed.opened.reader, true, &|| false)
             {
-                tracing::error!(path = %path.display(), %error, "read error while closing");
+                tracing::error!(path = %tailed.path.display(), %error, "read error while closing");
             }
-            tracing::info!(path = %path.display(), offset = tailed.opened.reader.offset(), "closed rotated or deleted file");
+            self.counters.rotations.add(1);
+            tracing::info!(
+                path = %tailed.path.display(),
+                offset = tailed.opened.reader.offset(),
+                "closed a rotated or deleted file after reading it to its end"
+            );
         }
-        self.counters.files_watched.set(self.files.len() as u64);
+        self.counters.files_watched.set((self.open.len() + self.parked.len()) as u64);
     }
 }
