@@ -37,6 +37,15 @@ impl Gauge {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// For gauges several threads contribute to (e.g. open DBs across writers).
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Everything the pipeline counts.
@@ -66,6 +75,10 @@ pub struct Counters {
     pub truncations: Counter,
     /// Rotated-away or deleted files read to their end and closed.
     pub rotations: Counter,
+    /// `jsonl_shipper_wal_checkpoints_total`
+    pub wal_checkpoints: Counter,
+    /// WAL checkpoints that readers kept from completing.
+    pub checkpoints_blocked: Counter,
     /// `jsonl_shipper_open_run_dbs`
     pub open_run_dbs: Gauge,
     /// `jsonl_shipper_files_watched`

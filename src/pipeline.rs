@@ -110,6 +110,10 @@ impl Pipeline {
             max_bytes: config.output.batch_max_bytes.div_ceil(n_writers).max(1),
             linger: (mode == Mode::Daemon).then_some(config.output.batch_max_delay),
             max_open: config.output.max_open_dbs.div_ceil(n_writers).max(1),
+            maintenance: (mode == Mode::Daemon).then_some(sink::Maintenance {
+                interval: config.sqlite.checkpoint_interval,
+                idle_close_after: config.output.idle_close_after,
+            }),
             max_raw_bytes: config.dlq.max_raw_bytes,
         });
         let mut writer_txs = Vec::new();

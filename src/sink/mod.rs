@@ -29,6 +29,16 @@ use crate::parse::DeadReason;
 use crate::route::{Batch, Span, StateMsg};
 use crate::tail::LineMeta;
 
+/// When writers checkpoint their databases.
+#[derive(Debug, Clone, Copy)]
+pub struct Maintenance {
+    /// `sqlite.checkpoint_interval`: how often open DBs are checkpointed.
+    pub interval: Duration,
+    /// `output.idle_close_after`: DBs not written for this long are checkpointed (TRUNCATE)
+    /// and closed.
+    pub idle_close_after: Duration,
+}
+
 /// What a writer needs to know; shared by all writers.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -41,6 +51,8 @@ pub struct WriterConfig {
     pub linger: Option<Duration>,
     /// Open connections per writer.
     pub max_open: usize,
+    /// The WAL checkpoint loop (daemon only; backfill checkpoints everything when it ends).
+    pub maintenance: Option<Maintenance>,
     pub max_raw_bytes: usize,
 }
 
@@ -56,7 +68,12 @@ pub fn spawn(
         let seen_runs = config.linger.is_none().then(Default::default);
         let mut writer = Writer {
             seen_runs,
-            pool: Pool::new(config.output_dir.clone(), config.sqlite.clone(), config.max_open),
+            pool: Pool::new(
+                config.output_dir.clone(),
+                config.sqlite.clone(),
+                config.max_open,
+                counters.clone(),
+            ),
             config,
             state,
             counters,
@@ -84,10 +101,15 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, inbox: Receiver<Batch>) {
+        let mut next_maintenance = self.config.maintenance.map(|m| Instant::now() + m.interval);
         loop {
-            let deadline = match (self.oldest, self.config.linger) {
+            let flush_at = match (self.oldest, self.config.linger) {
                 (Some(t), Some(linger)) => Some(t + linger),
                 _ => None,
+            };
+            let deadline = match (flush_at, next_maintenance) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
             let received = match deadline {
                 Some(d) => inbox.recv_deadline(d),
@@ -95,11 +117,21 @@ impl Writer {
             };
             match received {
                 Ok(batch) => self.buffer(batch),
-                Err(RecvTimeoutError::Timeout) => self.flush_all(),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush_all();
-                    self.pool.close_all();
+                    self.pool.close_all(&self.counters);
                     return;
+                }
+            }
+            let now = Instant::now();
+            if flush_at.is_some_and(|t| now >= t) {
+                self.flush_all();
+            }
+            if let (Some(at), Some(m)) = (next_maintenance, self.config.maintenance) {
+                if now >= at {
+                    self.pool.maintain(m.idle_close_after, &self.counters);
+                    next_maintenance = Some(Instant::now() + m.interval);
                 }
             }
         }
@@ -246,18 +278,21 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Open run-DB connections of one writer, least recently used closed first.
 struct Pool {
+    counters: Arc<Counters>,
     dir: PathBuf,
     sqlite: SqliteConfig,
     cap: usize,
-    conns: HashMap<String, (Connection, u64)>,
+    /// Open connections with the tick and the time of their last use.
+    conns: HashMap<String, (Connection, u64, Instant)>,
     tick: u64,
     /// Runs closed without a checkpoint since (their WAL may hold commits).
     uncheckpointed: HashSet<String>,
 }
 
 impl Pool {
-    fn new(dir: PathBuf, sqlite: SqliteConfig, cap: usize) -> Pool {
+    fn new(dir: PathBuf, sqlite: SqliteConfig, cap: usize, counters: Arc<Counters>) -> Pool {
         Pool {
+            counters,
             dir,
             sqlite,
             cap: cap.max(1),
@@ -276,16 +311,18 @@ impl Pool {
         let tick = self.tick;
         if !self.conns.contains_key(run_id) {
             if self.conns.len() >= self.cap {
-                let lru = self.conns.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone());
+                let lru = self.conns.iter().min_by_key(|(_, (_, t, _))| *t).map(|(k, _)| k.clone());
                 if let Some(lru) = lru {
                     self.evict(&lru);
                 }
             }
             let conn = run_db::open(&self.path_of(run_id), &self.sqlite)?;
-            self.conns.insert(run_id.to_string(), (conn, tick));
+            self.conns.insert(run_id.to_string(), (conn, tick, Instant::now()));
+            self.counters.open_run_dbs.inc();
         }
         let entry = self.conns.get_mut(run_id).expect("inserted above");
         entry.1 = tick;
+        entry.2 = Instant::now();
         Ok(&mut entry.0)
     }
 
@@ -295,7 +332,8 @@ impl Pool {
 
     /// Closes a DB without checkpointing; it is remembered and checkpointed by `close_all`.
     fn evict(&mut self, run_id: &str) {
-        if let Some((conn, _)) = self.conns.remove(run_id) {
+        if let Some((conn, _, _)) = self.conns.remove(run_id) {
+            self.counters.open_run_dbs.dec();
             close(conn, &self.path_of(run_id));
             self.uncheckpointed.insert(run_id.to_string());
         }
@@ -303,15 +341,42 @@ impl Pool {
 
     /// Checkpoints (TRUNCATE) and closes every DB this pool wrote, open or not, so that a
     /// finished writer leaves each run as one file.
-    fn close_all(&mut self) {
-        for (run_id, (conn, _)) in std::mem::take(&mut self.conns) {
-            checkpoint_and_close(conn, &self.path_of(&run_id));
+    fn close_all(&mut self, counters: &Counters) {
+        for (run_id, (conn, _, _)) in std::mem::take(&mut self.conns) {
+            counters.open_run_dbs.dec();
+            checkpoint_and_close(conn, &self.path_of(&run_id), counters);
             self.uncheckpointed.remove(&run_id);
         }
+        self.checkpoint_closed(counters);
+    }
+
+    /// The WAL checkpoint loop's work: PASSIVE for DBs written recently, TRUNCATE and close for
+    /// DBs idle for `idle_close_after`, TRUNCATE for DBs closed without a checkpoint.
+    fn maintain(&mut self, idle_close_after: Duration, counters: &Counters) {
+        let idle: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, (_, _, used))| used.elapsed() >= idle_close_after)
+            .map(|(run_id, _)| run_id.clone())
+            .collect();
+        for run_id in idle {
+            if let Some((conn, _, _)) = self.conns.remove(&run_id) {
+                counters.open_run_dbs.dec();
+                checkpoint_and_close(conn, &self.path_of(&run_id), counters);
+                self.uncheckpointed.remove(&run_id);
+            }
+        }
+        for (run_id, (conn, _, _)) in &self.conns {
+            checkpoint(conn, "PASSIVE", &self.dir.join(run_path::db_file_name(run_id)), counters);
+        }
+        self.checkpoint_closed(counters);
+    }
+
+    fn checkpoint_closed(&mut self, counters: &Counters) {
         for run_id in std::mem::take(&mut self.uncheckpointed) {
             let path = self.path_of(&run_id);
             match run_db::open(&path, &self.sqlite) {
-                Ok(conn) => checkpoint_and_close(conn, &path),
+                Ok(conn) => checkpoint_and_close(conn, &path, counters),
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "cannot open run DB to checkpoint it")
                 }
@@ -320,10 +385,36 @@ impl Pool {
     }
 }
 
-fn checkpoint_and_close(conn: Connection, path: &Path) {
-    if let Err(error) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+/// Runs `PRAGMA wal_checkpoint(mode)`; reports a checkpoint that readers kept from finishing
+/// (an analyst's long read transaction pins the WAL, which then keeps growing).
+fn checkpoint(conn: &Connection, mode: &str, path: &Path, counters: &Counters) -> bool {
+    let result = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match result {
+        Ok((busy, log, done)) => {
+            counters.wal_checkpoints.add(1);
+            if busy != 0 || done < log {
+                counters.checkpoints_blocked.add(1);
+                tracing::warn!(
+                    path = %path.display(),
+                    wal_frames = log,
+                    checkpointed = done,
+                    "WAL checkpoint blocked by a reader; the WAL grows until the reader finishes"
+                );
+                return false;
+            }
+            true
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+            false
+        }
     }
+}
+
+fn checkpoint_and_close(conn: Connection, path: &Path, counters: &Counters) {
+    checkpoint(&conn, "TRUNCATE", path, counters);
     // Let SQLite remove the (now empty) WAL and shm files when this last connection closes.
     if let Err(error) =
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)

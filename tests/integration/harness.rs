@@ -12,7 +12,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -512,6 +513,7 @@ pub(crate) struct Running {
     child: Child,
     stdout: Option<JoinHandle<Vec<u8>>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
+    stderr_live: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Running {
@@ -519,8 +521,14 @@ impl Running {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
         let stdout = child.stdout.take().map(collect::<ChildStdout>);
-        let stderr = child.stderr.take().map(collect::<ChildStderr>);
-        Running { child, stdout, stderr }
+        let stderr_live = Arc::<Mutex<Vec<u8>>>::default();
+        let stderr = child.stderr.take().map(|pipe| collect_live(pipe, stderr_live.clone()));
+        Running { child, stdout, stderr, stderr_live }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub(crate) fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr_live.lock().expect("live output lock")).into_owned()
     }
 
     /// The exit status if the process has exited.
@@ -639,12 +647,29 @@ impl Drop for Running {
     }
 }
 
-fn collect<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Vec<u8>> {
+fn collect<R: Read + Send + 'static>(pipe: R) -> JoinHandle<Vec<u8>> {
+    collect_live(pipe, Arc::default())
+}
+
+/// Like `collect`, also mirroring what arrived so far into `live` (for polling a log line).
+fn collect_live<R: Read + Send + 'static>(
+    mut pipe: R,
+    live: Arc<Mutex<Vec<u8>>>,
+) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
-        let mut out = Vec::new();
-        if let Err(e) = pipe.read_to_end(&mut out) {
-            eprintln!("reading a child's output: {e}");
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => live.lock().expect("live output lock").extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("reading a child's output: {e}");
+                    break;
+                }
+            }
         }
+        let out = live.lock().expect("live output lock").clone();
         out
     })
 }

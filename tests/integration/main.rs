@@ -22,4 +22,5 @@ mod replay;
 mod crash;
 mod daemon;
 mod status;
+mod wal;
 mod configured;

@@ -1,0 +1,75 @@
+//! The WAL checkpoint loop: DBs written recently are checkpointed, idle ones are checkpointed
+//! (TRUNCATE) and closed so a finished run is one file, and a reader that pins the WAL is
+//! reported without stopping the shipping.
+
+use std::time::Duration;
+
+use crate::harness::{wait_until, Shipper, DEADLINE};
+
+const FAST_MAINTENANCE: &str =
+    "[output]\nidle_close_after = \"300ms\"\nbatch_max_delay = \"20ms\"\n\
+                                [sqlite]\ncheckpoint_interval = \"100ms\"\n";
+
+fn count_rows(shipper: &Shipper, db: &str) -> i64 {
+    shipper.snapshot().events.iter().filter(|e| e.db == db).count() as i64
+}
+
+#[test]
+fn idle_run_dbs_are_checkpointed_and_closed_leaving_one_file() {
+    let shipper = Shipper::with_config(FAST_MAINTENANCE);
+    shipper.write("raw/events_20240301.ndjson", b"");
+    let daemon = shipper.spawn_run();
+    let mut lines = String::new();
+    for i in 0..50 {
+        lines.push_str(&format!("{{\"run_id\":\"r1\",\"event_id\":\"e{i}\"}}\n"));
+    }
+    shipper.append("raw/events_20240301.ndjson", lines.as_bytes());
+    wait_until(DEADLINE, "50 rows in r1", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 50)
+    });
+    let wal = shipper.path("db/runs/r1.sqlite-wal");
+    let shm = shipper.path("db/runs/r1.sqlite-shm");
+    wait_until(DEADLINE, "the idle DB's WAL and shm to be removed", || {
+        !wal.exists() && !shm.exists()
+    });
+    // Still followed: a later append reopens the DB.
+    shipper.append("raw/events_20240301.ndjson", b"{\"run_id\":\"r1\",\"event_id\":\"late\"}\n");
+    wait_until(DEADLINE, "the late row", || count_rows(&shipper, "r1.sqlite") == 51);
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(!wal.exists(), "WAL left after shutdown");
+}
+
+#[test]
+fn a_reader_pinning_the_wal_is_reported_and_shipping_continues() {
+    let shipper = Shipper::with_config(
+        "[output]\nidle_close_after = \"1h\"\nbatch_max_delay = \"20ms\"\n\
+         [sqlite]\ncheckpoint_interval = \"100ms\"\n",
+    );
+    shipper.write("raw/events_20240301.ndjson", b"{\"run_id\":\"r1\",\"event_id\":\"a\"}\n");
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "the first row", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 1)
+    });
+    // An analyst's long read transaction: it pins the WAL's current snapshot.
+    let reader = rusqlite::Connection::open(shipper.path("db/runs/r1.sqlite")).unwrap();
+    reader.execute_batch("BEGIN; SELECT count(*) FROM events;").unwrap();
+    let mut lines = String::new();
+    for i in 0..200 {
+        lines.push_str(&format!(
+            "{{\"run_id\":\"r1\",\"event_id\":\"b{i}\",\"pad\":\"{}\"}}\n",
+            "x".repeat(200)
+        ));
+    }
+    shipper.append("raw/events_20240301.ndjson", lines.as_bytes());
+    wait_until(DEADLINE, "201 rows while a reader holds a snapshot", || {
+        count_rows(&shipper, "r1.sqlite") == 201
+    });
+    wait_until(DEADLINE, "the blocked checkpoint to be reported", || {
+        daemon.stderr_so_far().contains("WAL checkpoint blocked by a reader")
+    });
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+}
