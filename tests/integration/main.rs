@@ -23,4 +23,5 @@ mod crash;
 mod daemon;
 mod status;
 mod wal;
+mod faults;
 mod configured;
