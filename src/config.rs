@@ -10,6 +10,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -295,6 +296,10 @@ impl Config {
             };
             match std::fs::metadata(dir) {
                 Ok(meta) if !meta.is_dir() => return Err(fail("not a directory", None)),
+                // Anyone could plant, swap or delete run DBs, the state DB or dead letters.
+                Ok(meta) if meta.permissions().mode() & 0o002 != 0 => {
+                    return Err(fail("world-writable directory; make it 0750 (chmod o-w)", None))
+                }
                 Ok(_) => {}
                 // Missing, or something in the way below it: create_dir_all says which.
                 Err(_) => std::fs::DirBuilder::new()
@@ -1095,5 +1100,17 @@ mod tests {
             let err = c4.prepare_dirs().unwrap_err().to_string();
             assert_eq!(err, format!("output.dir: {}: directory not writable", ro.display()));
         }
+    }
+
+    #[test]
+    fn prepare_dirs_refuses_a_world_writable_output_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Config::for_base(tmp.path());
+        c.prepare_dirs().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&c.output.dir) & 0o007, 0, "created dirs are not for others");
+        std::fs::set_permissions(&c.output.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = c.prepare_dirs().unwrap_err().to_string();
+        assert!(err.contains("output.dir") && err.contains("world-writable"), "{err}");
     }
 }
