@@ -279,6 +279,32 @@ impl StateDb {
         Ok(())
     }
 
+    /// Deletes the checkpoints of files that are gone (their path is missing or holds another
+    /// inode) and were last read before `cutoff_ms`. Safe: if such a file comes back it is read
+    /// from 0, and its lines' keys make that a no-op. Returns the pruned paths.
+    pub fn prune_gone(&mut self, cutoff_ms: i64) -> rusqlite::Result<Vec<PathBuf>> {
+        use std::os::unix::fs::MetadataExt;
+        let gone: Vec<Checkpoint> = self
+            .load()?
+            .into_values()
+            .filter(|cp| {
+                let here = std::fs::metadata(&cp.path)
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (cp.dev, cp.ino));
+                !here && cp.last_read_at.unwrap_or(0) < cutoff_ms
+            })
+            .collect();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self.transaction()?;
+        for cp in &gone {
+            tx.prepare_cached("DELETE FROM files WHERE dev = ?1 AND ino = ?2")?
+                .execute(params![cp.dev as i64, cp.ino as i64])?;
+        }
+        tx.commit()?;
+        Ok(gone.into_iter().map(|cp| cp.path).collect())
+    }
+
     /// Whether a dead letter with this key is already in the DLQ.
     pub fn dlq_has_key(tx: &Transaction<'_>, key: &[u8]) -> rusqlite::Result<bool> {
         tx.prepare_cached("SELECT 1 FROM dlq_keys WHERE key = ?1")?
@@ -401,5 +427,36 @@ mod tests {
         };
         std::fs::write(&path, format!("{head}\nBBBB\nmore\n")).unwrap();
         assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::TailChanged));
+    }
+
+    #[test]
+    fn prune_forgets_only_files_gone_for_longer_than_the_cutoff() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let mut db = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
+        let present = dir.path().join("present.ndjson");
+        std::fs::write(&present, b"x\n").unwrap();
+        let meta = std::fs::metadata(&present).unwrap();
+        let insert = |db: &StateDb, dev: u64, ino: u64, path: &Path, last_read: i64| {
+            db.conn
+                .execute(
+                    "INSERT INTO files (dev, ino, path, first_seen_at, last_read_at)
+                     VALUES (?1, ?2, ?3, 0, ?4)",
+                    params![dev as i64, ino as i64, path.to_str().unwrap(), last_read],
+                )
+                .unwrap();
+        };
+        insert(&db, meta.dev(), meta.ino(), &present, 0);
+        insert(&db, 1, 1, &dir.path().join("gone-long-ago.ndjson"), 1_000);
+        insert(&db, 1, 2, &dir.path().join("gone-recently.ndjson"), 9_000);
+        // The path exists but holds another inode: the checkpointed file is gone.
+        insert(&db, 1, 3, &present, 1_000);
+        let mut pruned = db.prune_gone(5_000).unwrap();
+        pruned.sort();
+        assert_eq!(pruned, vec![dir.path().join("gone-long-ago.ndjson"), present.clone()]);
+        let left: Vec<u64> = db.load().unwrap().keys().map(|&(_, ino)| ino).collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.contains(&meta.ino()) && left.contains(&2));
     }
 }

@@ -35,6 +35,10 @@ use crate::tail::{LineReader, Source};
 /// which only costs a little re-reading (a no-op) after a crash.
 const PASS_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Checkpoints of files that are gone are kept this long after their last read (a file
+/// restored within it resumes where it was), then pruned at the daemon's start.
+const PRUNE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Batches in flight per writer: enough to keep a writer busy while the reader parses ahead,
 /// few enough that a stalled DB stops the reader within a few MiB.
 const WRITER_INBOX: usize = 4;
@@ -97,6 +101,17 @@ impl Pipeline {
                 .with_context(|| format!("recovering DLQ in {}", config.dlq.dir.display()))?
             {
                 tracing::warn!(path = %path.display(), from, to, "cut uncommitted dead letters left by a crash; they will be replayed");
+            }
+        }
+        let mut db = db;
+        if mode == Mode::Daemon {
+            let cutoff = crate::checkpoint::unix_millis() - PRUNE_AFTER.as_millis() as i64;
+            let pruned = db.prune_gone(cutoff).context("pruning checkpoints of deleted files")?;
+            if !pruned.is_empty() {
+                tracing::info!(
+                    files = pruned.len(),
+                    "forgot checkpoints of files gone for over a day"
+                );
             }
         }
         let checkpoints = db.load().context("loading checkpoints")?;
