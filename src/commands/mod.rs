@@ -78,6 +78,36 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// The open-files limit after [`raise_fd_limit`] (0 until it ran).
+static FD_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Raises the soft open-files limit to the hard limit: every open run DB holds three
+/// descriptors (db, wal, shm), and the default soft limit of 1024 is below what
+/// `max_open_dbs` and `max_open_files` allow. systemd's default hard limit is 524288.
+#[allow(unsafe_code)]
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass, which outlives the calls.
+    let current = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    };
+    FD_LIMIT.store(current, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The open-files limit, if known.
+pub fn fd_limit() -> Option<u64> {
+    Some(FD_LIMIT.load(std::sync::atomic::Ordering::Relaxed)).filter(|&l| l > 0)
+}
+
 /// Runs a command.
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {

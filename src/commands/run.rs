@@ -41,6 +41,7 @@ enum Exit {
 
 pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> {
     super::prepare_dirs(&config)?;
+    let config = fit_fd_limit(config);
     let signals = Signals::install().context("installing signal handlers")?;
     let counters = Arc::new(Counters::default());
     let mut config = Arc::new(config);
@@ -94,6 +95,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         match exit {
             Exit::Shutdown => break,
             Exit::Reload(new) => {
+                let new = Box::new(fit_fd_limit(*new));
                 tracing::info!(patterns = ?new.sources.paths, "config reloaded; resuming from the checkpoints just written");
                 config = Arc::new(*new);
             }
@@ -107,6 +109,25 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         "drained; exiting"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lowers `sources.max_open_files` so that source files, run DBs (three descriptors each) and
+/// some slack fit under the process's open-files limit: running out of descriptors would
+/// stall shipping, fewer open sources only means more reopening.
+fn fit_fd_limit(mut config: Config) -> Config {
+    let Some(limit) = super::fd_limit() else { return config };
+    let reserved = 64 + 3 * config.output.max_open_dbs as u64;
+    let fits = limit.saturating_sub(reserved).max(16) as usize;
+    if config.sources.max_open_files > fits {
+        tracing::warn!(
+            limit,
+            max_open_files = config.sources.max_open_files,
+            using = fits,
+            "the open-files limit (ulimit -n / LimitNOFILE) is low; following fewer files at once"
+        );
+        config.sources.max_open_files = fits;
+    }
+    config
 }
 
 fn main_loop(
