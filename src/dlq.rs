@@ -454,4 +454,56 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         assert_eq!(file_name_for(t), "dlq_20231114.ndjson");
     }
+
+    /// A state DB and DLQ dir where `dlq_20240101.ndjson` holds `old`, all committed.
+    fn setup(old: &[u8]) -> (tempfile::TempDir, StateDb, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let state = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
+        let dlq = dir.path().join("dlq");
+        std::fs::create_dir(&dlq).unwrap();
+        std::fs::write(dlq.join("dlq_20240101.ndjson"), old).unwrap();
+        let tx = state.transaction_shared().unwrap();
+        StateDb::dlq_set_committed_len(&tx, "dlq_20240101.ndjson", old.len() as u64).unwrap();
+        tx.commit().unwrap();
+        (dir, state, dlq)
+    }
+
+    fn intent(state: &StateDb, new_len: u64) {
+        let tx = state.transaction_shared().unwrap();
+        let name = "dlq_20240101.ndjson";
+        StateDb::dlq_add_rewrite(&tx, name, &temp_name(name), new_len).unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn recover_rolls_an_interrupted_rewrite_forward_from_any_step() {
+        let name = "dlq_20240101.ndjson";
+        let (old, new) = (&b"one\ntwo\nthree\n"[..], &b"one\nthree\n"[..]);
+        // Killed after the intent, before the rename: the temp file replaces the file.
+        let (_d, state, dlq) = setup(old);
+        std::fs::write(dlq.join(temp_name(name)), new).unwrap();
+        intent(&state, new.len() as u64);
+        recover(&dlq, &state).unwrap();
+        assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
+        assert!(!dlq.join(temp_name(name)).exists());
+        assert_eq!(state.dlq_committed().unwrap()[name], new.len() as u64);
+        let tx = state.transaction_shared().unwrap();
+        assert!(StateDb::dlq_rewrites(&tx).unwrap().is_empty());
+        drop(tx);
+        // Killed after the rename, before the final commit: only the length is recorded.
+        let (_d, state, dlq) = setup(old);
+        std::fs::write(dlq.join(name), new).unwrap();
+        intent(&state, new.len() as u64);
+        assert!(recover(&dlq, &state).unwrap().is_empty(), "nothing to cut");
+        assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
+        assert_eq!(state.dlq_committed().unwrap()[name], new.len() as u64);
+        // Killed before the intent: the temp file is dropped, the file stays whole.
+        let (_d, state, dlq) = setup(old);
+        std::fs::write(dlq.join(temp_name(name)), new).unwrap();
+        recover(&dlq, &state).unwrap();
+        assert_eq!(std::fs::read(dlq.join(name)).unwrap(), old);
+        assert!(!dlq.join(temp_name(name)).exists());
+        assert_eq!(state.dlq_committed().unwrap()[name], old.len() as u64);
+    }
 }
