@@ -351,6 +351,7 @@ pub fn apply(plan: &RetentionPlan, config: &Config, state: Option<&StateDb>) -> 
 /// no other connection has it open; skipped if it was written after the plan was made.
 fn delete_run_db(run: &RunDb) -> Result<(), String> {
     use rusqlite::{Connection, OpenFlags};
+    let wal_before = std::fs::metadata(sibling(&run.path, "-wal")).ok();
     let conn = Connection::open_with_flags(
         &run.path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -364,12 +365,17 @@ fn delete_run_db(run: &RunDb) -> Result<(), String> {
     // fails while any other connection (which keeps a shared lock in WAL mode) has it open.
     conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
         .map_err(|e| format!("in use ({e})"))?;
-    let written_since = [run.path.clone(), sibling(&run.path, "-wal")].iter().any(|p| {
-        std::fs::metadata(p)
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .is_some_and(|t| t > run.last_write)
-    });
+    // Written since the plan? Our own exclusive open may have created an empty `-wal`; a
+    // writer's commit would have made it non-empty or touched the DB or an existing `-wal`.
+    let wal = sibling(&run.path, "-wal");
+    let stat = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let newer = |t: Option<SystemTime>| t.is_none_or(|t| t > run.last_write);
+    let written_since = stat(&run.path).is_none_or(|(t, _)| newer(t))
+        || match (&wal_before, stat(&wal)) {
+            (_, None) => false,
+            (None, Some((_, len))) => len > 0,
+            (Some(_), Some((t, _))) => newer(t),
+        };
     if written_since {
         return Err("written since planned".into());
     }
