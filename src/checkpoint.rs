@@ -51,6 +51,12 @@ const MIGRATIONS: &[&str] = &[
         file TEXT NOT NULL,
         reason TEXT NOT NULL
     ) WITHOUT ROWID;",
+    // 1 → 2: intents of `dlq replay` rewrites (see `dlq`), rolled forward by `dlq::recover`.
+    "CREATE TABLE dlq_rewrites (
+        name TEXT PRIMARY KEY,
+        tmp TEXT NOT NULL,
+        new_len INTEGER NOT NULL
+    );",
 ];
 
 /// A saved position in one file.
@@ -348,6 +354,75 @@ impl StateDb {
             .query_row([name], |r| r.get::<_, i64>(0))
             .optional()
             .map(|o| o.map(|v| v as u64))
+    }
+
+    /// An IMMEDIATE transaction through a shared reference, for the DLQ maintenance paths
+    /// (`dlq::recover`, replay, retention) that get the state DB by `&`. The caller must not
+    /// nest it in another transaction on this connection.
+    pub fn transaction_shared(&self) -> rusqlite::Result<Transaction<'_>> {
+        Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+    }
+
+    /// Pending DLQ rewrites: `(name, tmp, new_len)`.
+    pub fn dlq_rewrites(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(String, String, u64)>> {
+        let mut stmt = tx.prepare_cached("SELECT name, tmp, new_len FROM dlq_rewrites")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+        rows.collect()
+    }
+
+    /// Records the intent to replace DLQ file `name` by `tmp` (`new_len` bytes).
+    pub fn dlq_add_rewrite(
+        tx: &Transaction<'_>,
+        name: &str,
+        tmp: &str,
+        new_len: u64,
+    ) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO dlq_rewrites (name, tmp, new_len) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET tmp = excluded.tmp, new_len = excluded.new_len",
+        )?
+        .execute(params![name, tmp, new_len as i64])?;
+        Ok(())
+    }
+
+    /// A rewrite is done (the rename happened): the file's committed length is its new length.
+    pub fn dlq_finish_rewrite(
+        tx: &Transaction<'_>,
+        name: &str,
+        new_len: u64,
+    ) -> rusqlite::Result<()> {
+        Self::dlq_set_committed_len(tx, name, new_len)?;
+        tx.prepare_cached("DELETE FROM dlq_rewrites WHERE name = ?1")?.execute([name])?;
+        Ok(())
+    }
+
+    /// Marks a dead letter as shipped by `dlq replay`. The key stays: its line's fate is
+    /// decided (it is in a run DB now), so a later re-read of the same line under a mapping
+    /// that rejects it must not dead-letter it a second time.
+    pub fn dlq_mark_replayed(tx: &Transaction<'_>, key: &[u8], file: &str) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO dlq_keys (key, file, reason) VALUES (?1, ?2, 'replayed')
+             ON CONFLICT (key) DO UPDATE SET reason = 'replayed'",
+        )?
+        .execute(params![key, file])?;
+        Ok(())
+    }
+
+    /// Whether a key is recorded (outside a write transaction).
+    pub fn dlq_key_known(&self, key: &[u8]) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM dlq_keys WHERE key = ?1")?
+            .query_row([key], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+    }
+
+    /// Forgets a DLQ file deleted by retention (its keys stay: those lines' fate was decided).
+    pub fn dlq_forget_file(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<()> {
+        tx.prepare_cached("DELETE FROM dlq_files WHERE name = ?1")?.execute([name])?;
+        tx.prepare_cached("DELETE FROM dlq_rewrites WHERE name = ?1")?.execute([name])?;
+        Ok(())
     }
 
     pub fn dlq_set_committed_len(

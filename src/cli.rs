@@ -56,6 +56,15 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// One-off upkeep for cron or an operator: retention now, WAL checkpoint (TRUNCATE) and
+    /// PRAGMA optimize of every run DB, optionally VACUUM.
+    Maintain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Also VACUUM every run DB (rewrites each file; needs free space as large as it).
+        #[arg(long)]
+        vacuum: bool,
+    },
     /// Inspect or replay the dead-letter queue.
     Dlq {
         #[command(subcommand)]

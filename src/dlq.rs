@@ -1,16 +1,38 @@
 //! The dead-letter queue: `<dlq.dir>/dlq_YYYYMMDD.ndjson`, one JSON object per bad line.
 //!
 //! Appends are exactly-once through the state DB, under an exclusive `flock` on
-//! `<dlq.dir>/.lock` shared by every process (daemon, backfill, `dlq replay`):
-//! 1. cut each DLQ file back to its committed length (bytes past it were written by a process
-//!    that died before committing; their lines will be replayed);
+//! `<dlq.dir>/.lock` shared by every process (daemon, backfill, `dlq replay`, `maintain`):
+//! 1. roll forward any interrupted rewrite (below), then cut each DLQ file back to its committed
+//!    length (bytes past it were written by a process that died before committing; their lines
+//!    will be replayed);
 //! 2. skip dead letters whose key is already recorded (a replay of a committed span, or the
 //!    same line read again from a copy);
 //! 3. append, fsync;
 //! 4. record keys and the new committed length in the *same* state transaction that advances
 //!    the checkpoints, then release the lock.
-
-use std::collections::BTreeMap;
+//!
+//! ## Rewrites (`dlq replay`)
+//!
+//! Replay removes letters that now ship. SQLite cannot commit a run DB and the state DB
+//! atomically, so the order makes every crash point safe:
+//! 1. **ship** the letters into their run DBs (idempotent upserts keyed like a read from the
+//!    file, so shipping twice is a no-op);
+//! 2. under the lock, write each changed file's kept lines to `.<name>.rewrite`, fsync it and
+//!    the directory;
+//! 3. one state transaction: an **intent** row `dlq_rewrites(name, tmp, new_len)` per file,
+//!    and the shipped keys marked `replayed` in `dlq_keys` (kept, not deleted: a later re-read
+//!    of the line under a mapping that rejects it must not dead-letter it again);
+//! 4. rename each temp file over its file, fsync the directory;
+//! 5. one state transaction: `committed_len = new_len`, intent deleted.
+//!
+//! Crash before 3: the DLQ is unchanged (stray temp files are deleted by `recover`); the
+//! shipped letters are both in a run DB and still in the DLQ until the next `dlq replay`, which
+//! ships them again (no-op) and removes them: nothing is lost, no row is doubled. Crash after 3:
+//! whoever takes the lock next — `recover` at any start, the daemon's next `append`, the next
+//! replay or retention — renames the temp file if it still exists and finishes step 5. Rolling
+//! forward before any append matters: the daemon must never append to the old file and then have
+//! a stale `new_len` cut its letters off.
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -124,6 +146,8 @@ pub fn append(
     letters: &[(DeadLetter, Arc<Span>)],
     now: SystemTime,
 ) -> io::Result<BTreeMap<DeadReason, u64>> {
+    // An interrupted replay's rewrite must land before anything is appended (module docs).
+    roll_forward(dir, tx)?;
     let name = file_name_for(now);
     let at = humantime::format_rfc3339_millis(now).to_string();
     let mut out = Vec::new();
@@ -179,22 +203,211 @@ pub fn append(
     Ok(new_by_reason)
 }
 
-/// Cuts every DLQ file back to its committed length: run under the lock at startup, so lines
-/// appended by a process that died before committing do not stay visible. Files this state DB
-/// never recorded are left alone: they were not written under it (e.g. the state DB was reset),
-/// and cutting them would destroy dead letters. (`append` records a file before creating it.)
+/// Finishes interrupted rewrites and cuts every DLQ file back to its committed length: run
+/// under the lock at startup, so lines appended by a process that died before committing do
+/// not stay visible. Files this state DB never recorded are left alone: they were not written
+/// under it (e.g. the state DB was reset), and cutting them would destroy dead letters.
+/// (`append` records a file before creating it.) Returns the files cut: `(path, from, to)`.
 pub fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64)>> {
-    let committed = state.dlq_committed().map_err(io::Error::other)?;
+    let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
+    let rolled = roll_forward(dir, &tx)?;
+    tx.commit().map_err(|e| state_error(state, e))?;
+    for name in rolled {
+        tracing::warn!(file = %dir.join(name).display(), "finished a DLQ rewrite interrupted by a crash");
+    }
+    remove_stray_temp_files(dir)?;
+    let committed = state.dlq_committed().map_err(|e| state_error(state, e))?;
     let mut cut = Vec::new();
     for (name, len) in dlq_files(dir)? {
         let Some(&want) = committed.get(&name) else { continue };
         if len > want {
             let path = dir.join(&name);
-            OpenOptions::new().write(true).open(&path)?.set_len(want)?;
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(want))
+                .map_err(|e| file_error(&path, "cutting to its committed length", e))?;
             cut.push((path, len, want));
         }
     }
     Ok(cut)
+}
+
+fn state_error(state: &StateDb, e: rusqlite::Error) -> io::Error {
+    io::Error::other(format!("state DB {}: {e}", state.path().display()))
+}
+
+fn file_error(path: &Path, doing: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {doing}: {e}", path.display()))
+}
+
+/// The temp file a rewrite of DLQ file `name` goes through: hidden, so no reader lists it.
+fn temp_name(name: &str) -> String {
+    format!(".{name}.rewrite")
+}
+
+/// Renames the temp files of committed intents over their files (a missing temp file means
+/// the rename already happened) and records the new lengths in `tx`. Returns the names.
+fn roll_forward(dir: &Path, tx: &Transaction<'_>) -> io::Result<Vec<String>> {
+    let rewrites = StateDb::dlq_rewrites(tx).map_err(io::Error::other)?;
+    if rewrites.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (name, tmp, _) in &rewrites {
+        // Names come from our own intents; refuse anything that is not a plain file name.
+        if name.contains('/') || tmp.contains('/') {
+            return Err(io::Error::other(format!("bad DLQ rewrite intent {name:?} -> {tmp:?}")));
+        }
+        match std::fs::rename(dir.join(tmp), dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_error(&dir.join(tmp), "renaming over its DLQ file", e)),
+        }
+    }
+    sync_dir(dir)?;
+    for (name, _, new_len) in &rewrites {
+        StateDb::dlq_finish_rewrite(tx, name, *new_len).map_err(io::Error::other)?;
+    }
+    Ok(rewrites.into_iter().map(|(name, _, _)| name).collect())
+}
+
+/// Deletes rewrite temp files no intent refers to (a replay died before step 3). Call after
+/// [`roll_forward`] committed, under the lock.
+fn remove_stray_temp_files(dir: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(file_error(dir, "listing", e)),
+    };
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".dlq_") && name.ends_with(".rewrite") {
+            let path = dir.join(&name);
+            std::fs::remove_file(&path).map_err(|e| file_error(&path, "removing", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| file_error(dir, "fsync", e))
+}
+
+/// The identity of a dead letter, if its `raw` is the whole line: the key it was recorded
+/// under, which is also the identity its line has in a run DB. None when `raw` was cut, or
+/// when it holds U+FFFD that may stand for invalid bytes and the state DB does not know the
+/// key (the line cannot be reproduced, so it must stay in the DLQ).
+pub fn faithful_key(letter: &DlqLine, state: &StateDb) -> io::Result<Option<[u8; 24]>> {
+    if letter.raw.len() as u64 != letter.raw_len {
+        return Ok(None);
+    }
+    let key = crate::parse::line_key(letter.line_no, &crate::parse::digest(letter.raw.as_bytes()));
+    if letter.raw.contains('\u{FFFD}')
+        && !state.dlq_key_known(&key).map_err(|e| state_error(state, e))?
+    {
+        return Ok(None);
+    }
+    Ok(Some(key))
+}
+
+/// What [`remove_letters`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub letters: u64,
+    pub files: Vec<String>,
+}
+
+/// Removes from the DLQ every letter whose key is in `keys`, by the rewrite protocol in the
+/// module docs. Call with the lock held; the letters must be durably shipped already.
+pub fn remove_letters(
+    dir: &Path,
+    state: &StateDb,
+    keys: &HashSet<[u8; 24]>,
+) -> io::Result<Removed> {
+    recover(dir, state)?;
+    let mut removed = Removed::default();
+    let mut rewrites = Vec::new();
+    let mut marks = Vec::new();
+    for (name, _) in dlq_files(dir)? {
+        let path = dir.join(&name);
+        let bytes = std::fs::read(&path).map_err(|e| file_error(&path, "reading", e))?;
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut dropped = 0u64;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let key = (line.last() == Some(&b'\n'))
+                .then(|| serde_json::from_slice::<DlqLine>(&line[..line.len() - 1]).ok())
+                .flatten()
+                .filter(|l| l.raw.len() as u64 == l.raw_len)
+                .map(|l| {
+                    crate::parse::line_key(l.line_no, &crate::parse::digest(l.raw.as_bytes()))
+                });
+            match key {
+                Some(key) if keys.contains(&key) => {
+                    dropped += 1;
+                    marks.push((key, name.clone()));
+                }
+                // Lines we do not understand are kept byte for byte.
+                _ => kept.extend_from_slice(line),
+            }
+        }
+        if dropped == 0 {
+            continue;
+        }
+        let tmp = temp_name(&name);
+        let tmp_path = dir.join(&tmp);
+        write_synced(&tmp_path, &kept).map_err(|e| file_error(&tmp_path, "writing", e))?;
+        removed.letters += dropped;
+        rewrites.push((name, tmp, kept.len() as u64));
+    }
+    if rewrites.is_empty() {
+        return Ok(removed);
+    }
+    // The temp files' names must be durable before an intent can refer to them.
+    sync_dir(dir)?;
+    let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
+    for (name, tmp, new_len) in &rewrites {
+        StateDb::dlq_add_rewrite(&tx, name, tmp, *new_len).map_err(|e| state_error(state, e))?;
+    }
+    for (key, name) in &marks {
+        StateDb::dlq_mark_replayed(&tx, key, name).map_err(|e| state_error(state, e))?;
+    }
+    tx.commit().map_err(|e| state_error(state, e))?;
+    let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
+    let names = roll_forward(dir, &tx)?;
+    tx.commit().map_err(|e| state_error(state, e))?;
+    removed.files = names;
+    Ok(removed)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file =
+        OpenOptions::new().create(true).write(true).truncate(true).mode(0o640).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Deletes whole DLQ files (retention), under the lock, and forgets their committed lengths.
+/// Their keys stay recorded: those lines' fate was decided. Returns the bytes deleted.
+pub fn delete_files(dir: &Path, state: &StateDb, names: &[String]) -> io::Result<u64> {
+    recover(dir, state)?;
+    let mut bytes = 0;
+    for name in names {
+        let path = dir.join(name);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(file_error(&path, "stat", e)),
+        };
+        std::fs::remove_file(&path).map_err(|e| file_error(&path, "deleting", e))?;
+        bytes += len;
+    }
+    sync_dir(dir)?;
+    let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
+    for name in names {
+        StateDb::dlq_forget_file(&tx, name).map_err(|e| state_error(state, e))?;
+    }
+    tx.commit().map_err(|e| state_error(state, e))?;
+    Ok(bytes)
 }
 
 /// The DLQ files in `dir` with their sizes, oldest first.
@@ -240,5 +453,57 @@ mod tests {
     fn file_names_are_utc_days() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         assert_eq!(file_name_for(t), "dlq_20231114.ndjson");
+    }
+
+    /// A state DB and DLQ dir where `dlq_20240101.ndjson` holds `old`, all committed.
+    fn setup(old: &[u8]) -> (tempfile::TempDir, StateDb, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let state = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
+        let dlq = dir.path().join("dlq");
+        std::fs::create_dir(&dlq).unwrap();
+        std::fs::write(dlq.join("dlq_20240101.ndjson"), old).unwrap();
+        let tx = state.transaction_shared().unwrap();
+        StateDb::dlq_set_committed_len(&tx, "dlq_20240101.ndjson", old.len() as u64).unwrap();
+        tx.commit().unwrap();
+        (dir, state, dlq)
+    }
+
+    fn intent(state: &StateDb, new_len: u64) {
+        let tx = state.transaction_shared().unwrap();
+        let name = "dlq_20240101.ndjson";
+        StateDb::dlq_add_rewrite(&tx, name, &temp_name(name), new_len).unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn recover_rolls_an_interrupted_rewrite_forward_from_any_step() {
+        let name = "dlq_20240101.ndjson";
+        let (old, new) = (&b"one\ntwo\nthree\n"[..], &b"one\nthree\n"[..]);
+        // Killed after the intent, before the rename: the temp file replaces the file.
+        let (_d, state, dlq) = setup(old);
+        std::fs::write(dlq.join(temp_name(name)), new).unwrap();
+        intent(&state, new.len() as u64);
+        recover(&dlq, &state).unwrap();
+        assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
+        assert!(!dlq.join(temp_name(name)).exists());
+        assert_eq!(state.dlq_committed().unwrap()[name], new.len() as u64);
+        let tx = state.transaction_shared().unwrap();
+        assert!(StateDb::dlq_rewrites(&tx).unwrap().is_empty());
+        drop(tx);
+        // Killed after the rename, before the final commit: only the length is recorded.
+        let (_d, state, dlq) = setup(old);
+        std::fs::write(dlq.join(name), new).unwrap();
+        intent(&state, new.len() as u64);
+        assert!(recover(&dlq, &state).unwrap().is_empty(), "nothing to cut");
+        assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
+        assert_eq!(state.dlq_committed().unwrap()[name], new.len() as u64);
+        // Killed before the intent: the temp file is dropped, the file stays whole.
+        let (_d, state, dlq) = setup(old);
+        std::fs::write(dlq.join(temp_name(name)), new).unwrap();
+        recover(&dlq, &state).unwrap();
+        assert_eq!(std::fs::read(dlq.join(name)).unwrap(), old);
+        assert!(!dlq.join(temp_name(name)).exists());
+        assert_eq!(state.dlq_committed().unwrap()[name], old.len() as u64);
     }
 }

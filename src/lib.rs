@@ -23,6 +23,7 @@ pub mod sink;
 pub mod checkpoint;
 pub mod dlq;
 pub mod pipeline;
+pub mod maintain;
 
 pub mod metrics;
 pub mod shutdown;

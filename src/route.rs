@@ -405,15 +405,18 @@ impl Router {
     }
 }
 
-/// A batch being filled, before its span exists.
+/// A batch being filled, before its span exists. Public for `dlq replay`, which must give a
+/// replayed line exactly the identity (`key`, `pos`) it gets when read from its file.
 #[derive(Default)]
-struct BatchBuilder {
+pub struct BatchBuilder {
     arena: String,
     recs: Vec<Rec>,
 }
 
 impl BatchBuilder {
-    fn push(&mut self, record: &parse::Parsed<'_>, meta: LineMeta, bytes: &[u8], day: u32) {
+    /// Adds a parsed line; `bytes` is the whole line (valid UTF-8: `parse_line` accepted it),
+    /// `day` its file's [`parse::file_day`].
+    pub fn push(&mut self, record: &parse::Parsed<'_>, meta: LineMeta, bytes: &[u8], day: u32) {
         // parse_line only returns records for valid UTF-8.
         let data = std::str::from_utf8(bytes).expect("parsed lines are UTF-8");
         let arena = &mut self.arena;
@@ -439,7 +442,8 @@ impl BatchBuilder {
         });
     }
 
-    fn into_batch(self, span: Arc<Span>) -> Batch {
+    /// The records so far, all belonging to `span`.
+    pub fn into_batch(self, span: Arc<Span>) -> Batch {
         let n = self.recs.len();
         Batch { spans: vec![(span, n)], arena: self.arena, recs: self.recs }
     }

@@ -1,4 +1,4 @@
-//! `dlq list` and `dlq replay`.
+//! `dlq list` and `dlq replay` (the replay itself is `maintain::replay`).
 
 use std::process::ExitCode;
 
@@ -29,7 +29,14 @@ pub(super) fn list(config: &Config, reason: Option<&str>, json: bool) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn replay(_config: Config, reason: Option<&str>) -> anyhow::Result<ExitCode> {
-    let _ = super::parse_reason(reason)?;
-    Err(super::UsageError("dlq replay is not implemented yet".into()).into())
+pub(super) fn replay(config: Config, reason: Option<&str>) -> anyhow::Result<ExitCode> {
+    let reason = super::parse_reason(reason)?;
+    super::prepare_dirs(&config)?;
+    let r = crate::maintain::replay::replay(&config, reason)?;
+    // The summary goes to stdout: it is the command's result, for scripts.
+    println!(
+        "dlq replay: {} considered, {} shipped and removed, {} still rejected by the mapping, {} rejected by SQLite, {} kept (raw cut or lossy)",
+        r.considered, r.shipped, r.still_dead, r.write_failed, r.not_replayable
+    );
+    Ok(ExitCode::SUCCESS)
 }

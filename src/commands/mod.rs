@@ -4,6 +4,7 @@
 mod backfill;
 mod check_config;
 mod dlq;
+mod maintain;
 mod run;
 mod status;
 
@@ -117,6 +118,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { config, json } => status::status(&load_config(&config)?, json),
         Command::CheckConfig { config } => check_config::check_config(load_config(&config)?),
+        Command::Maintain { config, vacuum } => maintain::maintain(load_config(&config)?, vacuum),
         Command::Dlq { command } => match command {
             DlqCommand::List { config, reason, json } => {
                 dlq::list(&load_config(&config)?, reason.as_deref(), json)

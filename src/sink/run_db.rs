@@ -109,14 +109,104 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<(
 /// Closing it does not checkpoint: with thousands of runs the pool closes and reopens DBs
 /// often, and a checkpoint plus WAL delete/recreate on every close cost more than the writes.
 /// The writer checkpoints explicitly instead (`checkpoint_and_close`).
+///
+/// A DB that SQLite reports corrupt (`SQLITE_CORRUPT`, `SQLITE_NOTADB`) while opening is moved
+/// aside (see [`quarantine`]) and a fresh one takes its place: the run keeps flowing, and the
+/// old file is kept for an operator. A DB unlinked while we opened it (retention deletes under
+/// an exclusive lock, which we waited for) is opened again, so no write lands in a deleted file.
 pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
+    let mut quarantined = false;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let inode_before = inode(path);
+        match open_once(path, sqlite) {
+            Ok((conn, unmoved)) if unmoved || attempts >= 3 => return Ok(conn),
+            Ok(_) => continue,
+            Err(e) if is_corrupt(&e) && !quarantined => {
+                // Only move the file we found corrupt: another process may have replaced it
+                // with a fresh DB meanwhile.
+                if inode(path) == inode_before {
+                    quarantine(path, &e)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                }
+                quarantined = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens once; the flag says whether `path` still names the file opened (checked after the
+/// first lock was taken, which waits out a deleting retention).
+fn open_once(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<(Connection, bool)> {
     create_private_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let before = inode(path);
     let mut conn = Connection::open(path)?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     apply_pragmas(&conn, sqlite)?;
     migrate(&mut conn, MIGRATIONS)?;
     conn.set_prepared_statement_cache_capacity(16);
-    Ok(conn)
+    let unmoved = before.is_some() && inode(path) == before;
+    Ok((conn, unmoved))
+}
+
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Moves a corrupt DB to `<name>.corrupt-<unix seconds>` (never deletes it), with its `-wal`
+/// (which must not be replayed into the fresh DB) and `-shm`; logs at ERROR. Returns the new
+/// path of the DB file.
+pub fn quarantine(path: &Path, error: &rusqlite::Error) -> io::Result<std::path::PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    // Two quarantines of one run within a second must not overwrite each other.
+    let mut stem = format!(".corrupt-{secs}");
+    let mut n = 1;
+    while with(&stem).exists() {
+        stem = format!(".corrupt-{secs}.{n}");
+        n += 1;
+    }
+    let target = with(&stem);
+    std::fs::rename(path, &target)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: moving aside: {e}", path.display())))?;
+    for suffix in ["-wal", "-shm"] {
+        match std::fs::rename(with(suffix), with(&format!("{stem}{suffix}"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}{suffix}: moving aside: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    tracing::error!(
+        path = %path.display(),
+        moved_to = %target.display(),
+        %error,
+        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
+    );
+    Ok(target)
 }
 
 /// What writing one run's records produced.
@@ -295,5 +385,108 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+    }
+
+    /// The version-1 schema exactly as `MIGRATIONS[0]` shipped it, built by hand so the test
+    /// does not depend on the code under test to make its fixture.
+    fn v1_fixture(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE runs (run_id TEXT PRIMARY KEY, status, started_at, ended_at,
+                data TEXT NOT NULL DEFAULT '{}', merged_pos INTEGER NOT NULL DEFAULT -1,
+                updated_at INTEGER);
+             CREATE TABLE events (event_key TEXT PRIMARY KEY, run_id TEXT NOT NULL, event_type,
+                ts, data TEXT NOT NULL, source TEXT NOT NULL, line_no INTEGER NOT NULL,
+                pos INTEGER NOT NULL);
+             CREATE TABLE run_records (record_key TEXT PRIMARY KEY, pos INTEGER NOT NULL,
+                data TEXT NOT NULL, source TEXT NOT NULL, line_no INTEGER NOT NULL);
+             INSERT INTO runs (run_id, status) VALUES ('r', 'finished');
+             INSERT INTO events VALUES ('e1', 'r', 't', 1, '{}', '/src', 1, 1);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+
+    fn schema(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    fn columns(conn: &Connection) -> Vec<(String, String)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+                 WHERE m.type = 'table' ORDER BY 1, p.cid",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn v0_and_v1_dbs_open_and_migrate_twice_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        // v0: an empty file (as `create_private_file` leaves it) and a DB with user_version 0.
+        let v0 = dir.path().join("v0.sqlite");
+        std::fs::write(&v0, b"").unwrap();
+        let v1 = dir.path().join("v1.sqlite");
+        v1_fixture(&v1);
+        for path in [&v0, &v1] {
+            let mut conn = open(path, &sqlite).unwrap();
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+            assert_eq!(version, SCHEMA_VERSION, "{}", path.display());
+            let before = schema(&conn);
+            let rows: i64 =
+                conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+            migrate(&mut conn, MIGRATIONS).unwrap();
+            migrate(&mut conn, MIGRATIONS).unwrap();
+            assert_eq!(schema(&conn), before, "{}", path.display());
+            let after: i64 =
+                conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+            assert_eq!(after, rows);
+            drop(conn);
+            // Reopening (which migrates again) keeps the data too.
+            let conn = open(path, &sqlite).unwrap();
+            assert_eq!(schema(&conn), before);
+        }
+        // The v1 fixture's rows survive untouched.
+        let conn = open(&v1, &sqlite).unwrap();
+        let status: String =
+            conn.query_row("SELECT status FROM runs WHERE run_id = 'r'", [], |r| r.get(0)).unwrap();
+        assert_eq!(status, "finished");
+        // Same tables and columns whichever version it started from.
+        assert_eq!(columns(&conn), columns(&open(&v0, &sqlite).unwrap()));
+    }
+
+    #[test]
+    fn a_corrupt_db_is_moved_aside_and_a_fresh_one_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let path = dir.path().join("r.sqlite");
+        let garbage = vec![0xA5u8; 8192];
+        std::fs::write(&path, &garbage).unwrap();
+        std::fs::write(dir.path().join("r.sqlite-wal"), b"old wal").unwrap();
+        let conn = open(&path, &sqlite).unwrap();
+        conn.execute_batch("INSERT INTO runs (run_id) VALUES ('r')").unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".corrupt-"))
+            .collect();
+        names.sort();
+        // The DB and its WAL (SQLite may also have made a `-shm` while failing).
+        assert!(names.len() >= 2, "{names:?}");
+        assert!(names[0].starts_with("r.sqlite.corrupt-") && !names[0].contains("-wal"));
+        assert!(names.contains(&format!("{}-wal", names[0])), "{names:?}");
+        // Kept byte for byte.
+        assert_eq!(std::fs::read(dir.path().join(&names[0])).unwrap(), garbage);
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }

@@ -25,3 +25,4 @@ mod status;
 mod wal;
 mod faults;
 mod configured;
+mod maintenance;

@@ -1,0 +1,118 @@
+//! Upkeep that is not on the shipping path: retention ([`retention`]), DLQ replay
+//! ([`replay`]), and one-off WAL checkpoints, `PRAGMA optimize` and VACUUM of every run DB
+//! ([`run_once`], the `maintain` command).
+//!
+//! For a periodic loop in the daemon, call [`run_once`] with [`Options::periodic`] every
+//! `retention.check_interval`, passing the run DB paths the writers have open as `busy`, and add
+//! [`Report::deleted`] to `jsonl_shipper_retention_deleted_total`.
+
+pub mod replay;
+pub mod retention;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::Context;
+
+use crate::checkpoint::StateDb;
+use crate::config::Config;
+use crate::sink::run_db;
+
+/// What [`run_once`] does besides retention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `wal_checkpoint(TRUNCATE)` and `PRAGMA optimize` on every run DB not in `busy`.
+    pub checkpoint: bool,
+    /// VACUUM every run DB not in `busy` (rewrites each file: slow, needs free space).
+    pub vacuum: bool,
+}
+
+impl Options {
+    /// Retention only: what a daemon loop runs every `check_interval` (its writers checkpoint
+    /// their own DBs).
+    pub fn periodic() -> Options {
+        Options::default()
+    }
+
+    /// Everything, as `jsonl-shipper maintain` does.
+    pub fn full(vacuum: bool) -> Options {
+        Options { checkpoint: true, vacuum }
+    }
+}
+
+/// What [`run_once`] did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub retention: retention::Applied,
+    /// Run DBs checkpointed and optimized (and vacuumed with `vacuum`).
+    pub maintained: u64,
+    /// Run DBs whose maintenance failed or was partial (path, why); not fatal.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+impl Report {
+    /// Files deleted by retention (run DBs, DLQ files, sources).
+    pub fn deleted(&self) -> u64 {
+        self.retention.deleted()
+    }
+}
+
+/// One round: retention now (plan, then apply), then checkpoint/optimize/VACUUM per
+/// `options`. `busy`: run DB paths (`<output.dir>/<name>.sqlite`, see [`run_db_path`]) being
+/// written by the caller's process; they are neither deleted nor checkpointed. Errors are only
+/// returned for what stops the whole round (the state DB cannot be opened, a directory cannot
+/// be listed); a single file that cannot be handled is logged and reported.
+pub fn run_once(
+    config: &Config,
+    busy: &HashSet<PathBuf>,
+    options: Options,
+) -> anyhow::Result<Report> {
+    let state_path = &config.output.state_db;
+    let state = StateDb::open(state_path, &config.sqlite)
+        .with_context(|| format!("opening state DB {}", state_path.display()))?;
+    let inputs = retention::gather(config, Some(&state), busy)?;
+    let plan = retention::plan(&inputs, &retention::Policy::from_config(config), SystemTime::now());
+    let mut report =
+        Report { retention: retention::apply(&plan, config, Some(&state)), ..Report::default() };
+    if !(options.checkpoint || options.vacuum) {
+        return Ok(report);
+    }
+    let deleted: HashSet<&PathBuf> = report.retention.runs.iter().collect();
+    for run in inputs.runs.iter().filter(|r| !busy.contains(&r.path) && !deleted.contains(&r.path))
+    {
+        match maintain_db(&run.path, config, options) {
+            Ok(()) => report.maintained += 1,
+            Err(e) => {
+                tracing::warn!(path = %run.path.display(), error = %e, "maintain: run DB not fully maintained");
+                report.failed.push((run.path.clone(), e.to_string()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The path of a run's DB, as `busy` expects it.
+pub fn run_db_path(config: &Config, run_id: &str) -> PathBuf {
+    config.output.dir.join(crate::sink::run_path::db_file_name(run_id))
+}
+
+fn maintain_db(path: &Path, config: &Config, options: Options) -> rusqlite::Result<()> {
+    let conn = run_db::open(path, &config.sqlite)?;
+    if options.vacuum {
+        conn.execute_batch("VACUUM")?;
+    }
+    // busy = 1 when a reader or writer kept the checkpoint from completing.
+    let (busy, _, _): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    conn.execute_batch("PRAGMA optimize")?;
+    if busy != 0 {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("WAL checkpoint incomplete: another connection is reading or writing".into()),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! `dlq replay`: re-runs dead letters through the current `[mapping]`, ships those that now
+//! parse into their run DBs with the identity they would have had if read from their file, then
+//! removes them from the DLQ by the rewrite protocol in [`crate::dlq`].
+//!
+//! Shipping happens without the DLQ lock (so a long replay does not stall the daemon's dead
+//! letters); the rewrite takes it, and removes exactly the letters shipped, by key, whatever
+//! the daemon appended meanwhile. Letters whose `raw` is cut or lossy stay: their line cannot
+//! be reproduced byte for byte, so it would get another identity than the original.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::checkpoint::StateDb;
+use crate::config::Config;
+use crate::dlq::{self, DlqLock};
+use crate::parse::{self, DeadReason, Outcome};
+use crate::route::{BatchBuilder, FileEntry, Span};
+use crate::sink::{run_db, run_path};
+use crate::tail::LineMeta;
+
+/// One run's replayed records by source path, with the letter key of each record in order.
+type BySource = BTreeMap<String, (BatchBuilder, Vec<[u8; 24]>)>;
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Letters matching the reason filter.
+    pub considered: u64,
+    /// Shipped into run DBs and removed from the DLQ.
+    pub shipped: u64,
+    /// Still rejected by the current mapping.
+    pub still_dead: u64,
+    /// Rejected by SQLite again (`write_failed`, e.g. too big).
+    pub write_failed: u64,
+    /// Kept because `raw` is cut or lossy.
+    pub not_replayable: u64,
+}
+
+/// Replays the DLQ (only letters with `reason`, if given). See the module docs.
+pub fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Result<ReplayReport> {
+    let dir = &config.dlq.dir;
+    let state_path = &config.output.state_db;
+    let state = StateDb::open(state_path, &config.sqlite)
+        .with_context(|| format!("opening state DB {}", state_path.display()))?;
+    let letters = {
+        let _lock =
+            DlqLock::acquire(dir).with_context(|| format!("locking DLQ dir {}", dir.display()))?;
+        dlq::recover(dir, &state)
+            .with_context(|| format!("recovering DLQ in {}", dir.display()))?;
+        dlq::read_all(dir).with_context(|| format!("reading DLQ in {}", dir.display()))?
+    };
+    let mut report = ReplayReport::default();
+    let mut runs: BTreeMap<String, BySource> = BTreeMap::new();
+    for letter in letters.iter().filter(|l| reason.is_none_or(|r| l.reason == r.as_str())) {
+        report.considered += 1;
+        let Some(key) = dlq::faithful_key(letter, &state)? else {
+            report.not_replayable += 1;
+            continue;
+        };
+        let bytes = letter.raw.as_bytes();
+        let record = match parse::parse_line(bytes, &config.mapping) {
+            Outcome::Record(record) => record,
+            // A blank line is never dead-lettered; keep whatever this is.
+            Outcome::Blank | Outcome::Dead(..) => {
+                report.still_dead += 1;
+                continue;
+            }
+        };
+        let (builder, keys) = runs
+            .entry(record.run_id.to_string())
+            .or_default()
+            .entry(letter.source.clone())
+            .or_default();
+        let meta = LineMeta { offset: letter.offset, line_no: letter.line_no, end_offset: 0 };
+        builder.push(&record, meta, bytes, file_day(&letter.source));
+        keys.push(key);
+    }
+
+    let mut shipped = HashSet::new();
+    for (run_id, sources) in runs {
+        let path = config.output.dir.join(run_path::db_file_name(&run_id));
+        let failed =
+            ship_run(config, &path, &run_id, sources, &mut shipped).with_context(|| {
+                format!("shipping dead letters of run {run_id:?} into {}", path.display())
+            })?;
+        report.write_failed += failed;
+    }
+    report.shipped = shipped.len() as u64;
+    if !shipped.is_empty() {
+        let _lock =
+            DlqLock::acquire(dir).with_context(|| format!("locking DLQ dir {}", dir.display()))?;
+        let removed = dlq::remove_letters(dir, &state, &shipped)
+            .with_context(|| format!("rewriting DLQ files in {}", dir.display()))?;
+        tracing::info!(letters = removed.letters, files = ?removed.files, "dlq replay: removed shipped letters");
+    }
+    Ok(report)
+}
+
+fn file_day(source: &str) -> u32 {
+    parse::file_day(&Path::new(source).file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+}
+
+/// Writes one run's replayed records in one transaction; adds the keys of the letters now
+/// durable in the run DB to `shipped`. Returns how many SQLite rejected on their own.
+fn ship_run(
+    config: &Config,
+    path: &Path,
+    run_id: &str,
+    sources: BySource,
+    shipped: &mut HashSet<[u8; 24]>,
+) -> anyhow::Result<u64> {
+    let mut batches = Vec::new();
+    for (source, (builder, keys)) in sources {
+        // A span only carries the source path here: nothing acks it, and its file handle,
+        // which the state thread uses for fingerprints, is never read. The DLQ dir stands in.
+        let file = Arc::new(FileEntry {
+            path: source.clone().into(),
+            source: Arc::from(source.as_str()),
+            dev: 0,
+            ino: 0,
+            gzip: false,
+            day: file_day(&source),
+            handle: File::open(&config.dlq.dir)?,
+        });
+        let span = Arc::new(Span::new(file, 0, 0, keys.len()));
+        batches.push((builder.into_batch(span), keys));
+    }
+    // The daemon may be committing to the same DB: busy_timeout waits, a few retries cover
+    // longer stalls before giving up (a rerun is always safe).
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = (|| -> rusqlite::Result<Vec<HashSet<usize>>> {
+            let mut conn = run_db::open(path, &config.sqlite)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut failed = Vec::new();
+            for (batch, _) in &batches {
+                let outcome = run_db::write_run(&tx, run_id, batch, &config.mapping)?;
+                for (i, error) in &outcome.failed {
+                    tracing::warn!(run_id, source = batch.source(&batch.recs[*i]), line_no = batch.recs[*i].line_no, %error, "dlq replay: record rejected by SQLite; it stays in the DLQ");
+                }
+                failed.push(outcome.failed.into_iter().map(|(i, _)| i).collect());
+            }
+            tx.commit()?;
+            Ok(failed)
+        })();
+        match result {
+            Ok(failed) => {
+                let mut n_failed = 0;
+                for ((_, keys), failed) in batches.iter().zip(failed) {
+                    n_failed += failed.len() as u64;
+                    shipped.extend(
+                        keys.iter()
+                            .enumerate()
+                            .filter(|(i, _)| !failed.contains(i))
+                            .map(|(_, k)| *k),
+                    );
+                }
+                return Ok(n_failed);
+            }
+            Err(e)
+                if attempt < 5
+                    && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+            {
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

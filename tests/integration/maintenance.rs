@@ -1,0 +1,309 @@
+//! Issue 4's upkeep tools through the real binary: `dlq replay` with a changed mapping (exact
+//! rows added, exact DLQ bytes left, a second replay a no-op, later appends intact), replay
+//! killed at many points (nothing lost or doubled, the final state exact), `maintain`
+//! retention, and a corrupt run DB quarantined while other runs are untouched.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::types::Value as SqlValue;
+use serde_json::json;
+
+use crate::dataset::run_row;
+use crate::harness::{
+    assert_snapshot, db_file_name, line_key, DeadLetter, EventRow, Running, Shipper, Snapshot,
+};
+
+/// Writes `lines` (newline-terminated) to `D/<rel>`, aged so `backfill` treats it as finished.
+fn write_lines(shipper: &Shipper, rel: &str, lines: &[String]) {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    shipper.write(rel, text.as_bytes());
+    shipper.age(rel);
+}
+
+fn set_config(shipper: &Shipper, toml: &str) {
+    std::fs::write(shipper.root().join("config.toml"), format!("base = \"base\"\n{toml}"))
+        .expect("rewrite config");
+}
+
+fn replay(shipper: &Shipper, args: &[&str]) -> String {
+    let done = shipper.run_cmd(&["dlq", "replay"], args);
+    done.assert_success("dlq replay");
+    done.stdout
+}
+
+fn event(
+    shipper: &Shipper,
+    rel: &str,
+    line_no: u64,
+    run: &str,
+    key: String,
+    text: &str,
+) -> EventRow {
+    let value: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    let column = |k: &str| match value.get(k) {
+        Some(serde_json::Value::String(s)) => SqlValue::Text(s.clone()),
+        Some(serde_json::Value::Number(n)) => SqlValue::Integer(n.as_i64().expect("int")),
+        _ => SqlValue::Null,
+    };
+    EventRow {
+        db: db_file_name(run),
+        event_key: key,
+        run_id: run.into(),
+        event_type: column("event_type"),
+        ts: column("ts"),
+        data: text.into(),
+        source: shipper.source(rel),
+        line_no: line_no as i64,
+    }
+}
+
+/// DLQ lines (all files, in order) with their parsed `line_no` and `source`.
+fn dlq_lines(shipper: &Shipper) -> Vec<(String, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (_, bytes) in shipper.dlq_files() {
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let v: serde_json::Value = serde_json::from_slice(line).expect("DLQ line is JSON");
+            let source = v["source"].as_str().expect("source").to_string();
+            out.push((source, v["line_no"].as_u64().expect("line_no"), line.to_vec()));
+        }
+    }
+    out
+}
+
+/// What the next process does after a kill -9, through `maintain` (which opens, migrates and
+/// checkpoints every run DB): a `-wal` is recovered and a DB created but not yet migrated gets
+/// its schema, so the harness's read-only snapshot can read them.
+fn recover_run_dbs(shipper: &Shipper) {
+    shipper.run_cmd(&["maintain"], &[]).assert_success("maintain");
+}
+
+#[test]
+fn replay_ships_what_the_new_mapping_accepts_and_keeps_the_rest_byte_for_byte() {
+    let limits = "[sources]\nmax_line_bytes = \"1KiB\"\n[dlq]\nmax_raw_bytes = \"128B\"\n";
+    let shipper = Shipper::with_config(limits);
+    let day1 = "raw/events_20240201.ndjson";
+    let day2 = "raw/events_20240202.ndjson";
+    let long_job = format!(r#"{{"job":"c","pad":"{}"}}"#, "p".repeat(200));
+    let l1: Vec<String> = vec![
+        r#"{"run_id":"a","event_id":"e1"}"#.into(), // 1 shipped at once
+        r#"{"job":"b","event_id":"e2","v":1}"#.into(), // 2 missing_run_id → b
+        r#"{"job":"b","ts":3,"event_type":"fetch"}"#.into(), // 3 missing_run_id → b, line key
+        r#"{"job":"b","record_type":"run","status":"done"}"#.into(), // 4 → b's runs row
+        "{bad".into(),                              // 5 invalid_json, stays
+        r#"{"nothing":1}"#.into(),                  // 6 missing_run_id, stays
+        long_job.clone(),                           // 7 raw cut to 128B, stays
+    ];
+    let l2: Vec<String> = vec![r#"{"job":"b","event_id":"e2","v":2}"#.into()]; // later e2 wins
+    write_lines(&shipper, day1, &l1);
+    write_lines(&shipper, day2, &l2);
+    shipper.backfill(&[]);
+    let reasons: Vec<(u64, String)> =
+        shipper.dead_letters().iter().map(|d| (d.line_no, d.reason.clone())).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (2, "missing_run_id".to_string()),
+            (3, "missing_run_id".into()),
+            (4, "missing_run_id".into()),
+            (5, "invalid_json".into()),
+            (6, "missing_run_id".into()),
+            (7, "missing_run_id".into()),
+            (1, "missing_run_id".into()), // day 2
+        ]
+    );
+    let before = shipper.snapshot();
+    let dlq_before = dlq_lines(&shipper);
+
+    // The new mapping: run_id is `job`.
+    set_config(&shipper, &format!("{limits}[mapping]\nrun_id = \"job\"\n"));
+    // Filtered to a reason the new mapping does not fix: nothing moves.
+    let out = replay(&shipper, &["--reason", "invalid_json"]);
+    assert!(out.contains("1 considered, 0 shipped"), "{out}");
+    assert_eq!(shipper.snapshot(), before);
+    assert_eq!(dlq_lines(&shipper), dlq_before);
+
+    let out = replay(&shipper, &[]);
+    assert!(out.contains("7 considered, 4 shipped"), "{out}");
+    let mut want = before.clone();
+    want.events.push(event(&shipper, day2, 1, "b", "e2".into(), &l2[0]));
+    want.events.push(event(&shipper, day1, 3, "b", line_key(3, l1[2].as_bytes()), &l1[2]));
+    want.runs.push(run_row("b", json!({"job":"b","record_type":"run","status":"done"})));
+    want.sort();
+    assert_snapshot(&shipper.snapshot(), &want);
+    let removed: BTreeSet<(String, u64)> = [(day1, 2), (day1, 3), (day1, 4), (day2, 1)]
+        .iter()
+        .map(|(r, n)| (shipper.source(r), *n))
+        .collect();
+    let kept: Vec<_> = dlq_before
+        .iter()
+        .filter(|(s, n, _)| !removed.contains(&(s.clone(), *n)))
+        .cloned()
+        .collect();
+    assert_eq!(dlq_lines(&shipper), kept, "kept letters byte for byte, in order");
+
+    // Again: a no-op.
+    let out = replay(&shipper, &[]);
+    assert!(out.contains("3 considered, 0 shipped"), "{out}");
+    assert_snapshot(&shipper.snapshot(), &want);
+    assert_eq!(dlq_lines(&shipper), kept);
+
+    // The rewritten file's committed length is right: new dead letters append after the kept
+    // ones, and a restart (which cuts to the committed length) keeps everything.
+    let day3 = "raw/events_20240203.ndjson";
+    write_lines(&shipper, day3, &["[1]".to_string()]);
+    shipper.backfill(&[]);
+    shipper.backfill(&[]);
+    let letters = dlq_lines(&shipper);
+    assert_eq!(letters.len(), kept.len() + 1);
+    assert_eq!(letters[..kept.len()], kept[..]);
+    assert_eq!((letters[kept.len()].0.clone(), letters[kept.len()].1), (shipper.source(day3), 1));
+}
+
+#[test]
+fn replay_killed_at_any_point_loses_and_doubles_nothing() {
+    let shipper = Shipper::with_config("");
+    let rel = "raw/events_20240301.ndjson";
+    let n = 3000u64;
+    let lines: Vec<String> = (1..=n)
+        .map(|i| {
+            if i.is_multiple_of(10) {
+                format!(r#"{{"nope":{i}}}"#) // never has a run
+            } else {
+                format!(r#"{{"job":"run-{}","seq":{i}}}"#, i % 40)
+            }
+        })
+        .collect();
+    write_lines(&shipper, rel, &lines);
+    shipper.backfill(&[]);
+    assert_eq!(shipper.dead_letters().len() as u64, n);
+    set_config(&shipper, "[mapping]\nrun_id = \"job\"\n");
+
+    // Every line is in exactly one place, whenever replay is killed.
+    let check_no_loss = |shipper: &Shipper| {
+        recover_run_dbs(shipper);
+        let in_dlq: Vec<u64> = dlq_lines(shipper).iter().map(|(_, n, _)| *n).collect();
+        let dlq_set: BTreeSet<u64> = in_dlq.iter().copied().collect();
+        assert_eq!(dlq_set.len(), in_dlq.len(), "a dead letter is doubled");
+        let snapshot = shipper.snapshot();
+        let db_set: BTreeSet<u64> = snapshot.events.iter().map(|e| e.line_no as u64).collect();
+        assert_eq!(db_set.len(), snapshot.events.len(), "an event is doubled");
+        for line_no in 1..=n {
+            assert!(dlq_set.contains(&line_no) || db_set.contains(&line_no), "line {line_no} lost");
+        }
+        eprintln!("killed: {} in DLQ, {} in run DBs", dlq_set.len(), db_set.len());
+    };
+    for delay_ms in [0u64, 3, 8, 15, 25, 40, 60, 90, 130, 180, 250, 350] {
+        let mut running = Running::spawn(shipper.command(&["dlq", "replay"], &[]));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let finished = running.try_status().is_some();
+        running.kill9();
+        check_no_loss(&shipper);
+        if finished && delay_ms > 100 {
+            break;
+        }
+    }
+    replay(&shipper, &[]);
+    check_no_loss(&shipper);
+
+    let mut want = Snapshot::default();
+    for (i, text) in lines.iter().enumerate() {
+        let line_no = i as u64 + 1;
+        if !line_no.is_multiple_of(10) {
+            let run = format!("run-{}", line_no % 40);
+            want.events.push(event(
+                &shipper,
+                rel,
+                line_no,
+                &run,
+                line_key(line_no, text.as_bytes()),
+                text,
+            ));
+        }
+    }
+    let runs: BTreeSet<String> = want.events.iter().map(|e| e.run_id.clone()).collect();
+    want.runs = runs.iter().map(|r| run_row(r, json!({}))).collect();
+    want.sort();
+    assert_snapshot(&shipper.snapshot(), &want);
+    let left: Vec<DeadLetter> = shipper.dead_letters();
+    let left_lines: Vec<u64> = left.iter().map(|d| d.line_no).collect();
+    assert_eq!(left_lines, (1..=n).filter(|i| i.is_multiple_of(10)).collect::<Vec<_>>());
+    // No temp file is left behind.
+    let stray: Vec<String> =
+        shipper.all_files().into_iter().filter(|f| f.ends_with(".rewrite")).collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+fn maintain_deletes_run_dbs_past_max_age_with_their_wal_and_shm() {
+    let shipper = Shipper::with_config("[retention]\nmax_age = \"2d\"\n");
+    let rel = "raw/events_20240401.ndjson";
+    let lines: Vec<String> =
+        ["old1", "old2", "fresh"].iter().map(|r| format!(r#"{{"run_id":"{r}"}}"#)).collect();
+    write_lines(&shipper, rel, &lines);
+    shipper.backfill(&[]);
+    let runs_dir = shipper.path("db/runs");
+    let past = SystemTime::now() - Duration::from_secs(3 * 86_400);
+    for run in ["old1", "old2"] {
+        let db = runs_dir.join(format!("{run}.sqlite"));
+        // A leftover -wal/-shm must go with its DB.
+        std::fs::write(runs_dir.join(format!("{run}.sqlite-shm")), b"").expect("shm");
+        for path in [db.clone(), runs_dir.join(format!("{run}.sqlite-shm"))] {
+            let f = std::fs::File::options().write(true).open(&path).expect("open");
+            f.set_modified(past).expect("set mtime");
+        }
+    }
+    let done = shipper.run_cmd(&["maintain"], &["--vacuum"]);
+    done.assert_success("maintain");
+    assert!(done.stdout.contains("retention deleted 2 run DBs"), "{}{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("1 run DBs checkpointed and vacuumed"), "{}", done.stdout);
+    assert!(done.stderr.contains("retention: deleted run DB"), "{}", done.stderr);
+    let left: Vec<String> = std::fs::read_dir(&runs_dir)
+        .expect("runs dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("old"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(shipper.run_db_names(), vec!["fresh.sqlite".to_string()]);
+    // Idempotent.
+    let done = shipper.run_cmd(&["maintain"], &[]);
+    done.assert_success("maintain");
+    assert!(done.stdout.contains("retention deleted 0 run DBs"), "{}", done.stdout);
+}
+
+#[test]
+fn a_corrupt_run_db_is_moved_aside_and_the_run_continues_in_a_fresh_one() {
+    let shipper = Shipper::new();
+    let day1 = "raw/events_20240501.ndjson";
+    let day2 = "raw/events_20240502.ndjson";
+    let l1: Vec<String> = vec![
+        r#"{"run_id":"a","event_id":"a1"}"#.into(),
+        r#"{"run_id":"b","event_id":"b1"}"#.into(),
+    ];
+    write_lines(&shipper, day1, &l1);
+    shipper.backfill(&[]);
+    let runs_dir = shipper.path("db/runs");
+    let garbage = vec![0x5Au8; 4096];
+    std::fs::write(runs_dir.join("a.sqlite"), &garbage).expect("corrupt a");
+    let l2: Vec<String> = vec![r#"{"run_id":"a","event_id":"a2"}"#.into()];
+    write_lines(&shipper, day2, &l2);
+    let done = shipper.backfill(&[shipper.path(day2).to_str().expect("UTF-8")]);
+    assert!(done.stderr.contains("run DB is corrupt"), "{}", done.stderr);
+    assert!(done.stderr.contains("ERROR"), "{}", done.stderr);
+
+    let mut want = Snapshot::default();
+    want.events.push(event(&shipper, day2, 1, "a", "a2".into(), &l2[0]));
+    want.events.push(event(&shipper, day1, 2, "b", "b1".into(), &l1[1]));
+    want.runs = vec![run_row("a", json!({})), run_row("b", json!({}))];
+    want.sort();
+    assert_snapshot(&shipper.snapshot(), &want);
+    let moved: Vec<String> = std::fs::read_dir(&runs_dir)
+        .expect("runs dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with("a.sqlite.corrupt-") && !n.ends_with("-wal") && !n.ends_with("-shm")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(std::fs::read(runs_dir.join(&moved[0])).expect("read"), garbage, "kept as it was");
+}
