@@ -79,6 +79,8 @@ pub struct Counters {
     pub wal_checkpoints: Counter,
     /// WAL checkpoints that readers kept from completing.
     pub checkpoints_blocked: Counter,
+    /// `jsonl_shipper_retention_deleted_total`: run DBs, DLQ and source files deleted.
+    pub retention_deleted: Counter,
     /// `jsonl_shipper_open_run_dbs`
     pub open_run_dbs: Gauge,
     /// `jsonl_shipper_files_watched`

@@ -89,7 +89,9 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
             );
         }
         first_start = false;
+        let retention = Retention::spawn(config.clone(), counters.clone())?;
         let exit = main_loop(&mut tailer, &signals, &wake_rx, &structural, watcher.as_mut(), &args);
+        retention.stop();
         drop(tailer);
         pipeline.finish()?;
         match exit {
@@ -171,6 +173,49 @@ fn main_loop(
             },
             recv(wake) -> _ => {},
             default(timeout) => {},
+        }
+    }
+}
+
+/// The retention loop: every `retention.check_interval`, one round of `maintain::run_once`
+/// (retention only: the writers checkpoint their own DBs). A plain thread, because the round
+/// is blocking file and SQLite work; run DBs the writers hold open are skipped by the round
+/// itself (it deletes a DB only while holding SQLite's exclusive lock on it).
+struct Retention {
+    stop: crossbeam_channel::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Retention {
+    fn spawn(config: Arc<Config>, counters: Arc<Counters>) -> anyhow::Result<Retention> {
+        let (stop, stopped) = bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("retention".into())
+            .spawn(move || loop {
+                select! {
+                    recv(stopped) -> _ => return,
+                    default(config.retention.check_interval) => {}
+                }
+                match crate::maintain::run_once(
+                    &config,
+                    &HashSet::new(),
+                    crate::maintain::Options::periodic(),
+                ) {
+                    Ok(report) => counters.retention_deleted.add(report.deleted()),
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "retention round failed; will retry"
+                    ),
+                }
+            })
+            .context("spawning the retention thread")?;
+        Ok(Retention { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        if self.thread.join().is_err() {
+            tracing::error!("the retention thread panicked");
         }
     }
 }

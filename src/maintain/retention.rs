@@ -205,7 +205,9 @@ pub fn gather(
         for suffix in ["-wal", "-shm"] {
             if let Some(m) = stat(&sibling(&path, suffix))? {
                 bytes += m.len();
-                if suffix == "-wal" {
+                // An empty WAL holds no write: readers (an analyst's sqlite3) create one, and a
+                // TRUNCATE checkpoint leaves one, both without writing anything.
+                if suffix == "-wal" && m.len() > 0 {
                     last_write = last_write.max(m.modified().unwrap_or(SystemTime::UNIX_EPOCH));
                 }
             }
@@ -374,7 +376,9 @@ fn delete_run_db(run: &RunDb) -> Result<(), String> {
         || match (&wal_before, stat(&wal)) {
             (_, None) => false,
             (None, Some((_, len))) => len > 0,
-            (Some(_), Some((t, _))) => newer(t),
+            // An empty WAL holds no commit (a reader's, or truncated by a checkpoint, which
+            // would have touched the DB file itself).
+            (Some(_), Some((t, len))) => len > 0 && newer(t),
         };
     if written_since {
         return Err("written since planned".into());

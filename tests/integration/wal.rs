@@ -10,8 +10,9 @@ const FAST_MAINTENANCE: &str =
     "[output]\nidle_close_after = \"300ms\"\nbatch_max_delay = \"20ms\"\n\
                                 [sqlite]\ncheckpoint_interval = \"100ms\"\n";
 
+/// Rows of one run DB; -1 while the DBs cannot be read (one being created or deleted).
 fn count_rows(shipper: &Shipper, db: &str) -> i64 {
-    shipper.snapshot().events.iter().filter(|e| e.db == db).count() as i64
+    shipper.try_snapshot().map_or(-1, |s| s.events.iter().filter(|e| e.db == db).count() as i64)
 }
 
 #[test]
@@ -72,4 +73,35 @@ fn a_reader_pinning_the_wal_is_reported_and_shipping_continues() {
     drop(reader);
     let finished = daemon.terminate(Duration::from_secs(30));
     assert!(finished.status.success(), "{}", finished.stderr);
+}
+
+#[test]
+fn the_daemon_deletes_run_dbs_older_than_max_age_and_keeps_shipping() {
+    let shipper = Shipper::with_config(
+        "[output]\nidle_close_after = \"200ms\"\nbatch_max_delay = \"20ms\"\n\
+         [sqlite]\ncheckpoint_interval = \"100ms\"\n\
+         [retention]\nmax_age = \"1h\"\ncheck_interval = \"200ms\"\n",
+    );
+    shipper.write("raw/events_20240301.ndjson", b"{\"run_id\":\"old\",\"event_id\":\"a\"}\n");
+    let daemon = shipper.spawn_run();
+    let old_db = shipper.path("db/runs/old.sqlite");
+    wait_until(DEADLINE, "the old run's row, then its DB closed by the daemon", || {
+        count_rows(&shipper, "old.sqlite") == 1 && daemon.read_position(&old_db).is_none()
+    });
+    // Its last write was two hours ago.
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&old_db)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    if !crate::harness::poll_until(DEADLINE, || !old_db.exists()) {
+        panic!("retention did not delete the old run DB:\n{}", daemon.stderr_so_far());
+    }
+    shipper.append("raw/events_20240301.ndjson", b"{\"run_id\":\"new\",\"event_id\":\"b\"}\n");
+    wait_until(DEADLINE, "the new run's row", || count_rows(&shipper, "new.sqlite") == 1);
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(!old_db.exists(), "the deleted run DB came back");
 }
