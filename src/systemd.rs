@@ -41,10 +41,17 @@ pub fn watchdog() {
     notify(&[NotifyState::Watchdog]);
 }
 
-/// `WatchdogSec=` of the unit (from `WATCHDOG_USEC`, when `WATCHDOG_PID` is ours), if set.
+/// `WatchdogSec=` of the unit, if set: `WATCHDOG_USEC`, unless `WATCHDOG_PID` names another
+/// process. Parsed here rather than with `sd_notify::watchdog_enabled`, which also rejects an
+/// absent `WATCHDOG_PID`; libsystemd's `sd_watchdog_enabled` accepts it, and so do we.
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0;
-    (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| Duration::from_micros(usec))
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 /// The one-line STATUS= text: what `systemctl status` shows under the unit.
