@@ -199,10 +199,8 @@ fn notify_socket_gets_ready_watchdog_status_reload_and_stopping() {
     daemon.hangup();
     seen.clear();
     wait_for_message(&socket, &mut seen, "RELOADING=1", |l| l == "RELOADING=1");
-    let done = wait_for_message(&socket, &mut seen, "READY=1 after the reload", |l| {
-        l == "STATUS=reload done"
-    });
-    assert!(done.lines().any(|l| l == "READY=1"), "{done:?}");
+    let done = wait_for_message(&socket, &mut seen, "READY=1 after the reload", |l| l == "READY=1");
+    assert!(done.lines().any(|l| l == "STATUS=following 1 files"), "{done:?}");
 
     // STOPPING=1 comes before the drain; the socket outlives the process.
     let finished = daemon.terminate(DRAIN_DEADLINE);
