@@ -207,3 +207,41 @@ fn notify_socket_gets_ready_watchdog_status_reload_and_stopping() {
     finished.assert_success("run after SIGTERM");
     wait_for_message(&socket, &mut seen, "STOPPING=1", |l| l == "STOPPING=1");
 }
+
+/// `systemd-analyze` (Debian package `systemd`) on the shipped unit: exposure ≤ 2.0 and a clean
+/// `verify`. Skipped, saying so, where systemd-analyze is not installed.
+#[test]
+fn systemd_unit_is_hardened_and_verifies() {
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/jsonl-shipper.service");
+    let analyze = |args: &[&str]| std::process::Command::new("systemd-analyze").args(args).output();
+    let security = match analyze(&["security", "--offline=true", unit.to_str().expect("UTF-8")]) {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("systemd-analyze not installed (apt-get install systemd): check skipped");
+            return;
+        }
+        Err(e) => panic!("systemd-analyze: {e}"),
+    };
+    let text = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("→ Overall exposure level for jsonl-shipper.service: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("no exposure in:\n{text}{}", String::from_utf8_lossy(&security.stderr))
+        });
+    assert!(exposure <= 2.0, "exposure {exposure} > 2.0:\n{text}");
+
+    // verify checks that ExecStart= exists: point it at the binary under test.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("jsonl-shipper.service");
+    let text = std::fs::read_to_string(&unit).expect("read unit");
+    std::fs::write(&copy, text.replace("/usr/bin/jsonl-shipper", crate::harness::BIN))
+        .expect("write");
+    let verify =
+        analyze(&["verify", copy.to_str().expect("UTF-8")]).expect("systemd-analyze verify");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && complaints.trim().is_empty(), "verify: {complaints}");
+}
