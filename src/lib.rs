@@ -27,6 +27,9 @@ pub mod maintain;
 
 pub mod metrics;
 pub mod shutdown;
+pub mod exporter;
+pub mod monitor;
+pub mod systemd;
 
 pub mod commands;
 

@@ -2,10 +2,21 @@
 //! per line on a hot path that can avoid it), read by the progress bar, the summary line and
 //! the `/metrics` endpoint.
 //!
-//! Names match the contract's `jsonl_shipper_*` metrics; no counter has a per-path or per-run
-//! label, so the series count stays bounded.
+//! Names match the contract's `jsonl_shipper_*` metrics and are all spelled in this module
+//! ([`Exposition`] turns the atomics into Prometheus text at scrape time, collector style, so
+//! the hot path never touches the exporter); no metric has a per-path or per-run label, so the
+//! series count stays bounded. The health signal (`/healthz`, the systemd watchdog) and the
+//! commit-time histogram live here too, as atomics the writers update without locks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::parse::DeadReason;
 
@@ -71,13 +82,16 @@ pub struct Counters {
     pub write_retries: Counter,
     /// Run-DB transactions committed.
     pub commits: Counter,
-    /// Files found shorter than their read position (copytruncate, truncation).
+    /// `jsonl_shipper_truncations_total`: files found shorter than their read position
+    /// (copytruncate, truncation).
     pub truncations: Counter,
-    /// Rotated-away or deleted files read to their end and closed.
+    /// `jsonl_shipper_rotations_total`: rotated-away or deleted files read to their end and
+    /// closed.
     pub rotations: Counter,
     /// `jsonl_shipper_wal_checkpoints_total`
     pub wal_checkpoints: Counter,
-    /// WAL checkpoints that readers kept from completing.
+    /// `jsonl_shipper_wal_checkpoints_blocked_total`: WAL checkpoints that readers kept from
+    /// completing (the WAL keeps growing while this rises).
     pub checkpoints_blocked: Counter,
     /// `jsonl_shipper_retention_deleted_total`: run DBs, DLQ and source files deleted.
     pub retention_deleted: Counter,
@@ -85,6 +99,14 @@ pub struct Counters {
     pub open_run_dbs: Gauge,
     /// `jsonl_shipper_files_watched`
     pub files_watched: Gauge,
+    /// `jsonl_shipper_lag_bytes`: bytes of watched files not read yet (as of the last rescan).
+    pub lag_bytes: Gauge,
+    /// `jsonl_shipper_batch_commit_seconds`: one observation per successful run-DB commit.
+    pub commit_seconds: Histogram,
+    /// `jsonl_shipper_last_commit_timestamp_seconds`, in ms (0 = none yet).
+    pub last_commit_unix_ms: Gauge,
+    /// Run-DB writes in progress (the health signal), see [`Counters::write_started`].
+    writes: InFlight,
 }
 
 impl Counters {
@@ -94,5 +116,364 @@ impl Counters {
 
     pub fn dlq_total(&self) -> u64 {
         self.dlq_lines.iter().map(Counter::get).sum()
+    }
+
+    /// Marks a run-DB write (all its retries included) as in progress until the guard drops:
+    /// a writer that holds data it cannot commit shows up here, however it is stuck (retry
+    /// loop on a locked DB, full disk, or a hung fsync).
+    pub fn write_started(&self) -> WriteGuard<'_> {
+        self.writes.start()
+    }
+
+    /// Records a successful run-DB commit that took `took`.
+    pub fn commit_succeeded(&self, took: Duration) {
+        self.commits.add(1);
+        self.commit_seconds.observe(took);
+        self.last_commit_unix_ms.set(unix_ms(SystemTime::now()));
+    }
+
+    /// `Ok` while the writers make progress or have nothing to do; otherwise a one-line reason.
+    /// Unhealthy = some write has been pending, uncommitted, for longer than `unhealthy_after`.
+    pub fn health(&self, unhealthy_after: Duration) -> Result<(), String> {
+        let Some(pending) = self.writes.oldest_age() else { return Ok(()) };
+        if pending <= unhealthy_after {
+            return Ok(());
+        }
+        let last = match self.last_commit_unix_ms.get() {
+            0 => "none since start".to_string(),
+            ms => {
+                let ago = unix_ms(SystemTime::now()).saturating_sub(ms) / 1000;
+                format!("{ago}s ago")
+            }
+        };
+        Err(format!(
+            "writer has had data pending for {}s without a successful commit (last commit: {last}; \
+             run DB locked or disk full? see the log)",
+            pending.as_secs()
+        ))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Upper bounds (seconds) of the commit-time histogram: 1 ms (page cache, `synchronous =
+/// normal`) to 30 s (a saturated disk), dense around the usual fsync costs.
+pub const COMMIT_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A fixed-bucket histogram of durations: one atomic per bucket, no lock, so writers can
+/// observe every commit for free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last one is `+Inf`.
+    buckets: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = COMMIT_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(COMMIT_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_micros: self.sum_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The counts of a [`Histogram`] at one moment; subtract two to get a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    pub counts: [u64; COMMIT_BUCKETS.len() + 1],
+    pub sum_micros: u64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: std::array::from_fn(|i| self.counts[i].saturating_sub(earlier.counts[i])),
+            sum_micros: self.sum_micros.saturating_sub(earlier.sum_micros),
+        }
+    }
+
+    /// The `q` quantile in seconds, interpolated linearly inside its bucket the way
+    /// Prometheus' `histogram_quantile` does (observations past the last bound count as the
+    /// last bound). None without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = COMMIT_BUCKETS.get(i) else {
+                    return Some(COMMIT_BUCKETS[COMMIT_BUCKETS.len() - 1]);
+                };
+                let lower = if i == 0 { 0.0 } else { COMMIT_BUCKETS[i - 1] };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            below += n;
+        }
+        Some(COMMIT_BUCKETS[COMMIT_BUCKETS.len() - 1])
+    }
+}
+
+/// Start times of the writes in progress: one slot per writer thread (`output.writer_threads`
+/// is at most 64), 0 = free, else milliseconds since [`InFlight::epoch`] + 1. Monotonic, so a
+/// clock step cannot fake or hide a stall.
+#[derive(Debug)]
+struct InFlight {
+    epoch: Instant,
+    slots: [AtomicU64; 64],
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight { epoch: Instant::now(), slots: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl InFlight {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn start(&self) -> WriteGuard<'_> {
+        let now = self.now();
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| s.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+        WriteGuard { slot }
+    }
+
+    /// How long the oldest write in progress has been pending.
+    fn oldest_age(&self) -> Option<Duration> {
+        let oldest =
+            self.slots.iter().map(|s| s.load(Ordering::Acquire)).filter(|&t| t > 0).min()?;
+        Some(Duration::from_millis(self.now().saturating_sub(oldest)))
+    }
+}
+
+/// A write in progress; dropping it (commit done, or the writer unwinding) frees its slot.
+#[must_use = "the write counts as pending only while the guard lives"]
+pub struct WriteGuard<'a> {
+    slot: Option<&'a AtomicU64>,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            slot.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// The Prometheus view of [`Counters`]: read at scrape time, never updated itself.
+#[derive(Debug)]
+pub struct Exposition(pub std::sync::Arc<Counters>);
+
+impl Exposition {
+    /// A registry whose only collector is this one, for the exporter to encode on each scrape.
+    pub fn registry(counters: std::sync::Arc<Counters>) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition(counters)));
+        registry
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        // The text encoder appends `_total` to counters and the unit to names with one.
+        let counters: [(&str, &str, &Counter); 10] = [
+            ("jsonl_shipper_lines_read", "Lines read from source files.", &c.lines_read),
+            ("jsonl_shipper_bytes_read", "Bytes read from source files.", &c.bytes_read),
+            (
+                "jsonl_shipper_events_written",
+                "Records (events and run records) committed to run databases.",
+                &c.events_written,
+            ),
+            ("jsonl_shipper_blank_lines", "Empty lines skipped.", &c.blank_lines),
+            (
+                "jsonl_shipper_write_retries",
+                "Run-DB writes retried after a database-level failure (locked, full, I/O).",
+                &c.write_retries,
+            ),
+            (
+                "jsonl_shipper_wal_checkpoints",
+                "WAL checkpoints of run databases.",
+                &c.wal_checkpoints,
+            ),
+            (
+                "jsonl_shipper_wal_checkpoints_blocked",
+                "WAL checkpoints that could not complete because a reader held the WAL.",
+                &c.checkpoints_blocked,
+            ),
+            (
+                "jsonl_shipper_retention_deleted",
+                "Run databases deleted by retention.",
+                &c.retention_deleted,
+            ),
+            (
+                "jsonl_shipper_truncations",
+                "Tailed files that were truncated and read again from the start.",
+                &c.truncations,
+            ),
+            (
+                "jsonl_shipper_rotations",
+                "Rotated-away or deleted files finished and closed.",
+                &c.rotations,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let metric = ConstCounter::new(counter.get());
+            metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+
+        let mut family = enc.encode_descriptor(
+            "jsonl_shipper_dlq_lines",
+            "Lines durably written to the dead-letter queue, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in DeadReason::ALL {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(c.dlq(reason).get()).encode(family.encode_family(&labels)?)?;
+        }
+
+        let gauges: [(&str, &str, &Gauge); 3] = [
+            ("jsonl_shipper_files_watched", "Files being tailed.", &c.files_watched),
+            (
+                "jsonl_shipper_lag_bytes",
+                "Bytes of watched files not read yet (as of the last rescan).",
+                &c.lag_bytes,
+            ),
+            ("jsonl_shipper_open_run_dbs", "Run databases open for writing.", &c.open_run_dbs),
+        ];
+        for (name, help, gauge) in gauges {
+            let metric = ConstGauge::new(gauge.get());
+            metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let last_commit = ConstGauge::new(c.last_commit_unix_ms.get() as f64 / 1000.0);
+        last_commit.encode(enc.encode_descriptor(
+            "jsonl_shipper_last_commit_timestamp",
+            "Unix time of the last successful run-DB commit (0 = none since start).",
+            Some(&Unit::Seconds),
+            last_commit.metric_type(),
+        )?)?;
+
+        let snap = c.commit_seconds.snapshot();
+        let buckets: Vec<(f64, u64)> =
+            COMMIT_BUCKETS.iter().copied().chain([f64::INFINITY]).zip(snap.counts).collect();
+        let mut histogram = enc.encode_descriptor(
+            "jsonl_shipper_batch_commit",
+            "Duration of one run-DB transaction (write and commit), per successful commit.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        histogram.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            snap.sum_micros as f64 / 1e6,
+            snap.count(),
+            &buckets,
+            None,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(c: Counters) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &Exposition::registry(c.into()))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn exposition_has_the_contract_names() {
+        let c = Counters::default();
+        c.lines_read.add(3);
+        c.dlq(DeadReason::InvalidJson).add(2);
+        c.commit_succeeded(Duration::from_millis(3));
+        let text = render(c);
+        for line in [
+            "jsonl_shipper_lines_read_total 3",
+            "jsonl_shipper_bytes_read_total 0",
+            "jsonl_shipper_events_written_total 0",
+            "jsonl_shipper_dlq_lines_total{reason=\"invalid_json\"} 2",
+            "jsonl_shipper_dlq_lines_total{reason=\"write_failed\"} 0",
+            "jsonl_shipper_batch_commit_seconds_count 1",
+            "jsonl_shipper_batch_commit_seconds_bucket{le=\"0.0025\"} 0",
+            "jsonl_shipper_batch_commit_seconds_bucket{le=\"0.005\"} 1",
+            "jsonl_shipper_batch_commit_seconds_bucket{le=\"+Inf\"} 1",
+            "jsonl_shipper_files_watched 0",
+            "jsonl_shipper_lag_bytes 0",
+            "jsonl_shipper_open_run_dbs 0",
+            "jsonl_shipper_wal_checkpoints_total 0",
+            "jsonl_shipper_retention_deleted_total 0",
+            "jsonl_shipper_write_retries_total 0",
+            "jsonl_shipper_truncations_total 0",
+            "jsonl_shipper_rotations_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+        assert!(text.contains("jsonl_shipper_last_commit_timestamp_seconds 1"), "{text}");
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = Histogram::default();
+        assert_eq!(h.snapshot().quantile(0.95), None);
+        for _ in 0..90 {
+            h.observe(Duration::from_micros(500));
+        }
+        let before = h.snapshot();
+        for _ in 0..10 {
+            h.observe(Duration::from_secs(2));
+        }
+        let all = h.snapshot();
+        // 95th of 100: the middle of the (1 s, 2.5 s] bucket.
+        assert_eq!(all.quantile(0.95), Some(1.75));
+        assert_eq!(all.quantile(0.5), Some(0.001 * 50.0 / 90.0));
+        assert_eq!(all.since(&before).count(), 10);
+        assert_eq!(all.since(&before).quantile(0.95), Some(1.0 + 1.5 * 0.95));
+        h.observe(Duration::from_secs(100));
+        assert_eq!(h.snapshot().since(&all).quantile(0.95), Some(30.0));
+    }
+
+    #[test]
+    fn health_turns_bad_only_while_a_write_is_pending_too_long() {
+        let c = Counters::default();
+        assert_eq!(c.health(Duration::ZERO), Ok(()));
+        let guard = c.write_started();
+        assert_eq!(c.health(Duration::from_secs(60)), Ok(()));
+        std::thread::sleep(Duration::from_millis(5));
+        let reason = c.health(Duration::from_millis(1)).unwrap_err();
+        assert!(reason.contains("without a successful commit"), "{reason}");
+        assert!(!reason.contains('\n'));
+        drop(guard);
+        assert_eq!(c.health(Duration::ZERO), Ok(()));
+        // Every slot taken: further writes are simply not tracked, never a panic.
+        let guards: Vec<_> = (0..70).map(|_| c.write_started()).collect();
+        assert_eq!(guards.iter().filter(|g| g.slot.is_some()).count(), 64);
     }
 }

@@ -45,6 +45,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let signals = Signals::install().context("installing signal handlers")?;
     let counters = Arc::new(Counters::default());
     let mut config = Arc::new(config);
+    let ops = crate::monitor::Ops::start(&config, counters.clone())?; // ops: /metrics, watchdog
     let (wake_tx, wake_rx) = bounded::<()>(1);
     let structural = Arc::new(AtomicBool::new(true));
     let structural_flag = structural.clone();
@@ -88,9 +89,14 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
                 "jsonl-shipper running"
             );
         }
+        let files = tailer.open.len() + tailer.parked.len();
+        crate::systemd::ready(&format!("following {files} files")); // ops: READY=1 (ends a reload)
         first_start = false;
         let retention = Retention::spawn(config.clone(), counters.clone())?;
         let exit = main_loop(&mut tailer, &signals, &wake_rx, &structural, watcher.as_mut(), &args);
+        if matches!(exit, Exit::Shutdown) {
+            crate::systemd::stopping(); // ops: STOPPING=1 before the drain
+        }
         retention.stop();
         drop(tailer);
         pipeline.finish()?;
@@ -110,6 +116,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         dead_letters = counters.dlq_total(),
         "drained; exiting"
     );
+    drop(ops); // ops: /metrics answers until the drain is done
     Ok(ExitCode::SUCCESS)
 }
 
@@ -163,7 +170,10 @@ fn main_loop(
                 Ok(Signal::Reload) => match super::load_config(args)
                     .and_then(|new| super::prepare_dirs(&new).map(|()| new))
                 {
-                    Ok(new) => return Exit::Reload(Box::new(new)),
+                    Ok(new) => {
+                        crate::systemd::reloading(); // ops: RELOADING=1
+                        return Exit::Reload(Box::new(new));
+                    }
                     Err(error) => tracing::error!(
                         error = format!("{error:#}"),
                         "SIGHUP: the new config is invalid; keeping the running one"
@@ -294,6 +304,20 @@ impl Tailer<'_> {
         // checkpoint rows stay in the state DB.
         self.parked.retain(|key, _| seen.contains(key));
         self.counters.files_watched.set((self.open.len() + self.parked.len()) as u64);
+        // ops: jsonl_shipper_lag_bytes = bytes appended to plain files but not read yet.
+        let lag = |t: &Tailed| {
+            let size = if t.opened.file.gzip {
+                0
+            } else {
+                t.opened.file.handle.metadata().map_or(0, |m| m.len())
+            };
+            size.saturating_sub(t.opened.reader.offset())
+        };
+        let parked_lag = |p: &Parked| p.size_seen.saturating_sub(p.offset);
+        self.counters.lag_bytes.set(
+            self.open.values().map(lag).sum::<u64>()
+                + self.parked.values().map(parked_lag).sum::<u64>(),
+        );
     }
 
     fn start(

@@ -228,7 +228,9 @@ impl Writer {
     fn write_with_retry(&mut self, run_id: &str, batch: &Batch) -> run_db::WriteOutcome {
         let mut attempt: u32 = 0;
         let mut last_log: Option<Instant> = None;
+        let _pending = self.counters.write_started(); // ops: /healthz and watchdog signal
         loop {
+            let attempt_started = Instant::now(); // ops: jsonl_shipper_batch_commit_seconds
             let result = self.pool.get(run_id).and_then(|conn| {
                 let tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -238,7 +240,7 @@ impl Writer {
             });
             match result {
                 Ok(outcome) => {
-                    self.counters.commits.add(1);
+                    self.counters.commit_succeeded(attempt_started.elapsed()); // ops: metrics
                     if attempt > 0 {
                         tracing::info!(
                             run_id,

@@ -593,6 +593,11 @@ impl Running {
         self.finish(DEADLINE)
     }
 
+    /// SIGHUP (`systemctl reload`).
+    pub(crate) fn hangup(&mut self) {
+        self.signal(libc::SIGHUP);
+    }
+
     /// SIGKILL (`kill -9`) and reap.
     pub(crate) fn kill9(mut self) -> Finished {
         self.signal(libc::SIGKILL);

@@ -10,7 +10,8 @@
 //! - one module per area: `backfill` (the multi-day set, idempotence, `--jobs`), `replay`
 //!   (the commit protocol's replay rules), `crash` (kill -9 / Ctrl-C and resume), `daemon`
 //!   (`run`: tailing, partial lines, SIGTERM drain, restart), `status` (`status --json`, exit
-//!   codes), `configured` (behaviour that needs `--config`).
+//!   codes), `configured` (behaviour that needs `--config`), `ops` (`/metrics`, `/healthz`,
+//!   systemd notify).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
@@ -26,3 +27,4 @@ mod wal;
 mod faults;
 mod configured;
 mod maintenance;
+mod ops;
