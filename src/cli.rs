@@ -14,6 +14,9 @@ pub struct ConfigArgs {
     /// D/db/shipper-state.sqlite, DLQ in D/dlq.
     #[arg(long, value_name = "D")]
     pub base: Option<PathBuf>,
+    /// Log line format on stderr (overrides `log.format`): `text`, or `json` for log pipelines.
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 /// Tails NDJSON telemetry files and upserts every record, exactly once, into one SQLite

@@ -39,7 +39,13 @@ pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
             Config::load(&path).map_err(|e| UsageError(format!("{:#}", anyhow::Error::new(e))))?
         }
     };
-    init_logging(&config.log)?;
+    let mut log = config.log.clone();
+    match args.log_format.as_deref() {
+        Some("json") => log.format = crate::config::LogFormat::Json,
+        Some("text") => log.format = crate::config::LogFormat::Text,
+        _ => {}
+    }
+    init_logging(&log)?;
     Ok(config)
 }
 

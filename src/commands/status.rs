@@ -35,6 +35,8 @@ struct FileStatus {
 struct RunsStatus {
     count: u64,
     bytes: u64,
+    /// Of `bytes`, how much is in `-wal` files (large ones mean checkpoints are blocked).
+    wal_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,7 +76,7 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
 
-    let mut runs = RunsStatus { count: 0, bytes: 0 };
+    let mut runs = RunsStatus { count: 0, bytes: 0, wal_bytes: 0 };
     if let Ok(entries) = std::fs::read_dir(&config.output.dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -119,9 +121,10 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     writeln!(
         out,
-        "\nruns: {} DBs, {} in {}",
+        "\nruns: {} DBs, {} (WAL {}) in {}",
         status.runs.count,
         bytesize::ByteSize(status.runs.bytes),
+        bytesize::ByteSize(status.runs.wal_bytes),
         config.output.dir.display()
     )?;
     write!(out, "dead letters: {}", status.dlq.lines)?;
