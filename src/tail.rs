@@ -127,17 +127,7 @@ impl<R: Read> LineReader<R> {
                 return Ok(Some(self.take_line(line_end)));
             }
             self.scanned = self.end - self.start;
-            if self.skipping.is_none() && self.end - self.start > self.max_line {
-                self.start_skipping();
-            }
-            if let Some(skip) = &mut self.skipping {
-                // Nothing buffered is worth keeping: feed it to the hash and drop it.
-                let data = &self.buf[self.start..self.end];
-                skip.hasher.update(data);
-                skip.len += data.len() as u64;
-                self.start = self.end;
-                self.scanned = 0;
-            }
+            self.bound_partial_line();
             if !self.fill()? {
                 return Ok(None);
             }
@@ -148,26 +138,33 @@ impl<R: Read> LineReader<R> {
     /// source to its end first. Only for files known to be complete.
     pub fn finish(&mut self) -> io::Result<Option<Line<'_>>> {
         while self.fill()? {
-            if self.end - self.start > self.max_line && self.skipping.is_none() {
-                // The caller must drain complete lines first; grow bounded by switching mode.
-                self.start_skipping();
-            }
-            if let Some(skip) = &mut self.skipping {
-                let data = &self.buf[self.start..self.end];
-                skip.hasher.update(data);
-                skip.len += data.len() as u64;
-                self.start = self.end;
-            }
             if memchr::memchr(b'\n', &self.buf[self.start..self.end]).is_some() {
                 // More complete lines arrived; the caller should call next_line again.
+                self.scanned = 0;
                 return Ok(None);
             }
+            self.bound_partial_line();
         }
         if self.start == self.end && self.skipping.is_none() {
             return Ok(None);
         }
         let line_end = self.end;
         Ok(Some(self.take_unterminated(line_end)))
+    }
+
+    /// Keeps memory bounded while no newline is buffered: past `max_line` the line becomes a
+    /// skip, and a skip's buffered bytes go into its hash and are dropped.
+    fn bound_partial_line(&mut self) {
+        if self.skipping.is_none() && self.end - self.start > self.max_line {
+            self.start_skipping();
+        }
+        if let Some(skip) = &mut self.skipping {
+            let data = &self.buf[self.start..self.end];
+            skip.hasher.update(data);
+            skip.len += data.len() as u64;
+            self.start = self.end;
+            self.scanned = 0;
+        }
     }
 
     fn start_skipping(&mut self) {
@@ -369,11 +366,17 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    /// A source that returns its data in the given pieces, one per read call, then EOF.
+    /// A source that returns its data in the given pieces, one per read call, then EOF; an
+    /// empty piece is an EOF in between.
     struct Pieces(Vec<Vec<u8>>);
     impl Read for Pieces {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             if self.0.is_empty() {
+                return Ok(0);
+            }
+            if self.0[0].is_empty() {
+                // An empty piece is one end-of-file: data after it "was appended later".
+                self.0.remove(0);
                 return Ok(0);
             }
             let piece = &mut self.0[0];
@@ -495,5 +498,23 @@ mod tests {
         assert!(src.is_gzip());
         let mut r = LineReader::new(src, 4, 1, 100, 10);
         assert_eq!(collect(&mut r), vec![(4, 2, "two".into()), (8, 3, "three".into())]);
+    }
+
+    #[test]
+    fn finish_stops_at_a_newline_that_ends_a_skipped_line() {
+        let pieces = vec![vec![b'x'; 50], vec![], b"yy\nz".to_vec()];
+        let mut r = LineReader::new(Pieces(pieces), 0, 0, 10, 4);
+        assert!(r.next_line().unwrap().is_none());
+        // The file grew: finish must hand the newline back to next_line, not hash past it.
+        assert!(r.finish().unwrap().is_none());
+        match r.next_line().unwrap().unwrap() {
+            Line::TooLong(m, t) => assert_eq!((m.offset, m.end_offset, t.len), (0, 53, 52)),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.next_line().unwrap().is_none());
+        assert_eq!(
+            r.finish().unwrap().unwrap(),
+            Line::Complete(LineMeta { offset: 53, line_no: 2, end_offset: 54 }, b"z")
+        );
     }
 }
