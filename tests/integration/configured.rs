@@ -9,21 +9,11 @@ use serde_json::json;
 
 use crate::dataset::{expected, run_row, Form, GenFile};
 use crate::harness::{
-    assert_dead_letters, assert_snapshot, line_key, poll_until, wait_until, DeadLetter, EventRow,
-    Shipper, Snapshot, DEADLINE,
+    assert_dead_letters, assert_snapshot, line_key, wait_for_rows, wait_until, DeadLetter,
+    EventRow, Shipper, Snapshot, DEADLINE,
 };
 
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Waits until the run DBs and the DLQ hold exactly `want`, then asserts it.
-#[track_caller]
-fn wait_for_rows(shipper: &Shipper, want: &(Snapshot, Vec<DeadLetter>)) {
-    poll_until(DEADLINE, || {
-        shipper.try_snapshot().is_ok_and(|s| s == want.0) && shipper.dead_letters_so_far() == want.1
-    });
-    assert_snapshot(&shipper.snapshot(), &want.0);
-    assert_dead_letters(&shipper.dead_letters(), &want.1);
-}
 
 #[test]
 fn read_from_end_ships_only_new_lines_of_files_present_at_startup() {

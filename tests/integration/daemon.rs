@@ -8,23 +8,12 @@ use serde_json::json;
 
 use crate::dataset::{expected, run_row, Form, GenFile};
 use crate::harness::{
-    assert_dead_letters, assert_snapshot, poll_until, wait_until, Checkpoint, DeadLetter, RunRow,
-    Shipper, Snapshot, DEADLINE, MAX_LINE_BYTES,
+    assert_dead_letters, assert_snapshot, poll_until, wait_for_rows, wait_until, Checkpoint,
+    RunRow, Shipper, DEADLINE, MAX_LINE_BYTES,
 };
 
 /// How long a drain after SIGTERM may take.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Waits until the run DBs and the DLQ hold exactly `want`, then asserts it (so a timeout
-/// reports the difference).
-#[track_caller]
-fn wait_for_rows(shipper: &Shipper, want: &(Snapshot, Vec<DeadLetter>)) {
-    poll_until(DEADLINE, || {
-        shipper.try_snapshot().is_ok_and(|s| s == want.0) && shipper.dead_letters_so_far() == want.1
-    });
-    assert_snapshot(&shipper.snapshot(), &want.0);
-    assert_dead_letters(&shipper.dead_letters(), &want.1);
-}
 
 fn checkpoint(shipper: &Shipper, file: &GenFile) -> Checkpoint {
     Checkpoint { path: shipper.source(&file.rel), offset: file.len(), line_no: file.n_lines() }

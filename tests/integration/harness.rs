@@ -679,6 +679,17 @@ fn collect_live<R: Read + Send + 'static>(
     })
 }
 
+/// Waits until the run DBs and the DLQ hold exactly `want`, then asserts it (so a timeout
+/// reports the difference).
+#[track_caller]
+pub(crate) fn wait_for_rows(shipper: &Shipper, want: &(Snapshot, Vec<DeadLetter>)) {
+    poll_until(DEADLINE, || {
+        shipper.try_snapshot().is_ok_and(|s| s == want.0) && shipper.dead_letters_so_far() == want.1
+    });
+    assert_snapshot(&shipper.snapshot(), &want.0);
+    assert_dead_letters(&shipper.dead_letters(), &want.1);
+}
+
 /// Polls `cond` (every 10 ms) until it holds or `deadline` passes; returns whether it held.
 pub(crate) fn poll_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
