@@ -331,7 +331,14 @@ impl StateThread {
     fn run(mut self, inbox: Receiver<StateMsg>) -> anyhow::Result<()> {
         let mut last_pass = Instant::now();
         loop {
-            match inbox.recv_timeout(PASS_INTERVAL) {
+            // Idle (nothing queued): sleep until a message, so an idle daemon costs no CPU here.
+            let idle = self.queues.is_empty() && self.dead.is_empty() && self.opens.is_empty();
+            let received = if idle {
+                inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                inbox.recv_timeout(PASS_INTERVAL)
+            };
+            match received {
                 Ok(msg) => self.handle(msg),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
