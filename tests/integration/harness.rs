@@ -837,3 +837,59 @@ pub(crate) fn assert_private(path: &Path) {
     let mode = fs::metadata(path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode & !0o640, 0, "{} has mode {mode:o}, want 0640 or stricter", path.display());
 }
+
+// ---- Helpers for the live-tailing tests (`tailing`): config rewrites, SIGSTOP/SIGCONT, a
+// ---- process's open descriptors, a daemon under a low `ulimit -n`.
+
+impl Shipper {
+    /// Rewrites the config file given to [`Shipper::with_config`] (`base = D` plus `toml`), e.g.
+    /// before a SIGHUP.
+    pub(crate) fn set_config(&self, toml: &str) {
+        let path = self.config.as_ref().expect("set_config needs Shipper::with_config");
+        fs::write(path, format!("base = \"base\"\n{toml}")).expect("rewrite config");
+    }
+}
+
+impl Running {
+    /// Where every open descriptor of the process points (`/proc/<pid>/fd` link targets; a
+    /// deleted file reads `<path> (deleted)`).
+    pub(crate) fn fd_targets(&self) -> Vec<PathBuf> {
+        let Ok(fds) = fs::read_dir(format!("/proc/{}/fd", self.child.id())) else {
+            return Vec::new();
+        };
+        fds.flatten().filter_map(|fd| fs::read_link(fd.path()).ok()).collect()
+    }
+
+    /// SIGSTOP: the process runs no code until [`Running::resume`], so the test can change
+    /// files "faster than the daemon looks".
+    pub(crate) fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Running::pause`].
+    pub(crate) fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Shipper {
+    /// The daemon, `run`, under `ulimit -n <limit>` (soft and hard, so it cannot raise it).
+    pub(crate) fn spawn_run_with_fd_limit(&self, limit: u32) -> Running {
+        let inner = self.command(&["run"], &[]);
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => sh.env(key, value),
+                None => sh.env_remove(key),
+            };
+        }
+        if let Some(dir) = inner.get_current_dir() {
+            sh.current_dir(dir);
+        }
+        Running::spawn(sh)
+    }
+}
