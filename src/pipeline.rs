@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::checkpoint::{Advance, Checkpoint, Fingerprint, StateDb};
+use crate::checkpoint::{Advance, Checkpoint, StateDb};
 use crate::config::Config;
 use crate::dlq::{self, DeadLetter, DlqLock};
 use crate::metrics::Counters;
@@ -66,18 +66,14 @@ pub struct Pipeline {
     pub disk_bytes: Arc<crate::metrics::Counter>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Start {
     Checkpoint,
     /// No checkpoint: start after the last complete line.
     End,
     Zero,
-    /// Where this process left the file `key`.
-    At {
-        key: (u64, u64),
-        offset: u64,
-        line_no: u64,
-    },
+    /// Where this process left a file (verified like a saved checkpoint).
+    At(Box<Checkpoint>),
 }
 
 /// A source file opened at its resume point.
@@ -86,6 +82,8 @@ pub struct Opened {
     pub reader: LineReader<Source>,
     /// Where reading starts (the checkpoint, or 0).
     pub start_offset: u64,
+    /// The reader's descriptor (shared, not a second one): metadata and fingerprints.
+    pub handle: Arc<File>,
 }
 
 impl Pipeline {
@@ -195,11 +193,26 @@ impl Pipeline {
     pub fn reopen(
         &self,
         path: &Path,
+        known_as: &Path,
         key: (u64, u64),
         offset: u64,
         line_no: u64,
+        fingerprint: crate::checkpoint::Fingerprint,
     ) -> anyhow::Result<Option<Opened>> {
-        self.open_with(path, Start::At { key, offset, line_no })
+        let checkpoint = Checkpoint {
+            dev: key.0,
+            ino: key.1,
+            path: known_as.to_path_buf(),
+            gzip: false,
+            offset,
+            line_no,
+            head_len: fingerprint.head_len,
+            head_hash: fingerprint.head_hash,
+            tail_hash: fingerprint.tail_hash,
+            size: None,
+            last_read_at: None,
+        };
+        self.open_with(path, Start::At(Box::new(checkpoint)))
     }
 
     fn open_with(&self, path: &Path, start: Start) -> anyhow::Result<Option<Opened>> {
@@ -211,18 +224,11 @@ impl Pipeline {
         let meta = handle.metadata().with_context(|| format!("stat {}", path.display()))?;
         let gzip = is_gzip(&handle).with_context(|| format!("reading {}", path.display()))?;
         let (mut offset, mut line_no, mut reset) = (0, 0, true);
-        let checkpoint = match start {
+        let key = (meta.dev(), meta.ino());
+        let checkpoint = match &start {
             Start::Zero => None,
-            Start::At { key, offset: at, line_no: at_line }
-                if key == (meta.dev(), meta.ino()) && meta.len() >= at =>
-            {
-                (offset, line_no, reset) = (at, at_line, false);
-                None
-            }
-            Start::At { key, .. } if key == (meta.dev(), meta.ino()) => None,
-            Start::Checkpoint | Start::End | Start::At { .. } => {
-                self.checkpoints.get(&(meta.dev(), meta.ino()))
-            }
+            Start::At(cp) if (cp.dev, cp.ino) == key => Some(&**cp),
+            Start::Checkpoint | Start::End | Start::At(_) => self.checkpoints.get(&key),
         };
         if let Some(cp) = checkpoint {
             match cp.verify(&handle, gzip).with_context(|| format!("reading {}", path.display()))? {
@@ -235,21 +241,25 @@ impl Pipeline {
                     "checkpoint does not match the file any more; reading it from the start"
                 ),
             }
-        } else if start == Start::End && !gzip {
+        } else if matches!(start, Start::End) && !gzip {
             (offset, line_no) =
                 last_line_end(&handle).with_context(|| format!("reading {}", path.display()))?;
         }
         let (source, handle) = Source::open(path, offset, Some(self.disk_bytes.clone()))
             .with_context(|| format!("{}: opening at offset {offset}", path.display()))?;
-        let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        // A file reopened after a rename keeps the name its earlier lines were shipped under.
+        let known_as = match &start {
+            Start::At(cp) if (cp.dev, cp.ino) == key => cp.path.clone(),
+            _ => path.to_path_buf(),
+        };
+        let file_name = known_as.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
         let file = Arc::new(FileEntry {
-            path: path.to_path_buf(),
-            source: Arc::from(path.to_string_lossy().as_ref()),
+            path: known_as.clone(),
+            source: Arc::from(known_as.to_string_lossy().as_ref()),
             dev: meta.dev(),
             ino: meta.ino(),
             gzip,
             day: crate::parse::file_day(&file_name),
-            handle,
         });
         let max_line = self.config.sources.max_line_bytes;
         let reader =
@@ -258,7 +268,7 @@ impl Pipeline {
         if self.state_tx.send(msg).is_err() {
             anyhow::bail!("state thread stopped");
         }
-        Ok(Some(Opened { file, reader, start_offset: offset }))
+        Ok(Some(Opened { file, reader, start_offset: offset, handle }))
     }
 
     /// Drains: closes the channels in flow order and joins every thread.
@@ -432,9 +442,8 @@ impl StateThread {
             }
             let span = &queue[n_done - 1];
             let file = &span.file;
-            let fingerprint =
-                Fingerprint::compute(&file.handle, file.gzip, span.end_offset).unwrap_or_default();
-            let size = if file.gzip { None } else { file.handle.metadata().ok().map(|m| m.len()) };
+            let fingerprint = span.fingerprint.clone();
+            let size = span.size;
             let advance = Advance {
                 dev: file.dev,
                 ino: file.ino,

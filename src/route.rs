@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use crate::checkpoint::Fingerprint;
 use crate::config::Mapping;
 use crate::dlq::DeadLetter;
 use crate::metrics::Counters;
@@ -40,8 +41,6 @@ pub struct FileEntry {
     pub gzip: bool,
     /// The `YYYYMMDD` of the file name (0 if none): orders records across files.
     pub day: u32,
-    /// An open handle on the same inode, for fingerprinting checkpoints even after a rename.
-    pub handle: File,
 }
 
 /// A contiguous run of lines of one file, ending at `end_offset`.
@@ -50,13 +49,32 @@ pub struct Span {
     pub file: Arc<FileEntry>,
     pub end_offset: u64,
     pub end_line_no: u64,
+    /// The file's fingerprint as of `end_offset`, taken by the reader when it sealed the span
+    /// (through its open descriptor: right even after a rename; the span holds no descriptor).
+    pub fingerprint: Fingerprint,
+    /// The file's size then (None for `.gz`).
+    pub size: Option<u64>,
     /// Records and dead letters of this span not yet durable.
     pending: AtomicUsize,
 }
 
 impl Span {
-    pub fn new(file: Arc<FileEntry>, end_offset: u64, end_line_no: u64, pending: usize) -> Span {
-        Span { file, end_offset, end_line_no, pending: AtomicUsize::new(pending) }
+    pub fn new(
+        file: Arc<FileEntry>,
+        end_offset: u64,
+        end_line_no: u64,
+        pending: usize,
+        fingerprint: Fingerprint,
+        size: Option<u64>,
+    ) -> Span {
+        Span {
+            file,
+            end_offset,
+            end_line_no,
+            fingerprint,
+            size,
+            pending: AtomicUsize::new(pending),
+        }
     }
 
     /// Marks `n` of this span's records durable.
@@ -271,6 +289,7 @@ impl Router {
     pub fn route<R: Read>(
         &self,
         file: &Arc<FileEntry>,
+        handle: &File,
         reader: &mut LineReader<R>,
         finished: bool,
         stop: &dyn Fn() -> bool,
@@ -288,7 +307,7 @@ impl Router {
                     let (offset, line_no) = (reader.offset(), reader.line_no());
                     self.count(offset - counted_offset, lines);
                     (counted_offset, lines) = (offset, 0);
-                    if !self.seal(file, &mut pending, offset, line_no) {
+                    if !self.seal(file, handle, &mut pending, offset, line_no) {
                         return Ok(Routed::Closed);
                     }
                     if stop() {
@@ -313,7 +332,7 @@ impl Router {
         let (offset, line_no) = (reader.offset(), reader.line_no());
         self.count(offset - counted_offset, lines);
         if (pending.n_records > 0 || !pending.dead.is_empty() || pending.blank_advance)
-            && !self.seal(file, &mut pending, offset, line_no)
+            && !self.seal(file, handle, &mut pending, offset, line_no)
         {
             return Ok(Routed::Closed);
         }
@@ -379,13 +398,23 @@ impl Router {
     fn seal(
         &self,
         file: &Arc<FileEntry>,
+        handle: &File,
         pending: &mut Pending,
         end_offset: u64,
         end_line_no: u64,
     ) -> bool {
         let n_dead = pending.dead.len();
-        let span =
-            Arc::new(Span::new(file.clone(), end_offset, end_line_no, pending.n_records + n_dead));
+        // Unreadable now: no fingerprint, so a restart resumes on (dev, inode) and size alone.
+        let fingerprint = Fingerprint::compute(handle, file.gzip, end_offset).unwrap_or_default();
+        let size = if file.gzip { None } else { handle.metadata().ok().map(|m| m.len()) };
+        let span = Arc::new(Span::new(
+            file.clone(),
+            end_offset,
+            end_line_no,
+            pending.n_records + n_dead,
+            fingerprint,
+            size,
+        ));
         self.counters.dead_letters_routed.add(n_dead as u64);
         let msg = StateMsg::Span { span: span.clone(), dead: std::mem::take(&mut pending.dead) };
         if self.state.send(msg).is_err() {

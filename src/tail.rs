@@ -299,14 +299,15 @@ impl Read for Source {
 }
 
 /// A file that counts the bytes read from disk (compressed bytes for `.gz`), for progress.
+/// Shares its descriptor with the caller's handle, so a followed file costs one descriptor.
 pub struct Counted {
-    file: File,
+    file: Arc<File>,
     disk_bytes: Option<Arc<Counter>>,
 }
 
 impl Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
+        let n = (&*self.file).read(buf)?;
         if let Some(counter) = &self.disk_bytes {
             counter.add(n as u64);
         }
@@ -321,13 +322,14 @@ impl Source {
         path: &Path,
         offset: u64,
         disk_bytes: Option<Arc<Counter>>,
-    ) -> io::Result<(Source, File)> {
+    ) -> io::Result<(Source, Arc<File>)> {
         let mut file = File::open(path)?;
         let mut magic = [0u8; 2];
         let n = read_full(&mut file, &mut magic)?;
-        let handle = file.try_clone()?;
+        let file = Arc::new(file);
+        let handle = file.clone();
         if n == 2 && magic == [0x1f, 0x8b] {
-            file.seek(SeekFrom::Start(0))?;
+            (&*file).seek(SeekFrom::Start(0))?;
             let counted = Counted { file, disk_bytes };
             let mut decoder = MultiGzDecoder::new(BufReader::with_capacity(READ_CHUNK, counted));
             let skipped = io::copy(&mut (&mut decoder).take(offset), &mut io::sink())?;
@@ -339,7 +341,7 @@ impl Source {
             }
             Ok((Source::Gzip(Box::new(decoder)), handle))
         } else {
-            file.seek(SeekFrom::Start(offset))?;
+            (&*file).seek(SeekFrom::Start(offset))?;
             Ok((Source::Plain(Counted { file, disk_bytes }), handle))
         }
     }

@@ -59,9 +59,9 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
                                 tracing::warn!(path = %path.display(), "file vanished before it was read");
                                 return Ok(());
                             };
-                            let finished = is_finished(&opened.file, close_inactive);
+                            let finished = is_finished(&opened, close_inactive);
                             router
-                                .route(&opened.file, &mut opened.reader, finished, &stop)
+                                .route(&opened.file, &opened.handle, &mut opened.reader, finished, &stop)
                                 .with_context(|| {
                                     format!("{}: read error at offset {}", path.display(), opened.reader.offset())
                                 })?;
@@ -128,9 +128,9 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
 /// Whether a file is complete, so that unterminated trailing bytes are a record (or an
 /// `incomplete_line`): a `.gz`, or a plain file not modified for `close_inactive`. The tail
 /// of a file still being written is left for the daemon (its writer will end the line).
-fn is_finished(file: &crate::route::FileEntry, close_inactive: Duration) -> bool {
-    file.gzip
-        || file
+fn is_finished(opened: &crate::pipeline::Opened, close_inactive: Duration) -> bool {
+    opened.file.gzip
+        || opened
             .handle
             .metadata()
             .and_then(|m| m.modified())

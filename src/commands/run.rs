@@ -120,22 +120,27 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Lowers `sources.max_open_files` so that source files, run DBs (three descriptors each) and
-/// some slack fit under the process's open-files limit: running out of descriptors would
-/// stall shipping, fewer open sources only means more reopening.
+/// Lowers `sources.max_open_files` (one descriptor each) and `output.max_open_dbs` (three
+/// each: db, wal, shm) so that both, plus slack, fit under the process's open-files limit:
+/// running out of descriptors would stall shipping; fewer open files only means more reopening.
 fn fit_fd_limit(mut config: Config) -> Config {
     let Some(limit) = super::fd_limit() else { return config };
-    let reserved = 64 + 3 * config.output.max_open_dbs as u64;
-    let fits = limit.saturating_sub(reserved).max(16) as usize;
-    if config.sources.max_open_files > fits {
-        tracing::warn!(
-            limit,
-            max_open_files = config.sources.max_open_files,
-            using = fits,
-            "the open-files limit (ulimit -n / LimitNOFILE) is low; following fewer files at once"
-        );
-        config.sources.max_open_files = fits;
+    let usable = limit.saturating_sub(64);
+    let (files, dbs) = (config.sources.max_open_files as u64, config.output.max_open_dbs as u64);
+    if files + 3 * dbs <= usable {
+        return config;
     }
+    // Half the descriptors for sources, half for run DBs.
+    let fit_files = files.min(usable / 2).max(8) as usize;
+    let fit_dbs = dbs.min(usable / 2 / 3).max(2) as usize;
+    tracing::warn!(
+        limit,
+        max_open_files = fit_files,
+        max_open_dbs = fit_dbs,
+        "the open-files limit (ulimit -n / LimitNOFILE) is low; following fewer files and keeping fewer run DBs open at once"
+    );
+    config.sources.max_open_files = fit_files;
+    config.output.max_open_dbs = fit_dbs;
     config
 }
 
@@ -164,7 +169,13 @@ fn main_loop(
             // A file found by this rescan is read now, not after the next wake-up.
             continue;
         }
-        let timeout = rescan_interval.saturating_sub(last_rescan.elapsed());
+        // A pending event-triggered rescan is due MIN_EVENT_RESCAN_INTERVAL after the last one.
+        let due = if structural.load(Ordering::Relaxed) {
+            MIN_EVENT_RESCAN_INTERVAL
+        } else {
+            rescan_interval
+        };
+        let timeout = due.saturating_sub(last_rescan.elapsed());
         select! {
             recv(signals.rx) -> sig => match sig {
                 Ok(Signal::Reload) => match super::load_config(args)
@@ -236,13 +247,49 @@ struct Tailed {
     /// Where the file was last seen (a rename changes it; identity is the inode).
     path: PathBuf,
     last_data: Instant,
+    /// Fingerprints of the content already read (first and last KiB before the read position):
+    /// a file rewritten in place (copytruncate refilled past our position before we looked)
+    /// no longer matches them. Two small reads after each read pass that made progress.
+    seen: Option<crate::checkpoint::Checkpoint>,
 }
 
-/// A file known but closed: nothing to read when last looked at.
+/// Fingerprints what `opened` has read so far (None for `.gz` or nothing read yet).
+fn content_seen(
+    opened: &Opened,
+    key: (u64, u64),
+    path: &Path,
+) -> Option<crate::checkpoint::Checkpoint> {
+    let offset = opened.reader.offset();
+    if opened.file.gzip || offset == 0 {
+        return None;
+    }
+    let fp = crate::checkpoint::Fingerprint::compute(&opened.handle, false, offset).ok()?;
+    Some(crate::checkpoint::Checkpoint {
+        dev: key.0,
+        ino: key.1,
+        path: path.to_path_buf(),
+        gzip: false,
+        offset,
+        line_no: opened.reader.line_no(),
+        head_len: fp.head_len,
+        head_hash: fp.head_hash,
+        tail_hash: fp.tail_hash,
+        size: None,
+        last_read_at: None,
+    })
+}
+
+/// A file known but closed: everything up to `offset` was read when it was parked.
 struct Parked {
     offset: u64,
     line_no: u64,
+    /// What `offset` was read from: a file that changed under the same inode (truncated and
+    /// regrown, or a new file reusing the inode) is read from 0 when it is reopened.
+    fingerprint: crate::checkpoint::Fingerprint,
+    /// The size when parked: a rescan reopens the file when its size differs.
     size_seen: u64,
+    /// Where it was when parked (a glob match).
+    path: PathBuf,
 }
 
 struct Tailer<'a> {
@@ -287,10 +334,12 @@ impl Tailer<'_> {
                 }
                 match self.parked.get(&key) {
                     Some(p) if p.size_seen == meta.len() => {}
-                    Some(p) => {
-                        let (offset, line_no) = (p.offset, p.line_no);
-                        self.parked.remove(&key);
-                        self.start(&path, |pl| pl.reopen(&path, key, offset, line_no));
+                    Some(_) => {
+                        let parked = self.parked.remove(&key).expect("matched above");
+                        self.start(&path, |pl| {
+                            let (offset, line_no) = (parked.offset, parked.line_no);
+                            pl.reopen(&path, &path, key, offset, line_no, parked.fingerprint)
+                        });
                     }
                     None => {
                         let from_end = self.from_end_at_first_scan;
@@ -300,16 +349,14 @@ impl Tailer<'_> {
             }
         }
         self.from_end_at_first_scan = false;
-        // Parked files that no longer match (deleted, renamed away) are forgotten; their
-        // checkpoint rows stay in the state DB.
-        self.parked.retain(|key, _| seen.contains(key));
+        self.follow_renamed_parked(&seen);
         self.counters.files_watched.set((self.open.len() + self.parked.len()) as u64);
         // ops: jsonl_shipper_lag_bytes = bytes appended to plain files but not read yet.
         let lag = |t: &Tailed| {
             let size = if t.opened.file.gzip {
                 0
             } else {
-                t.opened.file.handle.metadata().map_or(0, |m| m.len())
+                t.opened.handle.metadata().map_or(0, |m| m.len())
             };
             size.saturating_sub(t.opened.reader.offset())
         };
@@ -318,6 +365,51 @@ impl Tailer<'_> {
             self.open.values().map(lag).sum::<u64>()
                 + self.parked.values().map(parked_lag).sum::<u64>(),
         );
+    }
+
+    /// Parked files the globs no longer match were deleted or renamed away (logrotate). A
+    /// renamed one may still be written through its producer's descriptor, so it is looked
+    /// up by inode in the globs' directories: with new bytes it is reopened as a rotated file
+    /// (read to its end, finished after `close_inactive`); otherwise, and if gone, forgotten
+    /// (its checkpoint row stays in the state DB).
+    fn follow_renamed_parked(&mut self, seen: &HashSet<(u64, u64)>) {
+        let missing: Vec<(u64, u64)> =
+            self.parked.keys().filter(|key| !seen.contains(key)).copied().collect();
+        if missing.is_empty() {
+            return;
+        }
+        let mut found: HashMap<(u64, u64), (PathBuf, u64)> = HashMap::new();
+        let dirs: HashSet<PathBuf> =
+            self.config.sources.paths.iter().map(|p| discover::glob_base(p)).collect();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let key = (meta.dev(), meta.ino());
+                if meta.is_file() && missing.contains(&key) {
+                    found.insert(key, (entry.path(), meta.len()));
+                }
+            }
+        }
+        for key in missing {
+            let Some(parked) = self.parked.remove(&key) else { continue };
+            let Some((new_path, size)) = found.remove(&key) else { continue };
+            if size == parked.size_seen {
+                continue;
+            }
+            tracing::info!(from = %parked.path.display(), to = %new_path.display(), "an idle file was renamed away and written again; reading it to its end");
+            let (offset, line_no, fingerprint) =
+                (parked.offset, parked.line_no, parked.fingerprint);
+            let known_as = parked.path.clone();
+            self.start(&new_path, |pl| {
+                pl.reopen(&new_path, &known_as, key, offset, line_no, fingerprint)
+            });
+            // Keep the old (glob) path: the file counts as rotated away, so it is finished and
+            // closed once idle instead of being parked again.
+            if let Some(tailed) = self.open.get_mut(&key) {
+                tailed.path = parked.path;
+            }
+        }
     }
 
     fn start(
@@ -332,7 +424,12 @@ impl Tailer<'_> {
                 self.make_room();
                 self.open.insert(
                     key,
-                    Tailed { opened, path: path.to_path_buf(), last_data: Instant::now() },
+                    Tailed {
+                        opened,
+                        path: path.to_path_buf(),
+                        last_data: Instant::now(),
+                        seen: None,
+                    },
                 );
             }
             Ok(None) => {}
@@ -356,54 +453,87 @@ impl Tailer<'_> {
     fn park(&mut self, key: (u64, u64)) {
         if let Some(tailed) = self.open.remove(&key) {
             let reader = &tailed.opened.reader;
+            let file = &tailed.opened.file;
             // Reopening resumes after the last complete line; a partial line is read again.
-            let size_seen = tailed.opened.file.handle.metadata().map_or(0, |m| m.len());
+            let offset = reader.offset();
+            let fingerprint =
+                crate::checkpoint::Fingerprint::compute(&tailed.opened.handle, file.gzip, offset)
+                    .unwrap_or_default();
+            // Parked at its read position, not its size: a file pushed out by
+            // max_open_files before it was read to its end must be reopened.
+            let size_seen = if file.gzip { u64::MAX } else { offset };
             self.parked.insert(
                 key,
-                Parked { offset: reader.offset(), line_no: reader.line_no(), size_seen },
+                Parked {
+                    offset,
+                    line_no: reader.line_no(),
+                    fingerprint,
+                    size_seen,
+                    path: tailed.path.clone(),
+                },
             );
         }
     }
 
     /// Reads every complete line available in every open file.
     fn read_all(&mut self, stop: &dyn Fn() -> bool) {
-        let mut truncated = Vec::new();
+        let mut restart = Vec::new();
         for (key, tailed) in &mut self.open {
-            let file = &tailed.opened.file;
-            if !file.gzip {
-                if let Ok(meta) = file.handle.metadata() {
-                    if meta.len() < tailed.opened.reader.offset() {
-                        truncated.push((*key, tailed.path.clone(), meta.len()));
+            let opened = &mut tailed.opened;
+            if !opened.file.gzip {
+                if let Ok(meta) = opened.handle.metadata() {
+                    let read_to = opened.reader.offset();
+                    if meta.len() < read_to {
+                        restart.push((*key, tailed.path.clone(), "it shrank below our position"));
+                        continue;
+                    }
+                    // New bytes: first check that what we read is still there (copytruncate
+                    // can refill a file past our position before we look).
+                    let grew = meta.len() > read_to + opened.reader.pending_bytes();
+                    if grew
+                        && tailed.seen.as_ref().is_some_and(|seen| {
+                            matches!(seen.verify(&opened.handle, false), Ok(Err(_)))
+                        })
+                    {
+                        restart.push((*key, tailed.path.clone(), "the content we read changed"));
                         continue;
                     }
                 }
             }
-            let before = tailed.opened.reader.offset() + tailed.opened.reader.pending_bytes();
-            match self.router.route(&tailed.opened.file, &mut tailed.opened.reader, false, stop) {
+            let before = opened.reader.offset() + opened.reader.pending_bytes();
+            match self.router.route(&opened.file, &opened.handle, &mut opened.reader, false, stop) {
                 Ok(Routed::Drained) => {}
                 Ok(Routed::Closed) => return,
                 Err(error) => tracing::error!(
                     path = %tailed.path.display(),
-                    offset = tailed.opened.reader.offset(),
+                    offset = opened.reader.offset(),
                     %error,
                     "read error; will retry"
                 ),
             }
-            if tailed.opened.reader.offset() + tailed.opened.reader.pending_bytes() != before {
+            if opened.reader.offset() + opened.reader.pending_bytes() != before {
                 tailed.last_data = Instant::now();
+                if !opened.file.gzip {
+                    tailed.seen = content_seen(opened, *key, &tailed.path);
+                }
             }
         }
-        for (key, path, size) in truncated {
-            let old = self.open.remove(&key).map(|t| t.opened.reader.offset());
-            self.counters.truncations.add(1);
-            tracing::warn!(
-                path = %path.display(),
-                size,
-                offset = old,
-                "file truncated (copytruncate?); reading its new content from the start"
-            );
-            self.start(&path, |pl| pl.open_from_start(&path));
+        for (key, path, why) in restart {
+            self.restart_from_zero(key, &path, why);
         }
+    }
+
+    /// A file truncated or rewritten under us: its new content is read from 0.
+    fn restart_from_zero(&mut self, key: (u64, u64), path: &Path, why: &str) {
+        let old = self.open.remove(&key).map(|t| t.opened.reader.offset());
+        self.counters.truncations.add(1);
+        tracing::warn!(
+            path = %path.display(),
+            offset = old,
+            why,
+            "file truncated or rewritten (copytruncate?); reading its new content from the start"
+        );
+        self.start(path, |pl| pl.open_from_start(path));
     }
 
     /// Handles files idle for `close_inactive`: rotated-away or deleted ones are finished
@@ -421,12 +551,17 @@ impl Tailer<'_> {
                 std::fs::metadata(&t.path).is_ok_and(|m| (m.dev(), m.ino()) == key)
             });
             if still_there {
-                self.park(key);
+                // A partial line stays open: if the file is deleted or rotated next, its tail
+                // must still be shippable through this descriptor.
+                if self.open.get(&key).is_some_and(|t| t.opened.reader.pending_bytes() == 0) {
+                    self.park(key);
+                }
                 continue;
             }
             let Some(mut tailed) = self.open.remove(&key) else { continue };
+            let opened = &mut tailed.opened;
             if let Err(error) =
-                self.router.route(&tailed.opened.file, &mut tailed.opened.reader, true, &|| false)
+                self.router.route(&opened.file, &opened.handle, &mut opened.reader, true, &|| false)
             {
                 tracing::error!(path = %tailed.path.display(), %error, "read error while closing");
             }

@@ -8,7 +8,6 @@
 //! be reproduced byte for byte, so it would get another identity than the original.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,9 +124,8 @@ fn ship_run(
             ino: 0,
             gzip: false,
             day: file_day(&source),
-            handle: File::open(&config.dlq.dir)?,
         });
-        let span = Arc::new(Span::new(file, 0, 0, keys.len()));
+        let span = Arc::new(Span::new(file, 0, 0, keys.len(), Default::default(), None));
         batches.push((builder.into_batch(span), keys));
     }
     // The daemon may be committing to the same DB: busy_timeout waits, a few retries cover
