@@ -371,6 +371,10 @@ impl Pool {
     fn close_all(&mut self, counters: &Counters) {
         for (run_id, (conn, _, _)) in std::mem::take(&mut self.conns) {
             counters.open_run_dbs.dec();
+            // Cheap unless the query planner's statistics are stale; helps analysts' queries.
+            if let Err(error) = conn.execute_batch("PRAGMA optimize") {
+                tracing::debug!(run_id, %error, "PRAGMA optimize failed");
+            }
             checkpoint_and_close(conn, &self.path_of(&run_id), counters);
             self.uncheckpointed.remove(&run_id);
         }
