@@ -105,3 +105,46 @@ fn the_daemon_deletes_run_dbs_older_than_max_age_and_keeps_shipping() {
     assert!(finished.status.success(), "{}", finished.stderr);
     assert!(!old_db.exists(), "the deleted run DB came back");
 }
+
+#[test]
+fn many_runs_are_written_within_the_open_db_budget() {
+    // 400 interleaved runs, at most 8 open DBs (4 per writer): every row lands, and the
+    // process never holds more than the budget's descriptors on run DBs.
+    let shipper = Shipper::with_config("[output]\nmax_open_dbs = 8\nbatch_max_events = 4\n");
+    let mut lines = String::new();
+    for i in 0..4000 {
+        lines.push_str(&format!("{{\"run_id\":\"run-{:03}\",\"event_id\":\"e{i}\"}}\n", i % 400));
+    }
+    shipper.write("raw/events_20240301.ndjson", lines.as_bytes());
+    let mut backfill = shipper.spawn_backfill(&[]);
+    let mut max_db_fds = 0;
+    while backfill.try_status().is_none() {
+        let db_fds = backfill
+            .fd_targets()
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("/db/runs/"))
+            .count();
+        max_db_fds = max_db_fds.max(db_fds);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let finished = backfill.wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    // Evicted DBs were closed without a checkpoint; the end of the backfill checkpointed them.
+    let leftovers: Vec<_> = std::fs::read_dir(shipper.path("db/runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-wal") || n.ends_with("-shm"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{} WAL/shm files left, e.g. {:?}",
+        leftovers.len(),
+        leftovers.first()
+    );
+    // (Read the DBs only now: a reader's connection creates -wal/-shm files itself.)
+    let snapshot = shipper.snapshot();
+    assert_eq!(snapshot.runs.len(), 400);
+    assert_eq!(snapshot.events.len(), 4000);
+    assert!(max_db_fds <= 8 * 3, "{max_db_fds} descriptors on run DBs with max_open_dbs = 8");
+}
