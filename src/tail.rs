@@ -124,7 +124,7 @@ impl<R: Read> LineReader<R> {
             if let Some(pos) = memchr::memchr(b'\n', unscanned) {
                 let line_end = self.start + self.scanned + pos;
                 self.scanned = 0;
-                return Ok(Some(self.take_line(line_end)));
+                return Ok(Some(self.take(line_end, true)));
             }
             self.scanned = self.end - self.start;
             self.bound_partial_line();
@@ -149,7 +149,7 @@ impl<R: Read> LineReader<R> {
             return Ok(None);
         }
         let line_end = self.end;
-        Ok(Some(self.take_unterminated(line_end)))
+        Ok(Some(self.take(line_end, false)))
     }
 
     /// Keeps memory bounded while no newline is buffered: past `max_line` the line becomes a
@@ -178,16 +178,18 @@ impl<R: Read> LineReader<R> {
         self.scanned = 0;
     }
 
-    /// Consumes `buf[start..line_end]` plus the newline at `line_end`.
-    fn take_line(&mut self, line_end: usize) -> Line<'_> {
+    /// Consumes `buf[start..line_end]` as one line, plus the newline at `line_end` when
+    /// `newline` (an unterminated last line of a finished stream has none).
+    fn take(&mut self, line_end: usize, newline: bool) -> Line<'_> {
+        let newline_len = u64::from(newline);
         self.line_no += 1;
         let line_start = self.start;
-        self.start = line_end + 1;
+        self.start = line_end + newline_len as usize;
         if let Some(mut skip) = self.skipping.take() {
             let tail = &self.buf[line_start..line_end];
             skip.hasher.update(tail);
             skip.len += tail.len() as u64;
-            let end_offset = skip.meta_offset + skip.len + 1;
+            let end_offset = skip.meta_offset + skip.len + newline_len;
             self.offset = end_offset;
             let meta = LineMeta { offset: skip.meta_offset, line_no: self.line_no, end_offset };
             return Line::TooLong(meta, finish_skip(skip));
@@ -196,11 +198,11 @@ impl<R: Read> LineReader<R> {
         let meta = LineMeta {
             offset: self.offset,
             line_no: self.line_no,
-            end_offset: self.offset + line.len() as u64 + 1,
+            end_offset: self.offset + line.len() as u64 + newline_len,
         };
         self.offset = meta.end_offset;
         if line.len() > self.max_line {
-            // Arrived in one read with its newline: same treatment as a streamed one.
+            // Arrived in one read: same treatment as a streamed one.
             let mut hasher = Sha256::new();
             hasher.update(line);
             let too_long = TooLong {
@@ -210,27 +212,6 @@ impl<R: Read> LineReader<R> {
             };
             return Line::TooLong(meta, too_long);
         }
-        Line::Complete(meta, line)
-    }
-
-    /// Consumes everything buffered as one final line without a newline.
-    fn take_unterminated(&mut self, line_end: usize) -> Line<'_> {
-        self.line_no += 1;
-        let line_start = self.start;
-        self.start = line_end;
-        if let Some(skip) = self.skipping.take() {
-            let end_offset = skip.meta_offset + skip.len;
-            self.offset = end_offset;
-            let meta = LineMeta { offset: skip.meta_offset, line_no: self.line_no, end_offset };
-            return Line::TooLong(meta, finish_skip(skip));
-        }
-        let line = &self.buf[line_start..line_end];
-        let meta = LineMeta {
-            offset: self.offset,
-            line_no: self.line_no,
-            end_offset: self.offset + line.len() as u64,
-        };
-        self.offset = meta.end_offset;
         Line::Complete(meta, line)
     }
 
