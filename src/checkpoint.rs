@@ -128,6 +128,30 @@ pub enum Mismatch {
 }
 
 impl Checkpoint {
+    /// A position in a plain file, as of `fingerprint` taken there (not yet saved: no size or
+    /// read time).
+    pub fn at(
+        (dev, ino): (u64, u64),
+        path: &Path,
+        offset: u64,
+        line_no: u64,
+        fingerprint: Fingerprint,
+    ) -> Checkpoint {
+        Checkpoint {
+            dev,
+            ino,
+            path: path.to_path_buf(),
+            gzip: false,
+            offset,
+            line_no,
+            head_len: fingerprint.head_len,
+            head_hash: fingerprint.head_hash,
+            tail_hash: fingerprint.tail_hash,
+            size: None,
+            last_read_at: None,
+        }
+    }
+
     /// Whether this checkpoint still describes `file` (see the module docs).
     pub fn verify(&self, file: &File, gzip: bool) -> std::io::Result<Result<(), Mismatch>> {
         let len = file.metadata()?.len();
@@ -455,19 +479,7 @@ mod tests {
         std::fs::write(&path, b"line one\nline two\n").unwrap();
         let file = File::open(&path).unwrap();
         let fp = Fingerprint::compute(&file, false, 9).unwrap();
-        let cp = Checkpoint {
-            dev: 0,
-            ino: 0,
-            path: path.clone(),
-            gzip: false,
-            offset: 9,
-            line_no: 1,
-            head_len: fp.head_len,
-            head_hash: fp.head_hash,
-            tail_hash: fp.tail_hash,
-            size: None,
-            last_read_at: None,
-        };
+        let cp = Checkpoint::at((0, 0), &path, 9, 1, fp);
         assert_eq!(cp.verify(&file, false).unwrap(), Ok(()));
         // Appends keep it valid.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"3\n").unwrap();
@@ -487,19 +499,7 @@ mod tests {
         let file = File::open(&path).unwrap();
         let offset = 2006;
         let fp = Fingerprint::compute(&file, false, offset).unwrap();
-        let cp = Checkpoint {
-            dev: 0,
-            ino: 0,
-            path: path.clone(),
-            gzip: false,
-            offset,
-            line_no: 2,
-            head_len: fp.head_len,
-            head_hash: fp.head_hash,
-            tail_hash: fp.tail_hash,
-            size: None,
-            last_read_at: None,
-        };
+        let cp = Checkpoint::at((0, 0), &path, offset, 2, fp);
         std::fs::write(&path, format!("{head}\nBBBB\nmore\n")).unwrap();
         assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::TailChanged));
     }

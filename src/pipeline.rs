@@ -199,19 +199,7 @@ impl Pipeline {
         line_no: u64,
         fingerprint: crate::checkpoint::Fingerprint,
     ) -> anyhow::Result<Option<Opened>> {
-        let checkpoint = Checkpoint {
-            dev: key.0,
-            ino: key.1,
-            path: known_as.to_path_buf(),
-            gzip: false,
-            offset,
-            line_no,
-            head_len: fingerprint.head_len,
-            head_hash: fingerprint.head_hash,
-            tail_hash: fingerprint.tail_hash,
-            size: None,
-            last_read_at: None,
-        };
+        let checkpoint = Checkpoint::at(key, known_as, offset, line_no, fingerprint);
         self.open_with(path, Start::At(Box::new(checkpoint)))
     }
 

@@ -264,19 +264,7 @@ fn content_seen(
         return None;
     }
     let fp = crate::checkpoint::Fingerprint::compute(&opened.handle, false, offset).ok()?;
-    Some(crate::checkpoint::Checkpoint {
-        dev: key.0,
-        ino: key.1,
-        path: path.to_path_buf(),
-        gzip: false,
-        offset,
-        line_no: opened.reader.line_no(),
-        head_len: fp.head_len,
-        head_hash: fp.head_hash,
-        tail_hash: fp.tail_hash,
-        size: None,
-        last_read_at: None,
-    })
+    Some(crate::checkpoint::Checkpoint::at(key, path, offset, opened.reader.line_no(), fp))
 }
 
 /// A file known but closed: everything up to `offset` was read when it was parked.

@@ -398,7 +398,7 @@ impl Pool {
             }
         }
         for (run_id, (conn, _, _)) in &self.conns {
-            checkpoint(conn, "PASSIVE", &self.dir.join(run_path::db_file_name(run_id)), counters);
+            checkpoint(conn, "PASSIVE", &self.path_of(run_id), counters);
         }
         self.checkpoint_closed(counters);
     }
