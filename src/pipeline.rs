@@ -210,7 +210,8 @@ impl Pipeline {
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
         let meta = handle.metadata().with_context(|| format!("stat {}", path.display()))?;
-        let gzip = is_gzip(&handle).with_context(|| format!("reading {}", path.display()))?;
+        let gzip =
+            crate::tail::is_gzip(&handle).with_context(|| format!("reading {}", path.display()))?;
         let (mut offset, mut line_no, mut reset) = (0, 0, true);
         let key = (meta.dev(), meta.ino());
         let checkpoint = match &start {
@@ -233,7 +234,8 @@ impl Pipeline {
             (offset, line_no) =
                 last_line_end(&handle).with_context(|| format!("reading {}", path.display()))?;
         }
-        let (source, handle) = Source::open(path, offset, Some(self.disk_bytes.clone()))
+        // Read through the descriptor just identified and verified, not a fresh open of `path`.
+        let (source, handle) = Source::from_file(handle, offset, Some(self.disk_bytes.clone()))
             .with_context(|| format!("{}: opening at offset {offset}", path.display()))?;
         // A file reopened after a rename keeps the name its earlier lines were shipped under.
         let known_as = match &start {
@@ -273,13 +275,6 @@ impl Pipeline {
             Err(_) => anyhow::bail!("the state thread panicked"),
         }
     }
-}
-
-fn is_gzip(file: &File) -> std::io::Result<bool> {
-    use std::os::unix::fs::FileExt;
-    let mut magic = [0u8; 2];
-    let n = file.read_at(&mut magic, 0)?;
-    Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
 /// The offset just past the last `\n` and the number of lines before it: where `read_from =

@@ -304,12 +304,20 @@ impl Source {
         offset: u64,
         disk_bytes: Option<Arc<Counter>>,
     ) -> io::Result<(Source, Arc<File>)> {
-        let mut file = File::open(path)?;
-        let mut magic = [0u8; 2];
-        let n = read_full(&mut file, &mut magic)?;
+        Source::from_file(File::open(path)?, offset, disk_bytes)
+    }
+
+    /// Like [`Source::open`] on a file the caller already opened (and identified): reading
+    /// through the same descriptor means a path replaced in between cannot be read instead.
+    pub fn from_file(
+        file: File,
+        offset: u64,
+        disk_bytes: Option<Arc<Counter>>,
+    ) -> io::Result<(Source, Arc<File>)> {
+        let gzip = is_gzip(&file)?;
         let file = Arc::new(file);
         let handle = file.clone();
-        if n == 2 && magic == [0x1f, 0x8b] {
+        if gzip {
             (&*file).seek(SeekFrom::Start(0))?;
             let counted = Counted { file, disk_bytes };
             let mut decoder = MultiGzDecoder::new(BufReader::with_capacity(READ_CHUNK, counted));
@@ -332,17 +340,20 @@ impl Source {
     }
 }
 
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+/// Whether `file` starts with the gzip magic bytes (read at 0, the file position is left alone).
+pub fn is_gzip(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 2];
     let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
+    while n < magic.len() {
+        match file.read_at(&mut magic[n..], n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(n)
+    Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
 #[cfg(test)]

@@ -246,10 +246,7 @@ pub fn gather(
 }
 
 fn is_gzip(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 2];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
-        && magic == [0x1f, 0x8b]
+    std::fs::File::open(path).and_then(|f| crate::tail::is_gzip(&f)).unwrap_or(false)
 }
 
 fn stat(path: &Path) -> anyhow::Result<Option<std::fs::Metadata>> {
