@@ -9,6 +9,7 @@
 //! commit-time histogram live here too, as atomics the writers update without locks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -59,6 +60,38 @@ impl Gauge {
     }
 }
 
+/// A monotonic moment, or none: when something that may be overdue started. Lock-free, so the
+/// reader and the state thread publish theirs for free and the scrape reads the age.
+#[derive(Debug)]
+pub struct Since(AtomicU64);
+
+/// The zero of every [`Since`] (milliseconds after it, plus one; 0 = none).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Default for Since {
+    fn default() -> Self {
+        LazyLock::force(&EPOCH);
+        Since(AtomicU64::new(0))
+    }
+}
+
+impl Since {
+    pub fn set_since(&self, t: Option<Instant>) {
+        let ms = t.map_or(0, |t| t.saturating_duration_since(*EPOCH).as_millis() as u64 + 1);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn touch(&self) {
+        self.set_since(Some(Instant::now()));
+    }
+
+    /// How long ago the moment was; None if unset.
+    pub fn age(&self) -> Option<Duration> {
+        let ms = self.0.load(Ordering::Relaxed).checked_sub(1)?;
+        Some(EPOCH.elapsed().saturating_sub(Duration::from_millis(ms)))
+    }
+}
+
 /// Everything the pipeline counts.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -101,6 +134,15 @@ pub struct Counters {
     pub files_watched: Gauge,
     /// `jsonl_shipper_lag_bytes`: bytes of watched files not read yet (as of the last rescan).
     pub lag_bytes: Gauge,
+    /// `jsonl_shipper_deleted_unread_bytes_total`: bytes of deleted files let go unread after
+    /// the pipeline was held up for `close_inactive` (so their disk space is freed).
+    pub deleted_unread_bytes: Counter,
+    /// Since when the reader has seen bytes it has not read yet (the oldest such file).
+    pub oldest_unread: Since,
+    /// When the oldest span read but not yet checkpointed was sealed (state thread).
+    pub oldest_pending: Since,
+    /// The daemon's reader loop's last turn: the watchdog's proof that it is not stuck.
+    pub reader_heartbeat: Since,
     /// `jsonl_shipper_batch_commit_seconds`: one observation per successful run-DB commit.
     pub commit_seconds: Histogram,
     /// `jsonl_shipper_last_commit_timestamp_seconds`, in ms (0 = none yet).
@@ -125,6 +167,18 @@ impl Counters {
         self.writes.start()
     }
 
+    /// Called by the daemon's reader loop on every turn.
+    pub fn reader_alive(&self) {
+        self.reader_heartbeat.touch();
+    }
+
+    /// `jsonl_shipper_oldest_unshipped_age_seconds`: how long the oldest byte the agent has
+    /// seen but not yet made durable has waited (zero when caught up).
+    pub fn oldest_unshipped_age(&self) -> Duration {
+        let unread = self.oldest_unread.age().unwrap_or_default();
+        unread.max(self.oldest_pending.age().unwrap_or_default())
+    }
+
     /// Records a successful run-DB commit that took `took`.
     pub fn commit_succeeded(&self, took: Duration) {
         self.commits.add(1);
@@ -135,6 +189,14 @@ impl Counters {
     /// `Ok` while the writers make progress or have nothing to do; otherwise a one-line reason.
     /// Unhealthy = some write has been pending, uncommitted, for longer than `unhealthy_after`.
     pub fn health(&self, unhealthy_after: Duration) -> Result<(), String> {
+        // The daemon's reader loop turns at least every rescan interval, even when held up.
+        if let Some(stuck) = self.reader_heartbeat.age().filter(|age| *age > unhealthy_after) {
+            return Err(format!(
+                "the reader loop has not turned for {}s (stuck reading a source file or \
+                 registering one with the state DB? see the log)",
+                stuck.as_secs()
+            ));
+        }
         let Some(pending) = self.writes.oldest_age() else { return Ok(()) };
         if pending <= unhealthy_after {
             return Ok(());
@@ -301,7 +363,7 @@ impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
         // The text encoder appends `_total` to counters and the unit to names with one.
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             ("jsonl_shipper_lines_read", "Lines read from source files.", &c.lines_read),
             ("jsonl_shipper_bytes_read", "Bytes read from source files.", &c.bytes_read),
             (
@@ -340,6 +402,12 @@ impl Collector for Exposition {
                 "Rotated-away or deleted files finished and closed.",
                 &c.rotations,
             ),
+            (
+                "jsonl_shipper_deleted_unread_bytes",
+                "Bytes of deleted source files closed before they were read, because the \
+                 pipeline was held up for sources.close_inactive (their space is freed).",
+                &c.deleted_unread_bytes,
+            ),
         ];
         for (name, help, counter) in counters {
             let metric = ConstCounter::new(counter.get());
@@ -370,6 +438,13 @@ impl Collector for Exposition {
             let metric = ConstGauge::new(gauge.get());
             metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
+        let oldest = ConstGauge::new(c.oldest_unshipped_age().as_secs_f64());
+        oldest.encode(enc.encode_descriptor(
+            "jsonl_shipper_oldest_unshipped_age",
+            "Age of the oldest byte seen in a source file but not yet durable (0 = caught up).",
+            Some(&Unit::Seconds),
+            oldest.metric_type(),
+        )?)?;
         let last_commit = ConstGauge::new(c.last_commit_unix_ms.get() as f64 / 1000.0);
         last_commit.encode(enc.encode_descriptor(
             "jsonl_shipper_last_commit_timestamp",
@@ -475,5 +550,28 @@ mod tests {
         // Every slot taken: further writes are simply not tracked, never a panic.
         let guards: Vec<_> = (0..70).map(|_| c.write_started()).collect();
         assert_eq!(guards.iter().filter(|g| g.slot.is_some()).count(), 64);
+    }
+
+    #[test]
+    fn a_reader_loop_that_stops_turning_is_unhealthy_and_ages_are_the_oldest_of_both_shares() {
+        let c = Counters::default();
+        assert_eq!(c.health(Duration::ZERO), Ok(()), "no reader loop (backfill): no verdict");
+        c.reader_alive();
+        assert_eq!(c.health(Duration::from_secs(60)), Ok(()));
+        std::thread::sleep(Duration::from_millis(5));
+        let reason = c.health(Duration::from_millis(1)).unwrap_err();
+        assert!(reason.contains("reader loop has not turned"), "{reason}");
+
+        assert_eq!(c.oldest_unshipped_age(), Duration::ZERO);
+        let earlier = Instant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        c.oldest_pending.touch();
+        c.oldest_unread.set_since(Some(earlier));
+        let age = c.oldest_unshipped_age();
+        assert!(age >= Duration::from_millis(5) && age < Duration::from_secs(60), "{age:?}");
+        c.oldest_unread.set_since(None);
+        assert!(c.oldest_unshipped_age() < age);
+        c.oldest_pending.set_since(None);
+        assert_eq!(c.oldest_unshipped_age(), Duration::ZERO);
     }
 }

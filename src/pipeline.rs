@@ -56,6 +56,7 @@ pub enum Mode {
 /// drains it.
 pub struct Pipeline {
     config: Arc<Config>,
+    mode: Mode,
     counters: Arc<Counters>,
     writer_txs: Vec<Sender<Batch>>,
     state_tx: Sender<StateMsg>,
@@ -147,6 +148,7 @@ impl Pipeline {
             .context("spawning state thread")?;
         Ok(Pipeline {
             config,
+            mode,
             counters,
             writer_txs,
             state_tx,
@@ -161,7 +163,8 @@ impl Pipeline {
         &self.counters
     }
 
-    /// A router for one reader thread.
+    /// A router for one reader thread. The daemon's never blocks on a full channel (see
+    /// [`Router::unstall`]); backfill's simply waits.
     pub fn router(&self) -> Router {
         Router::new(
             self.config.mapping.clone(),
@@ -169,6 +172,7 @@ impl Pipeline {
             self.writer_txs.clone(),
             self.state_tx.clone(),
             self.counters.clone(),
+            self.mode == Mode::Daemon,
         )
     }
 
@@ -341,6 +345,9 @@ impl StateThread {
                 if let Err(error) = self.pass() {
                     self.log_error(&error);
                 }
+                // ops: the pipeline's share of "oldest unshipped byte" (read, not yet durable).
+                let oldest = self.queues.values().filter_map(|q| q.front()).map(|s| s.sealed_at);
+                self.counters.oldest_pending.set_since(oldest.min());
             }
         }
         // Everything upstream is durable or dead-lettered: persist the final positions. Retry

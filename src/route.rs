@@ -9,14 +9,16 @@
 //! sends on bounded channels, which is where backpressure reaches the reader.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 
 use crate::checkpoint::Fingerprint;
 use crate::config::Mapping;
@@ -54,6 +56,9 @@ pub struct Span {
     pub fingerprint: Fingerprint,
     /// The file's size then (None for `.gz`).
     pub size: Option<u64>,
+    /// When the reader sealed it: the age of the oldest span not yet checkpointed is the
+    /// "oldest unshipped byte" an operator alerts on.
+    pub sealed_at: Instant,
     /// Records and dead letters of this span not yet durable.
     pending: AtomicUsize,
 }
@@ -73,6 +78,7 @@ impl Span {
             end_line_no,
             fingerprint,
             size,
+            sealed_at: Instant::now(),
             pending: AtomicUsize::new(pending),
         }
     }
@@ -262,6 +268,17 @@ pub struct Router {
     writers: Vec<Sender<Batch>>,
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
+    /// Never block on a full channel (the daemon): keep the sealed messages here and tell the
+    /// caller, whose loop must stay free to close deleted files and answer signals while a
+    /// writer is held up. At most one span's messages, so memory stays bounded.
+    yielding: bool,
+    stalled: VecDeque<Stalled>,
+}
+
+/// A sealed message a full channel did not take yet, in sending order.
+enum Stalled {
+    State(StateMsg),
+    Batch(usize, Batch),
 }
 
 /// Tells the reader loop why routing stopped.
@@ -270,6 +287,16 @@ pub enum Routed {
     /// No complete line is available right now.
     Drained,
     /// A channel closed: the pipeline is shutting down.
+    Closed,
+    /// (Yielding routers only.) A writer or the state thread is not keeping up: what was read
+    /// is sealed and held in the router; call [`Router::unstall`] before routing again.
+    Blocked,
+}
+
+/// How sealing a span went.
+enum Sealed {
+    Sent,
+    Stalled,
     Closed,
 }
 
@@ -280,20 +307,63 @@ impl Router {
         writers: Vec<Sender<Batch>>,
         state: Sender<StateMsg>,
         counters: Arc<Counters>,
+        yielding: bool,
     ) -> Router {
-        Router { mapping, max_raw_bytes, writers, state, counters }
+        Router {
+            mapping,
+            max_raw_bytes,
+            writers,
+            state,
+            counters,
+            yielding,
+            stalled: VecDeque::new(),
+        }
+    }
+
+    /// Hands the stalled messages on, waiting up to `wait` for room. Ok(true) once none is
+    /// left; Err if a channel closed.
+    pub fn unstall(&mut self, wait: Duration) -> Result<bool, Closed> {
+        let deadline = Instant::now() + wait;
+        while let Some(msg) = self.stalled.pop_front() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let back = match msg {
+                Stalled::State(m) => match self.state.send_timeout(m, left) {
+                    Ok(()) => continue,
+                    Err(SendTimeoutError::Timeout(m)) => Stalled::State(m),
+                    Err(SendTimeoutError::Disconnected(_)) => return Err(Closed),
+                },
+                Stalled::Batch(shard, b) => match self.writers[shard].send_timeout(b, left) {
+                    Ok(()) => continue,
+                    Err(SendTimeoutError::Timeout(b)) => Stalled::Batch(shard, b),
+                    Err(SendTimeoutError::Disconnected(_)) => return Err(Closed),
+                },
+            };
+            self.stalled.push_front(back);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Whether sealed messages are waiting for room (see [`Routed::Blocked`]).
+    pub fn is_stalled(&self) -> bool {
+        !self.stalled.is_empty()
     }
 
     /// Routes every complete line `reader` has now. With `finished`, also the unterminated tail
     /// of the stream (the file is known to be complete). `stop` is polled between spans.
     pub fn route<R: Read>(
-        &self,
+        &mut self,
         file: &Arc<FileEntry>,
         handle: &File,
         reader: &mut LineReader<R>,
         finished: bool,
         stop: &dyn Fn() -> bool,
     ) -> std::io::Result<Routed> {
+        match self.unstall(Duration::ZERO) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Routed::Blocked),
+            Err(Closed) => return Ok(Routed::Closed),
+        }
         let mut pending = Pending::new(self.writers.len());
         let mut counted_offset = reader.offset();
         let mut lines = 0u64;
@@ -307,8 +377,10 @@ impl Router {
                     let (offset, line_no) = (reader.offset(), reader.line_no());
                     self.count(offset - counted_offset, lines);
                     (counted_offset, lines) = (offset, 0);
-                    if !self.seal(file, handle, &mut pending, offset, line_no) {
-                        return Ok(Routed::Closed);
+                    match self.seal(file, handle, &mut pending, offset, line_no) {
+                        Sealed::Sent => {}
+                        Sealed::Stalled => return Ok(Routed::Blocked),
+                        Sealed::Closed => return Ok(Routed::Closed),
                     }
                     if stop() {
                         return Ok(Routed::Drained);
@@ -331,10 +403,12 @@ impl Router {
         }
         let (offset, line_no) = (reader.offset(), reader.line_no());
         self.count(offset - counted_offset, lines);
-        if (pending.n_records > 0 || !pending.dead.is_empty() || pending.blank_advance)
-            && !self.seal(file, handle, &mut pending, offset, line_no)
-        {
-            return Ok(Routed::Closed);
+        if pending.n_records > 0 || !pending.dead.is_empty() || pending.blank_advance {
+            match self.seal(file, handle, &mut pending, offset, line_no) {
+                Sealed::Sent => {}
+                Sealed::Stalled => return Ok(Routed::Blocked),
+                Sealed::Closed => return Ok(Routed::Closed),
+            }
         }
         Ok(Routed::Drained)
     }
@@ -394,15 +468,14 @@ impl Router {
     }
 
     /// Seals the pending records as one span, registers it, then hands out the batches.
-    /// Returns false if a channel closed.
     fn seal(
-        &self,
+        &mut self,
         file: &Arc<FileEntry>,
         handle: &File,
         pending: &mut Pending,
         end_offset: u64,
         end_line_no: u64,
-    ) -> bool {
+    ) -> Sealed {
         let n_dead = pending.dead.len();
         // Unreadable now: no fingerprint, so a restart resumes on (dev, inode) and size alone.
         let fingerprint = Fingerprint::compute(handle, file.gzip, end_offset).unwrap_or_default();
@@ -417,22 +490,56 @@ impl Router {
         ));
         self.counters.dead_letters_routed.add(n_dead as u64);
         let msg = StateMsg::Span { span: span.clone(), dead: std::mem::take(&mut pending.dead) };
-        if self.state.send(msg).is_err() {
-            return false;
-        }
-        for (shard, slot) in pending.batches.iter_mut().enumerate() {
-            if let Some(builder) = slot.take() {
-                let batch = builder.into_batch(span.clone());
-                if self.writers[shard].send(batch).is_err() {
-                    return false;
-                }
-            }
-        }
         pending.n_records = 0;
         pending.blank_advance = false;
-        true
+        let batches = pending.batches.iter_mut().enumerate().filter_map(|(shard, slot)| {
+            slot.take().map(|builder| (shard, builder.into_batch(span.clone())))
+        });
+        // Registered before any of its records can be acked, so state sees the span first.
+        let sealed = std::iter::once(Stalled::State(msg))
+            .chain(batches.map(|(shard, batch)| Stalled::Batch(shard, batch)));
+        if !self.yielding {
+            for msg in sealed {
+                let sent = match msg {
+                    Stalled::State(m) => self.state.send(m).is_ok(),
+                    Stalled::Batch(shard, b) => self.writers[shard].send(b).is_ok(),
+                };
+                if !sent {
+                    return Sealed::Closed;
+                }
+            }
+            return Sealed::Sent;
+        }
+        for msg in sealed {
+            if !self.stalled.is_empty() {
+                self.stalled.push_back(msg);
+                continue;
+            }
+            let full = match msg {
+                Stalled::State(m) => match self.state.try_send(m) {
+                    Ok(()) => None,
+                    Err(TrySendError::Full(m)) => Some(Stalled::State(m)),
+                    Err(TrySendError::Disconnected(_)) => return Sealed::Closed,
+                },
+                Stalled::Batch(shard, b) => match self.writers[shard].try_send(b) {
+                    Ok(()) => None,
+                    Err(TrySendError::Full(b)) => Some(Stalled::Batch(shard, b)),
+                    Err(TrySendError::Disconnected(_)) => return Sealed::Closed,
+                },
+            };
+            self.stalled.extend(full);
+        }
+        if self.stalled.is_empty() {
+            Sealed::Sent
+        } else {
+            Sealed::Stalled
+        }
     }
 }
+
+/// A channel of the pipeline closed: it is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
 
 /// A batch being filled, before its span exists. Public for `dlq replay`, which must give a
 /// replayed line exactly the identity (`key`, `pos`) it gets when read from its file.

@@ -44,7 +44,7 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
     std::thread::scope(|scope| {
         let mut readers = Vec::new();
         for i in 0..jobs.min(files.len()).max(1) {
-            let router = pipeline.router();
+            let mut router = pipeline.router();
             let (queue, pipeline, failed, stopping) = (&queue, &pipeline, &failed, &stopping);
             let reader = std::thread::Builder::new().name(format!("reader-{i}")).spawn_scoped(
                 scope,

@@ -33,6 +33,10 @@ use crate::shutdown::{Signal, Signals};
 /// of events costs little while tomorrow's file is still found within ~100 ms.
 const MIN_EVENT_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a read pass waits for a held-up writer to take what was already read before the
+/// loop turns to its other duties (signals, rescans, closing deleted files).
+const UNSTALL_WAIT: Duration = Duration::from_millis(100);
+
 /// Why the inner loop returned.
 enum Exit {
     Shutdown,
@@ -79,6 +83,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
             watched_dirs: Vec::new(),
             // read_from = "end" applies to files first seen at startup, not after a reload.
             from_end_at_first_scan: first_start && config.sources.read_from == ReadFrom::End,
+            resume_at: None,
         };
         tailer.rescan(watcher.as_mut());
         if first_start {
@@ -98,6 +103,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
             crate::systemd::stopping(); // ops: STOPPING=1 before the drain
         }
         retention.stop();
+        tailer.flush_stalled();
         drop(tailer);
         pipeline.finish()?;
         match exit {
@@ -158,7 +164,8 @@ fn main_loop(
         if signals.is_stopping() {
             return Exit::Shutdown;
         }
-        tailer.read_all(&|| signals.is_stopping());
+        tailer.counters.reader_alive(); // ops: the watchdog's proof that this loop turns
+        let blocked = tailer.read_all(&|| signals.is_stopping());
         let since = last_rescan.elapsed();
         if since >= rescan_interval
             || (since >= MIN_EVENT_RESCAN_INTERVAL && structural.swap(false, Ordering::Relaxed))
@@ -175,7 +182,13 @@ fn main_loop(
         } else {
             rescan_interval
         };
-        let timeout = due.saturating_sub(last_rescan.elapsed());
+        // Held up: read_all already waited for the writers; just look at the signals.
+        // Turn at least twice per `unhealthy_after`, so a long rescan interval cannot look stuck.
+        let timeout = if blocked {
+            Duration::ZERO
+        } else {
+            due.saturating_sub(last_rescan.elapsed()).min(tailer.config.metrics.unhealthy_after / 2)
+        };
         select! {
             recv(signals.rx) -> sig => match sig {
                 Ok(Signal::Reload) => match super::load_config(args)
@@ -251,6 +264,8 @@ struct Tailed {
     /// a file rewritten in place (copytruncate refilled past our position before we looked)
     /// no longer matches them. Two small reads after each read pass that made progress.
     seen: Option<crate::checkpoint::Checkpoint>,
+    /// Since when the file has had bytes we have not read (None: read up to its size).
+    unread_since: Option<Instant>,
 }
 
 /// Fingerprints what `opened` has read so far (None for `.gz` or nothing read yet).
@@ -289,6 +304,9 @@ struct Tailer<'a> {
     parked: HashMap<(u64, u64), Parked>,
     watched_dirs: Vec<PathBuf>,
     from_end_at_first_scan: bool,
+    /// Where the last read pass stopped because the pipeline was held up: the next pass
+    /// starts there, so every file gets its turn under sustained backpressure.
+    resume_at: Option<(u64, u64)>,
 }
 
 impl Tailer<'_> {
@@ -417,6 +435,7 @@ impl Tailer<'_> {
                         path: path.to_path_buf(),
                         last_data: Instant::now(),
                         seen: None,
+                        unread_since: None,
                     },
                 );
             }
@@ -463,16 +482,36 @@ impl Tailer<'_> {
         }
     }
 
-    /// Reads every complete line available in every open file.
-    fn read_all(&mut self, stop: &dyn Fn() -> bool) {
+    /// Reads every complete line available in every open file. Returns true if the pipeline
+    /// is held up (a full writer inbox: a locked DB, a full disk, or just a busy writer): the
+    /// pass stops there and the next one starts with the file it stopped at.
+    fn read_all(&mut self, stop: &dyn Fn() -> bool) -> bool {
+        match self.router.unstall(UNSTALL_WAIT) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.note_unread();
+                return true;
+            }
+            Err(_closed) => return false,
+        }
+        let mut keys: Vec<(u64, u64)> = self.open.keys().copied().collect();
+        keys.sort_unstable();
+        if let Some(at) = self.resume_at.take() {
+            let start = keys.partition_point(|k| *k < at);
+            keys.rotate_left(start);
+        }
         let mut restart = Vec::new();
-        for (key, tailed) in &mut self.open {
+        let mut blocked = false;
+        let now = Instant::now();
+        for key in keys {
+            let Some(tailed) = self.open.get_mut(&key) else { continue };
             let opened = &mut tailed.opened;
+            let mut size = None;
             if !opened.file.gzip {
                 if let Ok(meta) = opened.handle.metadata() {
                     let read_to = opened.reader.offset();
                     if meta.len() < read_to {
-                        restart.push((*key, tailed.path.clone(), "it shrank below our position"));
+                        restart.push((key, tailed.path.clone(), "it shrank below our position"));
                         continue;
                     }
                     // New bytes: first check that what we read is still there (copytruncate
@@ -483,15 +522,23 @@ impl Tailer<'_> {
                             matches!(seen.verify(&opened.handle, false), Ok(Err(_)))
                         })
                     {
-                        restart.push((*key, tailed.path.clone(), "the content we read changed"));
+                        restart.push((key, tailed.path.clone(), "the content we read changed"));
                         continue;
                     }
+                    if grew {
+                        tailed.unread_since.get_or_insert(now);
+                    }
+                    size = Some(meta.len());
                 }
             }
             let before = opened.reader.offset() + opened.reader.pending_bytes();
             match self.router.route(&opened.file, &opened.handle, &mut opened.reader, false, stop) {
                 Ok(Routed::Drained) => {}
-                Ok(Routed::Closed) => return,
+                Ok(Routed::Blocked) => {
+                    blocked = true;
+                    self.resume_at = Some(key);
+                }
+                Ok(Routed::Closed) => return false,
                 Err(error) => tracing::error!(
                     path = %tailed.path.display(),
                     offset = opened.reader.offset(),
@@ -499,16 +546,58 @@ impl Tailer<'_> {
                     "read error; will retry"
                 ),
             }
-            if opened.reader.offset() + opened.reader.pending_bytes() != before {
+            let after = opened.reader.offset() + opened.reader.pending_bytes();
+            if size.is_some_and(|size| after >= size) {
+                tailed.unread_since = None;
+            }
+            if after != before {
                 tailed.last_data = Instant::now();
                 if !opened.file.gzip {
-                    tailed.seen = content_seen(opened, *key, &tailed.path);
+                    tailed.seen = content_seen(opened, key, &tailed.path);
                 }
+            }
+            if blocked {
+                break;
             }
         }
         for (key, path, why) in restart {
             self.restart_from_zero(key, &path, why);
         }
+        if blocked {
+            self.note_unread();
+        } else {
+            self.publish_oldest_unread();
+        }
+        blocked
+    }
+
+    /// While held up: marks files with bytes not read yet (a stat each), so the age of the
+    /// oldest unshipped byte keeps growing in `/metrics` instead of freezing.
+    fn note_unread(&mut self) {
+        let now = Instant::now();
+        for tailed in self.open.values_mut() {
+            let opened = &tailed.opened;
+            if opened.file.gzip {
+                continue;
+            }
+            let read_to = opened.reader.offset() + opened.reader.pending_bytes();
+            if opened.handle.metadata().is_ok_and(|m| m.len() > read_to) {
+                tailed.unread_since.get_or_insert(now);
+            }
+        }
+        self.publish_oldest_unread();
+    }
+
+    /// ops: the reader's share of `jsonl_shipper_oldest_unshipped_age_seconds`.
+    fn publish_oldest_unread(&self) {
+        let oldest = self.open.values().filter_map(|t| t.unread_since).min();
+        self.counters.oldest_unread.set_since(oldest);
+    }
+
+    /// Hands on what a held-up pipeline left in the router, waiting as long as it takes (the
+    /// drain at shutdown or reload must not drop data that was already read).
+    fn flush_stalled(&mut self) {
+        while let Ok(false) = self.router.unstall(Duration::from_secs(1)) {}
     }
 
     /// A file truncated or rewritten under us: its new content is read from 0.
@@ -546,13 +635,45 @@ impl Tailer<'_> {
                 }
                 continue;
             }
-            let Some(mut tailed) = self.open.remove(&key) else { continue };
+            let Some(tailed) = self.open.get_mut(&key) else { continue };
             let opened = &mut tailed.opened;
-            if let Err(error) =
-                self.router.route(&opened.file, &opened.handle, &mut opened.reader, true, &|| false)
+            let before = opened.reader.offset() + opened.reader.pending_bytes();
+            match self
+                .router
+                .route(&opened.file, &opened.handle, &mut opened.reader, true, &|| false)
             {
-                tracing::error!(path = %tailed.path.display(), %error, "read error while closing");
+                Ok(Routed::Blocked) => {
+                    if opened.reader.offset() + opened.reader.pending_bytes() != before {
+                        tailed.last_data = Instant::now(); // progress: finish it later
+                        continue;
+                    }
+                    let Ok(meta) = opened.handle.metadata() else { continue };
+                    let unread = meta.len().saturating_sub(opened.reader.offset());
+                    if unread > 0 && meta.nlink() > 0 {
+                        continue; // renamed: it costs no disk space, keep it until it is read
+                    }
+                    if unread > 0 {
+                        // Deleted, but held open it keeps its disk space: after close_inactive
+                        // without progress it is let go, unread rest and all, said loudly.
+                        self.counters.deleted_unread_bytes.add(unread);
+                        tracing::warn!(
+                            path = %tailed.path.display(),
+                            offset = opened.reader.offset(),
+                            unread_bytes = unread,
+                            "closed a deleted file before reading it to its end: the writers \
+                             have been held up (locked DB or full disk?) for \
+                             sources.close_inactive; its unread bytes are not shipped"
+                        );
+                        self.open.remove(&key);
+                        continue;
+                    }
+                }
+                Ok(Routed::Drained | Routed::Closed) => {}
+                Err(error) => {
+                    tracing::error!(path = %tailed.path.display(), %error, "read error while closing")
+                }
             }
+            let Some(tailed) = self.open.remove(&key) else { continue };
             self.counters.rotations.add(1);
             tracing::info!(
                 path = %tailed.path.display(),

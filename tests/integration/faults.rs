@@ -116,3 +116,91 @@ fn a_full_disk_delays_shipping_and_nothing_is_lost_or_duplicated_when_space_retu
     assert_eq!(dead, 0, "a full disk must not dead-letter anything");
     assert_eq!(events(), Some((3000, 3000)));
 }
+
+/// The issue's "held-up writer while 1 GB of tailed files are deleted", scaled to 4 × 32 MB:
+/// the reader stops at a bounded amount of read-ahead, and a deleted file it cannot finish is
+/// let go (loudly) once it has made no progress for `close_inactive`, so its disk space is
+/// freed. What was read is committed exactly once when the lock goes; nothing is invented.
+#[test]
+fn deleted_files_are_not_held_open_past_close_inactive_while_a_locked_db_holds_the_writer_up() {
+    const FILES: usize = 4;
+    const LINES: usize = 32 * 1024; // ~1 KiB each: 32 MiB per file
+    let close_inactive = Duration::from_secs(2);
+    let shipper = Shipper::with_config(
+        "[sources]\nrescan_interval = \"200ms\"\nclose_inactive = \"2s\"\n\
+         [output]\nbatch_max_delay = \"20ms\"\n[sqlite]\nbusy_timeout = \"100ms\"\n",
+    );
+    shipper.write("raw/events_20240301.ndjson", lines("first", 1, 0).as_bytes());
+    let daemon = shipper.spawn_run();
+    let db = shipper.path("db/runs/r1.sqlite");
+    let shipped = || -> Option<Vec<String>> {
+        let conn = rusqlite::Connection::open(&db).ok()?;
+        let mut stmt = conn.prepare("SELECT event_key FROM events").ok()?;
+        let keys = stmt.query_map([], |r| r.get::<_, String>(0)).ok()?;
+        keys.collect::<Result<_, _>>().ok()
+    };
+    wait_until(DEADLINE, "the first row", || shipped().is_some_and(|k| k.len() == 1));
+
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let paths: Vec<_> = (0..FILES)
+        .map(|f| {
+            shipper.write(
+                &format!("raw/events_2024030{}.ndjson", f + 2),
+                lines(&format!("f{f}-"), LINES, 1000).as_bytes(),
+            )
+        })
+        .collect();
+    wait_until(DEADLINE, "the daemon to follow the new files and hit the lock", || {
+        let fds = daemon.fd_targets();
+        paths.iter().all(|p| fds.contains(p))
+            && daemon.stderr_so_far().contains("cannot write run DB")
+    });
+    for path in &paths {
+        std::fs::remove_file(path).unwrap();
+    }
+    let deleted_at = std::time::Instant::now();
+    let held_deleted = || {
+        daemon.fd_targets().iter().filter(|t| t.to_string_lossy().ends_with(" (deleted)")).count()
+    };
+    wait_until(DEADLINE, "the deleted files to be closed", || held_deleted() == 0);
+    let held = deleted_at.elapsed();
+    eprintln!("deleted files held open for {held:?} (close_inactive {close_inactive:?})");
+    let bound = close_inactive + Duration::from_secs(3);
+    assert!(held <= bound, "deleted files held open for {held:?}, want ≤ {bound:?}");
+    let log = daemon.stderr_so_far();
+    let let_go = log.matches("closed a deleted file before reading it to its end").count();
+    assert_eq!(let_go, FILES, "each deleted file let go unread once:\n{log}");
+    assert_eq!(shipped().unwrap().len(), 1, "rows committed through a held lock");
+
+    // The lock goes: what was read before is committed, once; the agent keeps going.
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    shipper.write("raw/events_20240310.ndjson", lines("after", 3, 0).as_bytes());
+    wait_until(DEADLINE, "the file written after the lock went", || {
+        shipped().is_some_and(|k| k.iter().filter(|k| k.starts_with("after")).count() == 3)
+    });
+    let finished = daemon.terminate(Duration::from_secs(60));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let keys = shipped().unwrap();
+    let lines_read: usize = finished
+        .stderr
+        .lines()
+        .find(|l| l.contains("drained; exiting"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("lines=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drained line:\n{}", finished.stderr));
+    assert_eq!(keys.len(), lines_read, "every line read is committed");
+    // Per file, the shipped lines are exactly a prefix: read in order, none twice, none made up.
+    for f in 0..FILES {
+        let mut got: Vec<usize> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&format!("f{f}-")))
+            .map(|i| i.parse().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert!(got.len() < LINES, "file {f} was read in full while the writer was held up");
+        assert_eq!(got, (0..got.len()).collect::<Vec<_>>(), "file {f}: not a prefix");
+    }
+    assert!(shipper.dead_letters().is_empty(), "nothing is dead-lettered for a lock");
+}

@@ -71,6 +71,8 @@ fn metrics_count_exactly_what_was_shipped_and_healthz_is_ok() {
         "jsonl_shipper_last_commit_timestamp_seconds",
         "jsonl_shipper_truncations_total",
         "jsonl_shipper_rotations_total",
+        "jsonl_shipper_deleted_unread_bytes_total",
+        "jsonl_shipper_oldest_unshipped_age_seconds",
     ] {
         assert!(sample(&body, name).is_some(), "no {name} in:\n{body}");
     }
@@ -133,6 +135,9 @@ fn healthz_is_503_while_a_run_db_is_locked_and_recovers_after() {
     assert!(reason.contains("without a successful commit"), "{reason:?}");
     assert!(metric(addr, "jsonl_shipper_write_retries_total").is_some_and(|n| n >= 1.0));
     assert_eq!(metric(addr, "jsonl_shipper_events_written_total"), Some(1.0));
+    // The held-back line was read before the write that has been pending for over 1 s.
+    let age = metric(addr, "jsonl_shipper_oldest_unshipped_age_seconds");
+    assert!(age.is_some_and(|a| a >= 1.0), "oldest unshipped byte's age {age:?}");
 
     lock.rollback().expect("release the lock");
     wait_until(DEADLINE, "the held-back record", || {
@@ -140,6 +145,9 @@ fn healthz_is_503_while_a_run_db_is_locked_and_recovers_after() {
     });
     wait_until(DEADLINE, "/healthz to recover", || {
         get(addr, "/healthz").is_some_and(|r| r.0 == 200)
+    });
+    wait_until(DEADLINE, "the oldest unshipped byte's age to fall to 0", || {
+        metric(addr, "jsonl_shipper_oldest_unshipped_age_seconds") == Some(0.0)
     });
     let finished = daemon.terminate(DRAIN_DEADLINE);
     finished.assert_success("run after SIGTERM");
