@@ -55,6 +55,11 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let structural_flag = structural.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         use notify::EventKind;
+        // Opening or reading a file or directory changes nothing; ignoring it also keeps our
+        // own rescans (which open the watched directories) from waking us again, forever.
+        if matches!(&event, Ok(e) if matches!(e.kind, EventKind::Access(_))) {
+            return;
+        }
         let structural_change = match &event {
             Ok(event) => {
                 !matches!(event.kind, EventKind::Modify(notify::event::ModifyKind::Data(_)))
@@ -356,6 +361,7 @@ impl Tailer<'_> {
         }
         self.from_end_at_first_scan = false;
         self.follow_renamed_parked(&seen);
+        tracing::debug!(files = seen.len(), "rescanned");
         self.counters.files_watched.set((self.open.len() + self.parked.len()) as u64);
         // ops: jsonl_shipper_lag_bytes = bytes appended to plain files but not read yet.
         let lag = |t: &Tailed| {

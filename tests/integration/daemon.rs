@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::dataset::{expected, run_row, Form, GenFile};
 use crate::harness::{
     assert_dead_letters, assert_snapshot, poll_until, wait_for_rows, wait_until, Checkpoint,
-    RunRow, Shipper, DEADLINE, MAX_LINE_BYTES,
+    RunRow, Running, Shipper, DEADLINE, MAX_LINE_BYTES,
 };
 
 /// How long a drain after SIGTERM may take.
@@ -199,5 +199,29 @@ fn daemon_skips_a_64_mib_line_in_bounded_memory() {
     // Holding the line whole would take 64 MiB at least.
     let peak = daemon.peak_rss();
     assert!(peak < 40 * 1024 * 1024, "peak RSS {} MiB while skipping a 64 MiB line", peak >> 20);
+    daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
+}
+
+/// An idle daemon rescans once per `rescan_interval` and no more. (It used to wake itself: a
+/// rescan opens the watched directory, inotify reported that open, and the event triggered the
+/// next rescan 100 ms later, forever: 10 rescans a second and measurable idle CPU.) A loaded box
+/// only makes rescans fewer, so the bound cannot flake.
+#[test]
+fn an_idle_daemon_rescans_once_per_interval_not_on_its_own_inotify_events() {
+    let shipper = Shipper::new();
+    shipper.write("raw/events_20240301.ndjson", b"{\"run_id\":\"idle\",\"event_id\":\"1\"}\n");
+    let mut command = shipper.command(&["run"], &[]);
+    command.env("RUST_LOG", "jsonl_shipper=debug");
+    let daemon = Running::spawn(command);
+    wait_until(DEADLINE, "the first row", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 1)
+    });
+    let rescans = || daemon.stderr_so_far().matches("rescanned").count();
+    let (before, started) = (rescans(), std::time::Instant::now());
+    // An observation window, not a wait for a condition: count what happens within it.
+    poll_until(Duration::from_secs(4), || false);
+    let (during, window) = (rescans() - before, started.elapsed());
+    let bound = window.as_secs() as usize + 2; // rescan_interval is 1 s by default
+    assert!(during <= bound, "{during} rescans in {window:?} of idleness (want ≤ {bound})");
     daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
 }
