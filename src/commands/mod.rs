@@ -4,6 +4,7 @@
 mod backfill;
 mod check_config;
 mod dlq;
+mod generate;
 mod maintain;
 mod run;
 mod status;
@@ -12,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::{Command, ConfigArgs, DlqCommand};
+use crate::cli::{Command, ConfigArgs, DlqCommand, Invoked};
 use crate::config::Config;
 
 /// Exit code for success.
@@ -133,7 +134,12 @@ pub fn fd_limit() -> Option<u64> {
 }
 
 /// Runs a command.
-pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+pub fn dispatch(invoked: Invoked) -> anyhow::Result<ExitCode> {
+    let command = match invoked {
+        Invoked::Command(command) => command,
+        // Needs no config and starts no logging: it only writes the CLI's own description.
+        Invoked::Generate { what } => return generate::generate(what),
+    };
     match command {
         Command::Run { config } => run::run(load_config(&config)?, config),
         Command::Backfill { config, jobs, paths } => {

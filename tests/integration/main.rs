@@ -11,9 +11,9 @@
 //!   (the commit protocol's replay rules), `crash` (kill -9 / Ctrl-C and resume), `daemon`
 //!   (`run`: tailing, partial lines, SIGTERM drain, restart), `status` (`status --json`, exit
 //!   codes), `configured` (behaviour that needs `--config`), `ops` (`/metrics`, `/healthz`,
-//!   systemd notify), `logs` (level, format, colours, journald timestamps), `tailing` (live
-//!   tailing: discovery latency, file identity, rotation, copytruncate, deletion, SIGHUP, many
-//!   files, a model).
+//!   systemd notify, the packaged man pages and completions), `logs` (level, format, colours,
+//!   journald timestamps), `tailing` (live tailing: discovery latency, file identity, rotation,
+//!   copytruncate, deletion, SIGHUP, many files, a model).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
