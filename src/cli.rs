@@ -21,11 +21,37 @@ pub struct ConfigArgs {
 
 /// Tails NDJSON telemetry files and upserts every record, exactly once, into one SQLite
 /// database per run.
+// (Doc comments here are clap's help text.) The documented command line: what `--help`, the man
+// pages and the shell completions show.
 #[derive(Debug, Parser)]
 #[command(name = "jsonl-shipper", version, about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Tails NDJSON telemetry files and upserts every record, exactly once, into one SQLite
+/// database per run.
+// What the binary parses: `Cli` plus hidden tooling. A separate type because clap_complete
+// offers hidden commands too; a test keeps its help identical to `Cli`'s.
+#[derive(Debug, Parser)]
+#[command(name = "jsonl-shipper", version, about, propagate_version = true)]
+pub struct Invocation {
+    #[command(subcommand)]
+    pub command: Invoked,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Invoked {
+    #[command(flatten)]
+    Command(Command),
+    /// Write the man pages or shell completions of the documented CLI (for packagers; the
+    /// repo's copies under dist/ are what `cargo deb` ships).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +102,28 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// Man pages (roff): `jsonl-shipper.1` and one page per command.
+    Man {
+        /// Write every page into DIR (default: the main page to stdout).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// A completion script for SHELL.
+    Completions {
+        shell: clap_complete::Shell,
+        /// Write it into DIR under the shell's usual file name (default: stdout).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Everything the package ships: DIR/man/*.1 and DIR/completions/ for bash, zsh, fish.
+    All {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List dead letters.
     List {
@@ -95,4 +143,32 @@ pub enum DlqCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::{Cli, Invocation};
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+        Invocation::command().debug_assert();
+    }
+
+    /// `Invocation` only adds hidden commands: what users see is `Cli`, which the man pages and
+    /// completions are generated from.
+    #[test]
+    fn the_parsed_cli_shows_the_same_help_as_the_documented_one() {
+        let help = |mut cmd: clap::Command| cmd.render_long_help().to_string();
+        assert_eq!(help(Invocation::command()), help(Cli::command()));
+        let names = |cmd: clap::Command| -> Vec<String> {
+            cmd.get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .map(|c| c.get_name().to_string())
+                .collect()
+        };
+        assert_eq!(names(Invocation::command()), names(Cli::command()));
+    }
 }

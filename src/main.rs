@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use jsonl_shipper::cli::Cli;
+use jsonl_shipper::cli::Invocation;
 use jsonl_shipper::commands::{self, UsageError, EXIT_FAILURE, EXIT_USAGE};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Invocation::parse();
     commands::raise_fd_limit();
     match commands::dispatch(cli.command) {
         Ok(code) => code,

@@ -4,14 +4,16 @@
 mod backfill;
 mod check_config;
 mod dlq;
+mod generate;
 mod maintain;
 mod run;
 mod status;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::{Command, ConfigArgs, DlqCommand};
+use crate::cli::{Command, ConfigArgs, DlqCommand, Invoked};
 use crate::config::Config;
 
 /// Exit code for success.
@@ -49,8 +51,8 @@ pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Logs go to stderr: no colours unless a terminal, no timestamps under journald (it adds its
-/// own), JSON lines with `format = "json"`. `RUST_LOG` overrides `log.level`.
+/// Logs go to stderr: no colours unless a terminal, no timestamps when stderr is the journal
+/// (it adds its own), JSON lines with `format = "json"`. `RUST_LOG` overrides `log.level`.
 fn init_logging(log: &crate::config::LogConfig) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -66,7 +68,7 @@ fn init_logging(log: &crate::config::LogConfig) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journald = stderr_is_journal();
     // A second call (tests, or a command loading twice) keeps the first subscriber.
     let _ = match (log.format, journald) {
         (crate::config::LogFormat::Json, _) => builder.json().try_init(),
@@ -74,6 +76,22 @@ fn init_logging(log: &crate::config::LogConfig) -> anyhow::Result<()> {
         (crate::config::LogFormat::Text, false) => builder.try_init(),
     };
     Ok(())
+}
+
+/// systemd sets `JOURNAL_STREAM=<dev>:<ino>` for the stream it connects stderr to, and every
+/// child inherits it (an operator's shell in a unit, `systemd-run`, a cron wrapper): only a
+/// stderr that is that stream gets journald's timestamps, so only then are ours dropped.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else { return false };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    // fstat(2) through a duplicate of fd 2 (std has no safe fstat of a borrowed fd).
+    std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata())
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 /// Creates and checks the directories a writing command needs (exit 2 on error).
@@ -116,7 +134,12 @@ pub fn fd_limit() -> Option<u64> {
 }
 
 /// Runs a command.
-pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+pub fn dispatch(invoked: Invoked) -> anyhow::Result<ExitCode> {
+    let command = match invoked {
+        Invoked::Command(command) => command,
+        // Needs no config and starts no logging: it only writes the CLI's own description.
+        Invoked::Generate { what } => return generate::generate(what),
+    };
     match command {
         Command::Run { config } => run::run(load_config(&config)?, config),
         Command::Backfill { config, jobs, paths } => {

@@ -1,16 +1,29 @@
 //! `status`: per-file progress from the state DB (read-only), run DB count and size, dead
 //! letters by reason. Safe while the daemon runs.
+//!
+//! `--json` is for scripts: keys are only ever added (a test pins the set). The human output
+//! is a table that fits an 80-column terminal, sizes in IEC units, long paths shortened in the
+//! middle.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use serde::Serialize;
 
 use crate::checkpoint::StateDb;
 use crate::config::Config;
+
+/// What the human table fits in: the narrowest usual terminal, and what a pipe or a ticket
+/// paste gets. The exact values are in `--json`.
+const WIDTH: usize = 80;
+
+/// How many of the largest WAL files the status names (large ones mean a reader keeps
+/// checkpoints from completing; the operator needs the run, not a list of thousands).
+const LARGEST_WALS: usize = 3;
 
 #[derive(Debug, Serialize)]
 struct Status {
@@ -26,6 +39,9 @@ struct FileStatus {
     size: Option<u64>,
     lag_bytes: Option<u64>,
     last_read_at: Option<String>,
+    /// `last_read_at` for the table's relative age.
+    #[serde(skip)]
+    last_read: Option<SystemTime>,
     line_no: u64,
     /// False when the path no longer holds this file (rotated away or deleted).
     present: bool,
@@ -37,6 +53,15 @@ struct RunsStatus {
     bytes: u64,
     /// Of `bytes`, how much is in `-wal` files (large ones mean checkpoints are blocked).
     wal_bytes: u64,
+    /// The largest non-empty `-wal` files, largest first (at most [`LARGEST_WALS`]).
+    largest_wals: Vec<WalFile>,
+}
+
+#[derive(Debug, Serialize)]
+struct WalFile {
+    /// File name in the output dir (`<escaped run_id>.sqlite-wal`).
+    name: String,
+    bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,15 +85,16 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 std::fs::metadata(&cp.path).ok().filter(|m| m.dev() == cp.dev && m.ino() == cp.ino);
             let size =
                 if cp.gzip { cp.size } else { current.as_ref().map(|m| m.len()).or(cp.size) };
+            let last_read = cp
+                .last_read_at
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
             FileStatus {
                 path: cp.path.display().to_string(),
                 offset: cp.offset,
                 lag_bytes: if cp.gzip { None } else { size.map(|s| s.saturating_sub(cp.offset)) },
                 size,
-                last_read_at: cp.last_read_at.map(|ms| {
-                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
-                    humantime::format_rfc3339_seconds(t).to_string()
-                }),
+                last_read_at: last_read.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                last_read,
                 line_no: cp.line_no,
                 present: current.is_some(),
             }
@@ -76,22 +102,28 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
 
-    let mut runs = RunsStatus { count: 0, bytes: 0, wal_bytes: 0 };
+    let mut runs = RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: Vec::new() };
+    let mut wals = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&config.output.dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Ok(meta) = entry.metadata() else { continue };
             if name.ends_with(".sqlite") {
                 runs.count += 1;
+            } else if name.ends_with(".sqlite-wal") {
+                runs.wal_bytes += meta.len();
+                if meta.len() > 0 {
+                    wals.push(WalFile { name: name.clone(), bytes: meta.len() });
+                }
+            } else if !name.ends_with(".sqlite-shm") {
+                continue;
             }
-            if name.ends_with(".sqlite")
-                || name.ends_with(".sqlite-wal")
-                || name.ends_with(".sqlite-shm")
-            {
-                runs.bytes += meta.len();
-            }
+            runs.bytes += meta.len();
         }
     }
+    wals.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    wals.truncate(LARGEST_WALS);
+    runs.largest_wals = wals;
     let mut dlq = DlqStatus { lines: 0, by_reason: BTreeMap::new() };
     for letter in crate::dlq::read_all(&config.dlq.dir).context("reading the DLQ")? {
         dlq.lines += 1;
@@ -103,34 +135,274 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         serde_json::to_writer(&mut out, &status)?;
         writeln!(out)?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        let dirs = Dirs {
+            runs: &config.output.dir.display().to_string(),
+            dlq: &config.dlq.dir.display().to_string(),
+        };
+        out.write_all(table(&status, &dirs, SystemTime::now(), WIDTH).as_bytes())?;
     }
-    writeln!(out, "{:<60} {:>14} {:>14} {:>12}  LAST READ", "FILE", "OFFSET", "SIZE", "LAG")?;
-    for f in &status.files {
-        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-        writeln!(
-            out,
-            "{:<60} {:>14} {:>14} {:>12}  {}{}",
-            f.path,
-            f.offset,
-            opt(f.size),
-            opt(f.lag_bytes),
-            f.last_read_at.as_deref().unwrap_or("-"),
-            if f.present { "" } else { " (gone)" }
-        )?;
-    }
-    writeln!(
-        out,
-        "\nruns: {} DBs, {} (WAL {}) in {}",
-        status.runs.count,
-        bytesize::ByteSize(status.runs.bytes),
-        bytesize::ByteSize(status.runs.wal_bytes),
-        config.output.dir.display()
-    )?;
-    write!(out, "dead letters: {}", status.dlq.lines)?;
-    for (reason, n) in &status.dlq.by_reason {
-        write!(out, ", {reason}: {n}")?;
-    }
-    writeln!(out, " (in {})", config.dlq.dir.display())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the run DBs and the DLQ are, as shown in the table.
+struct Dirs<'a> {
+    runs: &'a str,
+    dlq: &'a str,
+}
+
+/// Width of each number column ("1023.9 MiB" is 10).
+const NUM: usize = 10;
+/// Width of the last column ("LAST READ", "999d ago").
+const AGE: usize = 9;
+
+/// The human output: three sections whose number columns line up, every line at most `width`
+/// columns (counted in chars) as long as `width` leaves the first column 12.
+fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> String {
+    // The first column gets what the others leave: three numbers and the age, spaced.
+    let first_max = width.saturating_sub(3 * (NUM + 1) + 2 + AGE).max(12);
+    let mut firsts: Vec<usize> =
+        status.files.iter().map(|f| name_cell(f).chars().count()).collect();
+    firsts.extend([dirs.runs.chars().count(), dirs.dlq.chars().count(), "DEAD LETTERS".len()]);
+    let w = firsts.into_iter().max().unwrap_or(0).clamp(12, first_max);
+
+    let mut out = String::new();
+    let mut row = |first: &str, nums: [&str; 3], age: &str| {
+        let first = shorten(first, w);
+        let line =
+            format!("{first:<w$} {:>NUM$} {:>NUM$} {:>NUM$}  {age}", nums[0], nums[1], nums[2]);
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    let size = |n: u64| bytesize::ByteSize(n).display().iec().to_string();
+    let opt = |n: Option<u64>| n.map_or_else(|| "-".to_string(), size);
+
+    row("FILE", ["OFFSET", "SIZE", "LAG"], "LAST READ");
+    for f in &status.files {
+        let age = f.last_read.map_or_else(|| "-".to_string(), |t| ago(now, t));
+        row(&name_cell(f), [&size(f.offset), &opt(f.size), &opt(f.lag_bytes)], &age);
+    }
+    let lag: u64 = status.files.iter().filter_map(|f| f.lag_bytes).sum();
+    let n = status.files.len();
+    row(&format!("total: {n} file{}", if n == 1 { "" } else { "s" }), ["", "", &size(lag)], "");
+    row("", ["", "", ""], "");
+
+    let runs = &status.runs;
+    row("RUN DBS", ["COUNT", "SIZE", "WAL"], "");
+    row(dirs.runs, [&runs.count.to_string(), &size(runs.bytes), &size(runs.wal_bytes)], "");
+    for wal in &runs.largest_wals {
+        row(&format!("  {}", wal.name), ["", "", &size(wal.bytes)], "");
+    }
+    row("", ["", "", ""], "");
+
+    row("DEAD LETTERS", ["LINES", "", ""], "");
+    row(dirs.dlq, [&status.dlq.lines.to_string(), "", ""], "");
+    for (reason, lines) in &status.dlq.by_reason {
+        row(&format!("  {reason}"), [&lines.to_string(), "", ""], "");
+    }
+    out
+}
+
+/// A file's first cell: its path, marked when the path no longer holds the file shipped.
+fn name_cell(f: &FileStatus) -> String {
+    if f.present {
+        f.path.clone()
+    } else {
+        format!("{} (gone)", f.path)
+    }
+}
+
+/// `text` in at most `width` chars: whole if it fits, else with "…" in the middle. The end
+/// from the last `/` (the file name, a "(gone)" mark) is what tells rows apart, so it is kept
+/// whole when it leaves a few chars of the head, and then both sides of the "…" are cut at a
+/// `/` so that rows of one directory look alike; otherwise both halves get half.
+fn shorten(text: &str, width: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= width {
+        return text.to_string();
+    }
+    let room = width.saturating_sub(1);
+    let tail = chars.iter().rposition(|&c| c == '/').map_or(0, |i| chars.len() - i);
+    let (head_len, end_start) = if tail > 0 && tail + 4 <= room {
+        let mut end_start = chars.len() - tail.max(room / 2);
+        // Terminates at the last '/', which starts the tail.
+        while chars[end_start] != '/' {
+            end_start += 1;
+        }
+        let head_len = room - (chars.len() - end_start);
+        let head_len = match chars[..head_len].iter().rposition(|&c| c == '/') {
+            Some(slash) if slash > 0 => slash + 1,
+            _ => head_len,
+        };
+        (head_len, end_start)
+    } else {
+        (room - room / 2, chars.len() - room / 2)
+    };
+    let head: String = chars[..head_len].iter().collect();
+    let end: String = chars[end_start..].iter().collect();
+    format!("{head}…{end}")
+}
+
+/// How long ago `then` was, in the largest whole unit ("42s ago", "5m ago", "3h ago", "12d ago").
+fn ago(now: SystemTime, then: SystemTime) -> String {
+    let secs = now.duration_since(then).unwrap_or_default().as_secs();
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_704_628_800; // 2024-01-07T12:00:00Z
+
+    fn at(secs_ago: u64) -> SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_secs(NOW - secs_ago)
+    }
+
+    fn file(path: &str, offset: u64, size: Option<u64>, secs_ago: Option<u64>) -> FileStatus {
+        let gz = path.ends_with(".gz");
+        FileStatus {
+            path: path.to_string(),
+            offset,
+            size,
+            lag_bytes: if gz { None } else { size.map(|s| s - offset) },
+            last_read_at: None,
+            last_read: secs_ago.map(at),
+            line_no: 0,
+            present: true,
+        }
+    }
+
+    fn typical() -> Status {
+        let raw = "/var/lib/jsonl-shipper/raw";
+        let mut gone = file(&format!("{raw}/events_20240105.ndjson"), 3 << 30, Some(3 << 30), None);
+        gone.present = false;
+        Status {
+            files: vec![
+                file(
+                    &format!("{raw}/events_20240104.ndjson.gz"),
+                    1 << 30,
+                    Some(1 << 30),
+                    Some(3 * 86400),
+                ),
+                gone,
+                file(
+                    &format!("{raw}/events_20240106.ndjson"),
+                    40_000_000,
+                    Some(40_000_000),
+                    Some(7200),
+                ),
+                file(&format!("{raw}/events_20240107.ndjson"), 512, Some(1_500_000), Some(4)),
+            ],
+            runs: RunsStatus {
+                count: 1234,
+                bytes: 5 << 30,
+                wal_bytes: 9 << 20,
+                largest_wals: vec![
+                    WalFile { name: "crawl-2024-01-07.sqlite-wal".into(), bytes: 8 << 20 },
+                    WalFile { name: "crawl-b.sqlite-wal".into(), bytes: 1 << 20 },
+                ],
+            },
+            dlq: DlqStatus {
+                lines: 4,
+                by_reason: [("incomplete_line".to_string(), 1), ("invalid_json".to_string(), 3)]
+                    .into(),
+            },
+        }
+    }
+
+    const DIRS: Dirs<'static> =
+        Dirs { runs: "/var/lib/jsonl-shipper/db/runs", dlq: "/var/lib/jsonl-shipper/dlq" };
+
+    fn now() -> SystemTime {
+        at(0)
+    }
+
+    #[test]
+    fn the_table_of_a_typical_host_fits_80_columns_exactly_so() {
+        let got = table(&typical(), &DIRS, now(), WIDTH);
+        let want = "\
+FILE                                     OFFSET       SIZE        LAG  LAST READ
+/var/lib/…/events_20240104.ndjson.gz    1.0 GiB    1.0 GiB          -  3d ago
+/var/…/events_20240105.ndjson (gone)    3.0 GiB    3.0 GiB        0 B  -
+/var/lib/…/events_20240106.ndjson      38.1 MiB   38.1 MiB        0 B  2h ago
+/var/lib/…/events_20240107.ndjson         512 B    1.4 MiB    1.4 MiB  4s ago
+total: 4 files                                                1.4 MiB
+
+RUN DBS                                   COUNT       SIZE        WAL
+/var/lib/jsonl-shipper/db/runs             1234    5.0 GiB    9.0 MiB
+  crawl-2024-01-07.sqlite-wal                                 8.0 MiB
+  crawl-b.sqlite-wal                                          1.0 MiB
+
+DEAD LETTERS                              LINES
+/var/lib/jsonl-shipper/dlq                    4
+  incomplete_line                             1
+  invalid_json                                3
+";
+        assert_eq!(got, want, "got:\n{got}");
+        for line in got.lines() {
+            assert!(line.chars().count() <= WIDTH, "{} columns: {line:?}", line.chars().count());
+        }
+    }
+
+    #[test]
+    fn short_paths_are_whole_and_the_table_narrows_to_them() {
+        let status = Status {
+            files: vec![file("/d/raw/events_20240107.ndjson", 10, Some(10), Some(75))],
+            runs: RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: vec![] },
+            dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
+        };
+        let got = table(&status, &Dirs { runs: "/d/db/runs", dlq: "/d/dlq" }, now(), WIDTH);
+        let want = "\
+FILE                              OFFSET       SIZE        LAG  LAST READ
+/d/raw/events_20240107.ndjson       10 B       10 B        0 B  1m ago
+total: 1 file                                              0 B
+
+RUN DBS                            COUNT       SIZE        WAL
+/d/db/runs                             0        0 B        0 B
+
+DEAD LETTERS                       LINES
+/d/dlq                                 0
+";
+        assert_eq!(got, want, "got:\n{got}");
+    }
+
+    #[test]
+    fn shorten_keeps_the_file_name_and_cuts_at_slashes() {
+        for (text, width, want) in [
+            ("/a/b.ndjson", 11, "/a/b.ndjson"),
+            ("/var/lib/x/raw/events_20240107.ndjson", 30, "/var/…/events_20240107.ndjson"),
+            ("/var/lib/x/raw/events_20240107.ndjson", 36, "/var/lib/x/…/events_20240107.ndjson"),
+            // A name too long to keep whole: half and half.
+            ("/x/a_very_long_file_name_without_any_end.ndjson", 21, "/x/a_very_…end.ndjson"),
+            ("relative_name_that_is_long.ndjson", 12, "relati…djson"),
+            ("/ünïcödé/ünïcödé/ünïcödé/events.ndjson", 24, "/ünïcödé/…/events.ndjson"),
+        ] {
+            let got = shorten(text, width);
+            assert_eq!(got, want, "shorten({text:?}, {width})");
+            assert!(got.chars().count() <= width, "{got:?} is wider than {width}");
+        }
+    }
+
+    #[test]
+    fn ages_use_the_largest_whole_unit() {
+        for (secs, want) in [
+            (0, "0s ago"),
+            (59, "59s ago"),
+            (60, "1m ago"),
+            (3599, "59m ago"),
+            (3600, "1h ago"),
+            (86399, "23h ago"),
+            (86400 * 400, "400d ago"),
+        ] {
+            assert_eq!(ago(now(), at(secs)), want);
+        }
+        // A clock that went back reads as now, not as a panic.
+        assert_eq!(ago(at(10), now()), "0s ago");
+    }
 }

@@ -11,7 +11,8 @@
 //!   (the commit protocol's replay rules), `crash` (kill -9 / Ctrl-C and resume), `daemon`
 //!   (`run`: tailing, partial lines, SIGTERM drain, restart), `status` (`status --json`, exit
 //!   codes), `configured` (behaviour that needs `--config`), `ops` (`/metrics`, `/healthz`,
-//!   systemd notify), `tailing` (live tailing: discovery latency, file identity, rotation,
+//!   systemd notify, the packaged man pages and completions), `logs` (level, format, colours,
+//!   journald timestamps), `tailing` (live tailing: discovery latency, file identity, rotation,
 //!   copytruncate, deletion, SIGHUP, many files, a model).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
@@ -29,4 +30,5 @@ mod faults;
 mod configured;
 mod maintenance;
 mod ops;
+mod logs;
 mod tailing;

@@ -253,3 +253,63 @@ fn systemd_unit_is_hardened_and_verifies() {
     let complaints = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success() && complaints.trim().is_empty(), "verify: {complaints}");
 }
+
+/// Every file under `dir`, relative, with its bytes.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("under dir").display().to_string();
+                files.insert(rel, std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    files
+}
+
+/// The man pages and completions `cargo deb` ships are checked in under `dist/` (cargo-deb
+/// packages files, it runs nothing): they must be exactly what the current CLI generates.
+#[test]
+fn dist_man_pages_and_completions_match_the_cli() {
+    const REGENERATE: &str = "cargo run -- generate all --out dist && git add dist";
+    let shipper = Shipper::new();
+    let out = shipper.root().join("dist");
+    shipper
+        .run_bare(&["generate", "all", "--out", out.to_str().expect("UTF-8")])
+        .assert_success("generate all");
+    let generated = tree(&out);
+    let names: Vec<&str> = generated.keys().map(String::as_str).collect();
+    for want in [
+        "man/jsonl-shipper.1",
+        "man/jsonl-shipper-run.1",
+        "man/jsonl-shipper-dlq-replay.1",
+        "completions/jsonl-shipper.bash",
+        "completions/_jsonl-shipper",
+        "completions/jsonl-shipper.fish",
+    ] {
+        assert!(names.contains(&want), "generate all wrote no {want}: {names:?}");
+    }
+    let page = String::from_utf8_lossy(&generated["man/jsonl-shipper-backfill.1"]);
+    assert!(page.contains("\\-\\-jobs"), "backfill page without --jobs:\n{page}");
+    let bash = String::from_utf8_lossy(&generated["completions/jsonl-shipper.bash"]);
+    assert!(bash.contains("check-config") && !bash.contains("generate"), "{bash}");
+
+    let checked_in = tree(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist"));
+    let stale: Vec<&String> = generated
+        .keys()
+        .chain(checked_in.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|name| generated.get(*name) != checked_in.get(*name))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "dist/ is stale against the CLI (differs: {stale:?}); regenerate with `{REGENERATE}`"
+    );
+}

@@ -138,3 +138,99 @@ fn status_of_a_fresh_base_is_empty_and_a_missing_backfill_path_is_a_usage_error(
     assert_eq!(finished.status.code(), Some(2), "stderr:\n{}", finished.stderr);
     assert!(finished.stderr.contains("no_such_file.ndjson"), "stderr:\n{}", finished.stderr);
 }
+
+/// The keys of a JSON object, sorted.
+#[track_caller]
+fn keys(value: &Json) -> Vec<&str> {
+    let object = value.as_object().unwrap_or_else(|| panic!("not an object: {value}"));
+    object.keys().map(String::as_str).collect()
+}
+
+/// Scripts rely on `status --json`: keys may be added (here, with the test), never renamed or
+/// dropped. Also checks the WAL figures against a WAL that another connection keeps alive.
+#[test]
+fn status_json_has_exactly_its_documented_keys_and_counts_wal_files() {
+    let shipper = Shipper::new();
+    let mut file = GenFile::new("raw/events_20240108.ndjson", Form::Live);
+    file.good(r#"{"run_id":"w","event_id":"1"}"#).bad(b"[1]", "not_object");
+    file.write(&shipper);
+    shipper.backfill(&[]);
+
+    // A reader/writer that disabled autocheckpoints holds a WAL open (as a dashboard might).
+    let db = shipper.path("db/runs/w.sqlite");
+    let conn = rusqlite::Connection::open(&db).expect("open run DB");
+    conn.execute_batch(
+        "PRAGMA wal_autocheckpoint = 0; CREATE TABLE scratch(x); \
+         INSERT INTO scratch VALUES (randomblob(100000));",
+    )
+    .expect("write into the WAL");
+    let wal = std::fs::metadata(shipper.path("db/runs/w.sqlite-wal")).expect("WAL").len();
+    assert!(wal > 100_000, "WAL of {wal} bytes");
+
+    let got = status(&shipper);
+    assert_eq!(keys(&got), ["dlq", "files", "runs"]);
+    let files = got["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1, "{got}");
+    assert_eq!(
+        keys(&files[0]),
+        ["lag_bytes", "last_read_at", "line_no", "offset", "path", "present", "size"]
+    );
+    assert_eq!((&files[0]["line_no"], &files[0]["present"]), (&json!(2), &json!(true)));
+    assert_eq!(keys(&got["runs"]), ["bytes", "count", "largest_wals", "wal_bytes"]);
+    assert_eq!(got["runs"]["wal_bytes"], json!(wal));
+    assert_eq!(got["runs"]["largest_wals"], json!([{"name": "w.sqlite-wal", "bytes": wal}]));
+    assert_eq!(got["runs"]["bytes"], json!(run_db_bytes(&shipper)));
+    assert_eq!(keys(&got["dlq"]), ["by_reason", "lines"]);
+    assert_eq!(got["dlq"]["by_reason"], json!({"not_object": 1}));
+    drop(conn);
+}
+
+/// The human table: exact headers, every line within 80 columns, a long path shortened in
+/// the middle with its file name whole, the WAL and the dead letters by reason.
+#[test]
+fn status_table_fits_80_columns_and_shortens_long_paths() {
+    let shipper = Shipper::new();
+    let rel = "raw/a-rather-long-directory-name/and-another-level/events_20240109.ndjson";
+    let mut file = GenFile::new(rel, Form::Live);
+    file.good(r#"{"run_id":"t","event_id":"1"}"#).bad(b"{nope", "invalid_json");
+    file.write(&shipper);
+    let path = shipper.source(rel);
+    assert!(path.chars().count() > 40, "{path}");
+    shipper.backfill(&[&path]);
+
+    let finished = shipper.run_cmd(&["status"], &[]);
+    finished.assert_success("status");
+    let out = &finished.stdout;
+    for line in out.lines() {
+        assert!(line.chars().count() <= 80, "{} columns: {line:?}\n{out}", line.chars().count());
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "FILE                                     OFFSET       SIZE        LAG  LAST READ",
+        "\n{out}"
+    );
+    let row = lines[1];
+    assert!(row.contains("…/events_20240109.ndjson "), "not shortened in the middle:\n{out}");
+    assert!(row.starts_with(&path[..5]), "the head of the path is kept:\n{out}");
+    assert!(row.trim_end().ends_with(" ago"), "no age:\n{out}");
+    let size = format!("{} B", file.len());
+    assert_eq!(row.matches(&size).count(), 2, "offset and size {size}:\n{out}");
+    assert!(lines[2].starts_with("total: 1 file ") && lines[2].ends_with(" 0 B"), "\n{out}");
+    let at = |header: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(header))
+            .unwrap_or_else(|| panic!("{header}:\n{out}"))
+    };
+    let runs = at("RUN DBS ");
+    assert!(lines[runs].ends_with(" COUNT       SIZE        WAL"), "\n{out}");
+    // The directory (itself shortened: the temp dir is long), 1 DB, its size, no WAL left.
+    let fields: Vec<&str> = lines[runs + 1].split_whitespace().collect();
+    assert!(fields[0].ends_with("/db/runs") && fields[1] == "1", "\n{out}");
+    assert!(lines[runs + 1].ends_with(" 0 B"), "\n{out}");
+    let dlq = at("DEAD LETTERS ");
+    assert!(lines[dlq].ends_with(" LINES"), "\n{out}");
+    let reason: Vec<&str> = lines[dlq + 2].split_whitespace().collect();
+    assert_eq!(reason, ["invalid_json", "1"], "\n{out}");
+}
