@@ -28,5 +28,6 @@ mod wal;
 mod faults;
 mod configured;
 mod maintenance;
+mod retention;
 mod ops;
 mod tailing;
