@@ -220,6 +220,15 @@ impl StateDb {
         &self.path
     }
 
+    /// `wal_checkpoint(TRUNCATE)` and `PRAGMA optimize`, for `maintain`. Returns false when a
+    /// reader or writer kept the checkpoint from completing (the daemon keeps shipping).
+    pub fn checkpoint_and_optimize(&self) -> rusqlite::Result<bool> {
+        // Optimize first: it may write (ANALYZE), and those frames belong in the checkpoint.
+        self.conn.execute_batch("PRAGMA optimize")?;
+        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
+    }
+
     /// Every checkpoint, keyed by `(dev, ino)`.
     pub fn load(&self) -> rusqlite::Result<HashMap<(u64, u64), Checkpoint>> {
         let mut stmt = self.conn.prepare(

@@ -307,3 +307,32 @@ fn a_corrupt_run_db_is_moved_aside_and_the_run_continues_in_a_fresh_one() {
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(std::fs::read(runs_dir.join(&moved[0])).expect("read"), garbage, "kept as it was");
 }
+
+#[test]
+fn maintain_checkpoints_and_optimizes_the_state_db_too() {
+    let shipper = Shipper::new();
+    write_lines(&shipper, "raw/events_20240601.ndjson", &[r#"{"run_id":"a"}"#.to_string()]);
+    shipper.backfill(&[]);
+    // Another connection (as the daemon's would be) keeps the next process's close from
+    // checkpointing and deleting the state DB's WAL: only the last connection does that.
+    let state = shipper.path("db/shipper-state.sqlite");
+    let holder = rusqlite::Connection::open(&state).expect("open state DB");
+    holder.query_row("SELECT count(*) FROM files", [], |_| Ok(())).expect("read");
+    write_lines(&shipper, "raw/events_20240602.ndjson", &[r#"{"run_id":"a"}"#.to_string()]);
+    shipper.backfill(&[]);
+    let wal = shipper.path("db/shipper-state.sqlite-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert!(wal_len() > 0, "the test needs a state DB WAL with frames in it");
+
+    let done = shipper.run_cmd(&["maintain"], &[]);
+    done.assert_success("maintain");
+    assert!(done.stdout.contains("state DB checkpointed"), "{}", done.stdout);
+    assert_eq!(wal_len(), 0, "state DB WAL not truncated");
+    // And the run DBs' (what `PRAGMA optimize` writes included).
+    let run_wal = shipper.path("db/runs/a.sqlite-wal");
+    assert_eq!(std::fs::metadata(&run_wal).map_or(0, |m| m.len()), 0, "run DB WAL not truncated");
+    // Nothing was lost in the move from WAL to DB.
+    let files: i64 =
+        holder.query_row("SELECT count(*) FROM files", [], |r| r.get(0)).expect("count");
+    assert_eq!(files, 2);
+}
