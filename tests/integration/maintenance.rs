@@ -336,3 +336,84 @@ fn maintain_checkpoints_and_optimizes_the_state_db_too() {
         holder.query_row("SELECT count(*) FROM files", [], |r| r.get(0)).expect("count");
     assert_eq!(files, 2);
 }
+
+/// Every command that uses the state DB, with what it needs to get that far.
+const STATE_DB_COMMANDS: &[&[&str]] = &[
+    &["run"],
+    &["backfill"],
+    &["status"],
+    &["status", "--json"],
+    &["maintain"],
+    &["dlq", "replay"],
+];
+
+#[test]
+fn a_corrupt_state_db_stops_every_command_with_exit_2_and_moving_it_aside_duplicates_nothing() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240601.ndjson";
+    let lines: Vec<String> = vec![
+        r#"{"run_id":"a","event_id":"a1"}"#.into(),
+        "{bad".into(),
+        r#"{"run_id":"a","ts":2}"#.into(),
+        "[4]".into(),
+    ];
+    write_lines(&shipper, rel, &lines);
+    shipper.backfill(&[]);
+    let rows = shipper.snapshot();
+    let dlq = shipper.dlq_files();
+    assert_eq!(shipper.dead_letters().len(), 2);
+    let state = shipper.path("db/shipper-state.sqlite");
+    let healthy = std::fs::read(&state).expect("read state DB");
+    assert!(!shipper.path("db/shipper-state.sqlite-wal").exists(), "closed cleanly");
+
+    // Not a database at all (SQLITE_NOTADB), and a valid header over a garbled schema page
+    // (SQLITE_CORRUPT).
+    let not_a_db = vec![0x5Au8; 8192];
+    let mut garbled = healthy.clone();
+    garbled[100..4096].fill(0x5A);
+    for (what, bytes) in [("not a database", &not_a_db), ("corrupt", &garbled)] {
+        std::fs::write(&state, bytes).expect("corrupt the state DB");
+        for args in STATE_DB_COMMANDS {
+            let done = shipper.run_cmd(args, &[]);
+            let context = format!("{what}: {args:?}\nstderr:\n{}", done.stderr);
+            assert_eq!(done.status.code(), Some(2), "{context}");
+            let errors: Vec<&str> =
+                done.stderr.lines().filter(|l| l.starts_with("jsonl-shipper: error:")).collect();
+            assert_eq!(errors.len(), 1, "{context}");
+            let path = state.to_str().expect("UTF-8");
+            for needle in [path, "is corrupt or not a SQLite database", "Move it aside", "mv "] {
+                assert!(errors[0].contains(needle), "no {needle:?}: {context}");
+            }
+            assert_eq!(&std::fs::read(&state).expect("read"), bytes, "left as it is: {context}");
+        }
+    }
+    // Nothing else was touched, nothing was created beside it.
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq);
+    let beside: Vec<String> = shipper
+        .all_files()
+        .into_iter()
+        .filter(|f| f.starts_with("base/db/shipper-state") && f != "base/db/shipper-state.sqlite")
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+
+    // What the message says to do: move it aside and start again. Every source is read again
+    // from the start; no row and no dead letter is written twice.
+    std::fs::rename(&state, shipper.path("db/shipper-state.sqlite.corrupt")).expect("mv");
+    let done = shipper.backfill(&[]);
+    assert!(done.stderr.contains("adopted a DLQ file"), "{}", done.stderr);
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq, "DLQ unchanged byte for byte");
+    let size = std::fs::metadata(shipper.path(rel)).expect("stat").len();
+    assert_eq!(
+        shipper.checkpoints(),
+        vec![crate::harness::Checkpoint { path: shipper.source(rel), offset: size, line_no: 4 }]
+    );
+    // Later dead letters append after the adopted ones.
+    shipper.append(rel, b"{bad5\n");
+    shipper.age(rel);
+    shipper.backfill(&[]);
+    let letters = shipper.dead_letters();
+    assert_eq!(letters.iter().map(|d| d.line_no).collect::<Vec<_>>(), vec![2, 4, 5]);
+    assert!(shipper.dlq_files()[0].1.starts_with(&dlq[0].1));
+}
