@@ -186,6 +186,35 @@ fn hash_range(file: &File, start: u64, len: u64) -> std::io::Result<Option<Vec<u
     Ok(Some(Sha256::digest(&buf).to_vec()))
 }
 
+/// Why the state DB could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// SQLite reports the file corrupt or not a database: the operator's to fix (see the
+    /// message), never retried, never deleted or moved by us. Only the state DB knows what was
+    /// shipped, so we must not silently start a fresh one over it.
+    #[error(
+        "state DB {p} is corrupt or not a SQLite database ({cause}); it was left as it is. \
+         Move it aside with its -wal and -shm (e.g. `mv {p} {p}.corrupt`) and start again: \
+         every source file is then read again from its start, which adds no duplicate rows",
+        p = .path.display()
+    )]
+    Corrupt { path: PathBuf, cause: rusqlite::Error },
+    /// Anything else (callers name the file in their context).
+    #[error("{cause}")]
+    Sqlite { path: PathBuf, cause: rusqlite::Error },
+}
+
+impl OpenError {
+    fn new(path: &Path, cause: rusqlite::Error) -> OpenError {
+        let path = path.to_path_buf();
+        if crate::sink::run_db::is_corrupt(&cause) {
+            OpenError::Corrupt { path, cause }
+        } else {
+            OpenError::Sqlite { path, cause }
+        }
+    }
+}
+
 /// The state DB connection.
 pub struct StateDb {
     conn: Connection,
@@ -194,30 +223,55 @@ pub struct StateDb {
 
 impl StateDb {
     /// Opens (creating and migrating) the state DB for writing.
-    pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<StateDb> {
-        crate::sink::run_db::create_private_file(path)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let mut conn = Connection::open(path)?;
-        crate::sink::run_db::apply_pragmas(&conn, sqlite)?;
-        crate::sink::run_db::migrate(&mut conn, MIGRATIONS)?;
+    pub fn open(path: &Path, sqlite: &SqliteConfig) -> Result<StateDb, OpenError> {
+        crate::sink::run_db::create_private_file(path).map_err(|e| {
+            OpenError::new(path, rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        })?;
+        let open = || {
+            let mut conn = Connection::open(path)?;
+            crate::sink::run_db::apply_pragmas(&conn, sqlite)?;
+            crate::sink::run_db::migrate(&mut conn, MIGRATIONS)?;
+            check_readable(&conn)?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|e| OpenError::new(path, e))?;
         Ok(StateDb { conn, path: path.to_path_buf() })
     }
 
     /// Opens an existing state DB read-only (for `status`); None if it does not exist.
-    pub fn open_read_only(path: &Path) -> rusqlite::Result<Option<StateDb>> {
+    pub fn open_read_only(path: &Path) -> Result<Option<StateDb>, OpenError> {
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        Ok(Some(StateDb { conn, path: path.to_path_buf() }))
+        let open = || {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            // Created but not migrated yet (a writer died in between): nothing recorded.
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version == 0 {
+                return Ok(None);
+            }
+            check_readable(&conn)?;
+            Ok(Some(conn))
+        };
+        let conn = open().map_err(|e| OpenError::new(path, e))?;
+        Ok(conn.map(|conn| StateDb { conn, path: path.to_path_buf() }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `wal_checkpoint(TRUNCATE)` and `PRAGMA optimize`, for `maintain`. Returns false when a
+    /// reader or writer kept the checkpoint from completing (the daemon keeps shipping).
+    pub fn checkpoint_and_optimize(&self) -> rusqlite::Result<bool> {
+        // Optimize first: it may write (ANALYZE), and those frames belong in the checkpoint.
+        self.conn.execute_batch("PRAGMA optimize")?;
+        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 
     /// Every checkpoint, keyed by `(dev, ino)`.
@@ -461,6 +515,13 @@ impl StateDb {
         .execute(params![name, len as i64])?;
         Ok(())
     }
+}
+
+/// Reads the schema and walks the `files` table (one row per source file: small), so a state
+/// DB that SQLite finds corrupt fails when it is opened, with its name, rather than halfway
+/// through a command.
+fn check_readable(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT count(*) FROM files", [], |_| Ok(()))
 }
 
 pub fn unix_millis() -> i64 {

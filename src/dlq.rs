@@ -205,9 +205,10 @@ pub fn append(
 
 /// Finishes interrupted rewrites and cuts every DLQ file back to its committed length: run
 /// under the lock at startup, so lines appended by a process that died before committing do
-/// not stay visible. Files this state DB never recorded are left alone: they were not written
-/// under it (e.g. the state DB was reset), and cutting them would destroy dead letters.
-/// (`append` records a file before creating it.) Returns the files cut: `(path, from, to)`.
+/// not stay visible. Files this state DB never recorded were not written under it (the state
+/// DB was replaced, e.g. after it was found corrupt; `append` records a file before creating
+/// it, and retention forgets one only after deleting it): they are adopted as they are (see
+/// [`adopt`]), never cut to 0 by the next append. Returns the files cut: `(path, from, to)`.
 pub fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64)>> {
     let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
     let rolled = roll_forward(dir, &tx)?;
@@ -219,7 +220,10 @@ pub fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64
     let committed = state.dlq_committed().map_err(|e| state_error(state, e))?;
     let mut cut = Vec::new();
     for (name, len) in dlq_files(dir)? {
-        let Some(&want) = committed.get(&name) else { continue };
+        let Some(&want) = committed.get(&name) else {
+            adopt(dir, state, &name)?;
+            continue;
+        };
         if len > want {
             let path = dir.join(&name);
             OpenOptions::new()
@@ -231,6 +235,48 @@ pub fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64
         }
     }
     Ok(cut)
+}
+
+/// Records a DLQ file this state DB has no row for: its committed length is its length up to
+/// its last complete line (a torn last line is what a crashed append leaves; it is cut by the
+/// next append like any uncommitted tail), and the key of every letter whose `raw` is the whole
+/// line, so that re-reading the sources (a new state DB starts every file from 0) does not
+/// dead-letter those lines a second time. Letters with a cut or lossy `raw` cannot be keyed and
+/// may be written again. Call under the lock.
+fn adopt(dir: &Path, state: &StateDb, name: &str) -> io::Result<()> {
+    use std::io::BufRead;
+    let path = dir.join(name);
+    let file = File::open(&path).map_err(|e| file_error(&path, "opening", e))?;
+    let mut reader = io::BufReader::new(file);
+    let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
+    let (mut complete, mut letters, mut keyed) = (0u64, 0u64, 0u64);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| file_error(&path, "reading", e))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        complete += n as u64;
+        letters += 1;
+        let Ok(letter) = serde_json::from_slice::<DlqLine>(&line[..n - 1]) else { continue };
+        if letter.raw.len() as u64 != letter.raw_len || letter.raw.contains('\u{FFFD}') {
+            continue;
+        }
+        let key =
+            crate::parse::line_key(letter.line_no, &crate::parse::digest(letter.raw.as_bytes()));
+        StateDb::dlq_add_key(&tx, &key, name, &letter.reason).map_err(|e| state_error(state, e))?;
+        keyed += 1;
+    }
+    StateDb::dlq_set_committed_len(&tx, name, complete).map_err(|e| state_error(state, e))?;
+    tx.commit().map_err(|e| state_error(state, e))?;
+    tracing::warn!(
+        path = %path.display(),
+        letters,
+        keyed,
+        "adopted a DLQ file the state DB had no record of (a new or replaced state DB); its letters are kept and those keyed are not written again"
+    );
+    Ok(())
 }
 
 fn state_error(state: &StateDb, e: rusqlite::Error) -> io::Error {
@@ -474,6 +520,45 @@ mod tests {
         let name = "dlq_20240101.ndjson";
         StateDb::dlq_add_rewrite(&tx, name, &temp_name(name), new_len).unwrap();
         tx.commit().unwrap();
+    }
+
+    #[test]
+    fn recover_adopts_a_file_the_state_db_never_recorded_without_cutting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let state = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
+        let dlq = dir.path().join("dlq");
+        std::fs::create_dir(&dlq).unwrap();
+        let letter = |line_no: u64, raw: &str, raw_len: u64| {
+            let line = DlqLine {
+                at: "2024-01-01T00:00:00.000Z".into(),
+                source: "/raw/events_20240101.ndjson".into(),
+                offset: 0,
+                line_no,
+                reason: "invalid_json".into(),
+                error: "e".into(),
+                raw: raw.into(),
+                raw_len,
+            };
+            format!("{}\n", serde_json::to_string(&line).unwrap())
+        };
+        // A whole letter, one whose raw was cut (no key can be derived), a torn last line.
+        let (whole, cut) = (letter(1, "{bad", 4), letter(2, "{cu", 99));
+        let bytes = format!("{whole}{cut}{{\"at\":");
+        let name = "dlq_20240101.ndjson";
+        std::fs::write(dlq.join(name), &bytes).unwrap();
+
+        assert!(recover(&dlq, &state).unwrap().is_empty(), "an unrecorded file is never cut");
+        assert_eq!(std::fs::read_to_string(dlq.join(name)).unwrap(), bytes);
+        let complete = (whole.len() + cut.len()) as u64;
+        assert_eq!(state.dlq_committed().unwrap()[name], complete);
+        let key =
+            |n: u64, raw: &str| crate::parse::line_key(n, &crate::parse::digest(raw.as_bytes()));
+        assert!(state.dlq_key_known(&key(1, "{bad")).unwrap());
+        assert!(!state.dlq_key_known(&key(2, "{cu")).unwrap());
+        // Adopted once: a second recover cuts the torn line like any uncommitted tail.
+        let cut_files = recover(&dlq, &state).unwrap();
+        assert_eq!(cut_files, vec![(dlq.join(name), bytes.len() as u64, complete)]);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The `jsonl-shipper` binary: parse the command line, set up logging, dispatch, map errors to
-//! exit codes (0 ok, 1 runtime failure, 2 usage or config error).
+//! exit codes (0 ok, 1 runtime failure, 2 usage or config error, or a corrupt state DB).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use jsonl_shipper::cli::Invocation;
-use jsonl_shipper::commands::{self, UsageError, EXIT_FAILURE, EXIT_USAGE};
+use jsonl_shipper::commands;
 
 fn main() -> ExitCode {
     let cli = Invocation::parse();
@@ -13,13 +13,8 @@ fn main() -> ExitCode {
     match commands::dispatch(cli.command) {
         Ok(code) => code,
         Err(error) => {
-            // One line with the whole cause chain.
-            eprintln!("jsonl-shipper: error: {error:#}");
-            if error.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
+            eprintln!("jsonl-shipper: error: {}", commands::error_message(&error));
+            ExitCode::from(commands::exit_code(&error))
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `maintain [--vacuum]`: retention now, then a WAL checkpoint (TRUNCATE) and `PRAGMA
-//! optimize` of every run DB, optionally VACUUM; for cron or an operator. Safe while the daemon
+//! optimize` of every run DB (optionally VACUUM) and of the state DB; for cron or an operator. Safe while the daemon
 //! runs: a DB the daemon has open is neither deleted nor waited for.
 
 use std::collections::HashSet;
@@ -13,9 +13,10 @@ pub(super) fn maintain(config: Config, vacuum: bool) -> anyhow::Result<ExitCode>
     let report = maintain::run_once(&config, &HashSet::new(), Options::full(vacuum))?;
     let r = &report.retention;
     println!(
-        "maintain: {} run DBs checkpointed{}; retention deleted {} run DBs, {} DLQ files, {} source files ({} bytes); {} kept (in use or changed), {} failed",
+        "maintain: {} run DBs checkpointed{}, state DB {}; retention deleted {} run DBs, {} DLQ files, {} source files ({} bytes); {} kept (in use or changed), {} failed",
         report.maintained,
         if vacuum { " and vacuumed" } else { "" },
+        if report.state_maintained { "checkpointed" } else { "not fully checkpointed" },
         r.runs.len(),
         r.dlq.len(),
         r.sources.len(),

@@ -31,6 +31,32 @@ pub const DEFAULT_CONFIG: &str = "/etc/jsonl-shipper/config.toml";
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The exit code for a command's error: 2 for what the operator must fix before a retry can
+/// help (a usage or config error, a corrupt state DB), 1 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.chain().any(|e| e.is::<UsageError>()) || corrupt_state_db(error).is_some() {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// The one line to print for a command's error: the whole cause chain, except that a corrupt
+/// state DB's message alone says what happened to which file and what to do.
+pub fn error_message(error: &anyhow::Error) -> String {
+    match corrupt_state_db(error) {
+        Some(corrupt) => corrupt.to_string(),
+        None => format!("{error:#}"),
+    }
+}
+
+fn corrupt_state_db(error: &anyhow::Error) -> Option<&crate::checkpoint::OpenError> {
+    error.chain().find_map(|e| {
+        e.downcast_ref::<crate::checkpoint::OpenError>()
+            .filter(|e| matches!(e, crate::checkpoint::OpenError::Corrupt { .. }))
+    })
+}
+
 /// Loads the config named by `--config`/`--base` (exit 2 on error) and starts logging with
 /// its `[log]` settings.
 pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {

@@ -1,6 +1,6 @@
 //! Upkeep that is not on the shipping path: retention ([`retention`]), DLQ replay
-//! ([`replay`]), and one-off WAL checkpoints, `PRAGMA optimize` and VACUUM of every run DB
-//! ([`run_once`], the `maintain` command).
+//! ([`replay`]), and one-off WAL checkpoints, `PRAGMA optimize` and VACUUM of every run DB,
+//! and a checkpoint and optimize of the state DB ([`run_once`], the `maintain` command).
 //!
 //! For a periodic loop in the daemon, call [`run_once`] with [`Options::periodic`] every
 //! `retention.check_interval`, passing the run DB paths the writers have open as `busy`, and add
@@ -47,7 +47,10 @@ pub struct Report {
     pub retention: retention::Applied,
     /// Run DBs checkpointed and optimized (and vacuumed with `vacuum`).
     pub maintained: u64,
-    /// Run DBs whose maintenance failed or was partial (path, why); not fatal.
+    /// Whether the state DB was checkpointed (TRUNCATE) and optimized.
+    pub state_maintained: bool,
+    /// DBs (run DBs, the state DB) whose maintenance failed or was partial (path, why); not
+    /// fatal.
     pub failed: Vec<(PathBuf, String)>,
 }
 
@@ -59,7 +62,7 @@ impl Report {
 }
 
 /// One round: retention now (plan, then apply), then checkpoint/optimize/VACUUM per
-/// `options`. `busy`: run DB paths (`<output.dir>/<name>.sqlite`, see [`run_db_path`]) being
+/// `options` (of the run DBs, and of the state DB when `checkpoint`). `busy`: run DB paths (`<output.dir>/<name>.sqlite`, see [`run_db_path`]) being
 /// written by the caller's process; they are neither deleted nor checkpointed. Errors are only
 /// returned for what stops the whole round (the state DB cannot be opened, a directory cannot
 /// be listed); a single file that cannot be handled is logged and reported.
@@ -89,6 +92,20 @@ pub fn run_once(
             }
         }
     }
+    // The state DB too: a daemon that never stops would otherwise only ever run PASSIVE
+    // autocheckpoints on it, and its -wal keeps its high-water size.
+    match state.checkpoint_and_optimize() {
+        Ok(true) => report.state_maintained = true,
+        Ok(false) => {
+            let why = "WAL checkpoint incomplete: another connection is reading or writing";
+            tracing::warn!(path = %state_path.display(), why, "maintain: state DB not fully maintained");
+            report.failed.push((state_path.clone(), why.into()));
+        }
+        Err(e) => {
+            tracing::warn!(path = %state_path.display(), error = %e, "maintain: state DB not fully maintained");
+            report.failed.push((state_path.clone(), e.to_string()));
+        }
+    }
     Ok(report)
 }
 
@@ -102,12 +119,14 @@ fn maintain_db(path: &Path, config: &Config, options: Options) -> rusqlite::Resu
     if options.vacuum {
         conn.execute_batch("VACUUM")?;
     }
+    // Optimize before the checkpoint: it may write (ANALYZE), which would otherwise leave
+    // frames in the WAL just truncated.
+    conn.execute_batch("PRAGMA optimize")?;
     // busy = 1 when a reader or writer kept the checkpoint from completing.
     let (busy, _, _): (i64, i64, i64) =
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-    conn.execute_batch("PRAGMA optimize")?;
     if busy != 0 {
         return Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),

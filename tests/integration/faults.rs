@@ -204,3 +204,49 @@ fn deleted_files_are_not_held_open_past_close_inactive_while_a_locked_db_holds_t
     }
     assert!(shipper.dead_letters().is_empty(), "nothing is dead-lettered for a lock");
 }
+
+#[test]
+fn a_locked_state_db_holds_checkpoints_and_dead_letters_back_until_the_lock_is_gone() {
+    let shipper = Shipper::with_config(
+        "[output]\nbatch_max_delay = \"20ms\"\n[sqlite]\nbusy_timeout = \"100ms\"\n",
+    );
+    let rel = "raw/events_20240301.ndjson";
+    let first = lines("a", 1, 0);
+    shipper.write(rel, first.as_bytes());
+    let source = shipper.source(rel);
+    let offset = |shipper: &Shipper| {
+        shipper.try_checkpoints().ok()?.into_iter().find(|cp| cp.path == source).map(|cp| cp.offset)
+    };
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "the first line checkpointed", || {
+        offset(&shipper) == Some(first.len() as u64)
+    });
+
+    // Another process's writer holds the state DB's write lock.
+    let locker = rusqlite::Connection::open(shipper.path("db/shipper-state.sqlite")).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    shipper.append(rel, format!("{}{{bad\n", lines("b", 100, 10)).as_bytes());
+    // Run DBs are not the state DB: rows keep flowing.
+    wait_until(DEADLINE, "101 rows while the state DB is locked", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 101)
+    });
+    wait_until(DEADLINE, "the state thread to report the locked state DB", || {
+        daemon.stderr_so_far().contains("cannot persist checkpoints or dead letters")
+    });
+    // The checkpoint and the dead letter wait for the lock (they commit together).
+    assert_eq!(offset(&shipper), Some(first.len() as u64));
+    assert!(shipper.dead_letters_so_far().is_empty(), "a dead letter written under a held lock");
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+
+    let size = std::fs::metadata(shipper.path(rel)).unwrap().len();
+    wait_until(DEADLINE, "the checkpoint at the end and the dead letter", || {
+        offset(&shipper) == Some(size) && shipper.dead_letters_so_far().len() == 1
+    });
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let letters = shipper.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].line_no, letters[0].raw.as_str()), (102, "{bad"));
+    assert_eq!(shipper.snapshot().events.len(), 101);
+}

@@ -29,6 +29,7 @@ mod wal;
 mod faults;
 mod configured;
 mod maintenance;
+mod retention;
 mod ops;
 mod logs;
 mod tailing;

@@ -307,3 +307,254 @@ fn a_corrupt_run_db_is_moved_aside_and_the_run_continues_in_a_fresh_one() {
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(std::fs::read(runs_dir.join(&moved[0])).expect("read"), garbage, "kept as it was");
 }
+
+#[test]
+fn maintain_checkpoints_and_optimizes_the_state_db_too() {
+    let shipper = Shipper::new();
+    write_lines(&shipper, "raw/events_20240601.ndjson", &[r#"{"run_id":"a"}"#.to_string()]);
+    shipper.backfill(&[]);
+    // Another connection (as the daemon's would be) keeps the next process's close from
+    // checkpointing and deleting the state DB's WAL: only the last connection does that.
+    let state = shipper.path("db/shipper-state.sqlite");
+    let holder = rusqlite::Connection::open(&state).expect("open state DB");
+    holder.query_row("SELECT count(*) FROM files", [], |_| Ok(())).expect("read");
+    write_lines(&shipper, "raw/events_20240602.ndjson", &[r#"{"run_id":"a"}"#.to_string()]);
+    shipper.backfill(&[]);
+    let wal = shipper.path("db/shipper-state.sqlite-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert!(wal_len() > 0, "the test needs a state DB WAL with frames in it");
+
+    let done = shipper.run_cmd(&["maintain"], &[]);
+    done.assert_success("maintain");
+    assert!(done.stdout.contains("state DB checkpointed"), "{}", done.stdout);
+    assert_eq!(wal_len(), 0, "state DB WAL not truncated");
+    // And the run DBs' (what `PRAGMA optimize` writes included).
+    let run_wal = shipper.path("db/runs/a.sqlite-wal");
+    assert_eq!(std::fs::metadata(&run_wal).map_or(0, |m| m.len()), 0, "run DB WAL not truncated");
+    // Nothing was lost in the move from WAL to DB.
+    let files: i64 =
+        holder.query_row("SELECT count(*) FROM files", [], |r| r.get(0)).expect("count");
+    assert_eq!(files, 2);
+}
+
+/// Every command that uses the state DB, with what it needs to get that far.
+const STATE_DB_COMMANDS: &[&[&str]] = &[
+    &["run"],
+    &["backfill"],
+    &["status"],
+    &["status", "--json"],
+    &["maintain"],
+    &["dlq", "replay"],
+];
+
+#[test]
+fn a_corrupt_state_db_stops_every_command_with_exit_2_and_moving_it_aside_duplicates_nothing() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240601.ndjson";
+    let lines: Vec<String> = vec![
+        r#"{"run_id":"a","event_id":"a1"}"#.into(),
+        "{bad".into(),
+        r#"{"run_id":"a","ts":2}"#.into(),
+        "[4]".into(),
+    ];
+    write_lines(&shipper, rel, &lines);
+    shipper.backfill(&[]);
+    let rows = shipper.snapshot();
+    let dlq = shipper.dlq_files();
+    assert_eq!(shipper.dead_letters().len(), 2);
+    let state = shipper.path("db/shipper-state.sqlite");
+    let healthy = std::fs::read(&state).expect("read state DB");
+    assert!(!shipper.path("db/shipper-state.sqlite-wal").exists(), "closed cleanly");
+
+    // Not a database at all (SQLITE_NOTADB), and a valid header over a garbled schema page
+    // (SQLITE_CORRUPT).
+    let not_a_db = vec![0x5Au8; 8192];
+    let mut garbled = healthy.clone();
+    garbled[100..4096].fill(0x5A);
+    for (what, bytes) in [("not a database", &not_a_db), ("corrupt", &garbled)] {
+        std::fs::write(&state, bytes).expect("corrupt the state DB");
+        for args in STATE_DB_COMMANDS {
+            let done = shipper.run_cmd(args, &[]);
+            let context = format!("{what}: {args:?}\nstderr:\n{}", done.stderr);
+            assert_eq!(done.status.code(), Some(2), "{context}");
+            let errors: Vec<&str> =
+                done.stderr.lines().filter(|l| l.starts_with("jsonl-shipper: error:")).collect();
+            assert_eq!(errors.len(), 1, "{context}");
+            let path = state.to_str().expect("UTF-8");
+            for needle in [path, "is corrupt or not a SQLite database", "Move it aside", "mv "] {
+                assert!(errors[0].contains(needle), "no {needle:?}: {context}");
+            }
+            assert_eq!(&std::fs::read(&state).expect("read"), bytes, "left as it is: {context}");
+        }
+    }
+    // Nothing else was touched, nothing was created beside it.
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq);
+    let beside: Vec<String> = shipper
+        .all_files()
+        .into_iter()
+        .filter(|f| f.starts_with("base/db/shipper-state") && f != "base/db/shipper-state.sqlite")
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+
+    // What the message says to do: move it aside and start again. Every source is read again
+    // from the start; no row and no dead letter is written twice.
+    std::fs::rename(&state, shipper.path("db/shipper-state.sqlite.corrupt")).expect("mv");
+    let done = shipper.backfill(&[]);
+    assert!(done.stderr.contains("adopted a DLQ file"), "{}", done.stderr);
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq, "DLQ unchanged byte for byte");
+    let size = std::fs::metadata(shipper.path(rel)).expect("stat").len();
+    assert_eq!(
+        shipper.checkpoints(),
+        vec![crate::harness::Checkpoint { path: shipper.source(rel), offset: size, line_no: 4 }]
+    );
+    // Later dead letters append after the adopted ones.
+    shipper.append(rel, b"{bad5\n");
+    shipper.age(rel);
+    shipper.backfill(&[]);
+    let letters = shipper.dead_letters();
+    assert_eq!(letters.iter().map(|d| d.line_no).collect::<Vec<_>>(), vec![2, 4, 5]);
+    assert!(shipper.dlq_files()[0].1.starts_with(&dlq[0].1));
+}
+
+#[test]
+fn a_version_1_state_db_is_migrated_in_place_and_its_checkpoints_are_resumed() {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240701.ndjson";
+    let lines: Vec<String> =
+        (1..=3).map(|i| format!(r#"{{"run_id":"a","event_id":"e{i}"}}"#)).collect();
+    write_lines(&shipper, rel, &lines);
+    let bytes = std::fs::read(shipper.path(rel)).expect("read");
+    let meta = std::fs::metadata(shipper.path(rel)).expect("stat");
+    // Shipped through line 2 by a version that wrote state schema 1 (the schema as it was,
+    // written out here so that later edits of the migrations cannot change the fixture).
+    let offset = lines[0].len() + lines[1].len() + 2;
+    let state = shipper.path("db/shipper-state.sqlite");
+    std::fs::create_dir_all(state.parent().expect("parent")).expect("db dir");
+    let v1 = rusqlite::Connection::open(&state).expect("create fixture");
+    v1.execute_batch(
+        "CREATE TABLE files (
+            dev INTEGER NOT NULL, ino INTEGER NOT NULL, path TEXT NOT NULL,
+            gzip INTEGER NOT NULL DEFAULT 0, offset INTEGER NOT NULL DEFAULT 0,
+            line_no INTEGER NOT NULL DEFAULT 0, head_len INTEGER NOT NULL DEFAULT 0,
+            head_hash BLOB, tail_hash BLOB, size INTEGER, first_seen_at INTEGER NOT NULL,
+            last_read_at INTEGER, PRIMARY KEY (dev, ino));
+         CREATE TABLE dlq_files (name TEXT PRIMARY KEY, committed_len INTEGER NOT NULL);
+         CREATE TABLE dlq_keys (key BLOB PRIMARY KEY, file TEXT NOT NULL, reason TEXT NOT NULL)
+            WITHOUT ROWID;
+         PRAGMA user_version = 1;",
+    )
+    .expect("schema 1");
+    let hash = Sha256::digest(&bytes[..offset]).to_vec();
+    v1.execute(
+        "INSERT INTO files (dev, ino, path, offset, line_no, head_len, head_hash, tail_hash,
+            size, first_seen_at, last_read_at) VALUES (?1, ?2, ?3, ?4, 2, ?4, ?5, ?5, ?6, 0, 0)",
+        rusqlite::params![
+            meta.dev() as i64,
+            meta.ino() as i64,
+            shipper.source(rel),
+            offset as i64,
+            hash,
+            bytes.len() as i64
+        ],
+    )
+    .expect("checkpoint row");
+    drop(v1);
+
+    shipper.backfill(&[]);
+    // Only line 3 was read: the checkpoint survived the migration.
+    let mut want = Snapshot::default();
+    want.events.push(event(&shipper, rel, 3, "a", "e3".into(), &lines[2]));
+    want.runs.push(run_row("a", json!({})));
+    assert_snapshot(&shipper.snapshot(), &want);
+    let want_cp = vec![crate::harness::Checkpoint {
+        path: shipper.source(rel),
+        offset: bytes.len() as u64,
+        line_no: 3,
+    }];
+    assert_eq!(shipper.checkpoints(), want_cp);
+    let conn = rusqlite::Connection::open(&state).expect("open state DB");
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+    assert_eq!(version, 2);
+    let rewrites: i64 = conn
+        .query_row("SELECT count(*) FROM dlq_rewrites", [], |r| r.get(0))
+        .expect("the version 2 table");
+    assert_eq!(rewrites, 0);
+    drop(conn);
+    // Idempotent: a second start migrates nothing and reads nothing.
+    shipper.backfill(&[]);
+    assert_snapshot(&shipper.snapshot(), &want);
+    assert_eq!(shipper.checkpoints(), want_cp);
+}
+
+#[test]
+fn dlq_list_shows_every_letter_and_filters_by_reason() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240801.ndjson";
+    let lines: Vec<String> =
+        vec![r#"{"run_id":"a"}"#.into(), "{bad".into(), "[3]".into(), r#"{"nothing":4}"#.into()];
+    write_lines(&shipper, rel, &lines);
+    shipper.backfill(&[]);
+    let in_files: Vec<serde_json::Value> = dlq_lines(&shipper)
+        .iter()
+        .map(|(_, _, bytes)| serde_json::from_slice(bytes).expect("JSON"))
+        .collect();
+    assert_eq!(in_files.len(), 3);
+    let list = |args: &[&str]| {
+        let done = shipper.run_cmd(&["dlq", "list"], args);
+        done.assert_success("dlq list");
+        done.stdout
+    };
+    let json_lines = |out: String| -> Vec<serde_json::Value> {
+        out.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect()
+    };
+    // --json: the contract's objects, exactly what the DLQ files hold, in order.
+    assert_eq!(json_lines(list(&["--json"])), in_files);
+    assert_eq!(json_lines(list(&["--json", "--reason", "not_object"])), vec![in_files[1].clone()]);
+    assert_eq!(
+        json_lines(list(&["--json", "--reason", "line_too_long"])),
+        Vec::<serde_json::Value>::new()
+    );
+    // Text: one line per letter naming where it came from and why.
+    let text = list(&["--reason", "missing_run_id"]);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let line = text.lines().next().expect("a line");
+    let source = shipper.source(rel);
+    let offset = lines[0].len() + lines[1].len() + lines[2].len() + 3;
+    assert!(line.contains(&format!("{source}:{offset} (line 4) missing_run_id")), "{line}");
+    // An unknown reason is a usage error naming the valid ones.
+    let done = shipper.run_cmd(&["dlq", "list"], &["--reason", "nope"]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(done.stderr.contains("invalid_json"), "{}", done.stderr);
+}
+
+#[test]
+fn maintain_deletes_the_oldest_run_dbs_while_all_exceed_max_total_size() {
+    let shipper = Shipper::with_config("");
+    let rel = "raw/events_20240901.ndjson";
+    let lines: Vec<String> =
+        ["a", "b", "c"].iter().map(|r| format!(r#"{{"run_id":"{r}"}}"#)).collect();
+    write_lines(&shipper, rel, &lines);
+    shipper.backfill(&[]);
+    let runs_dir = shipper.path("db/runs");
+    // Last writes: a three hours ago, b two, c one.
+    let mut sizes = Vec::new();
+    for (run, hours) in [("a", 3), ("b", 2), ("c", 1)] {
+        let db = runs_dir.join(format!("{run}.sqlite"));
+        let f = std::fs::File::options().write(true).open(&db).expect("open");
+        f.set_modified(SystemTime::now() - Duration::from_secs(hours * 3600)).expect("mtime");
+        assert!(!runs_dir.join(format!("{run}.sqlite-wal")).exists(), "closed by the backfill");
+        sizes.push(f.metadata().expect("stat").len());
+    }
+    // Room for two: the oldest goes, whatever its name.
+    let limit = sizes[1] + sizes[2];
+    shipper.set_config(&format!("[retention]\nmax_total_size = \"{limit}B\"\n"));
+    let done = shipper.run_cmd(&["maintain"], &[]);
+    done.assert_success("maintain");
+    assert!(done.stdout.contains("retention deleted 1 run DBs"), "{}", done.stdout);
+    assert!(done.stderr.contains("MaxTotalSize"), "{}", done.stderr);
+    assert_eq!(shipper.run_db_names(), vec!["b.sqlite".to_string(), "c.sqlite".to_string()]);
+}

@@ -12,14 +12,14 @@ use crate::harness::{wait_until, Running, Shipper, DEADLINE};
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A port nobody listens on right now (bound, then released for the daemon).
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr")
 }
 
 /// `GET path` over HTTP/1.0 (the server closes after the answer): the status code and body,
 /// or None while nothing listens.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
@@ -31,14 +31,14 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// The value of the sample named exactly `series` (name plus labels) in a `/metrics` body.
-fn sample(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.rsplit_once(' ').filter(|(name, _)| *name == series))
         .and_then(|(_, value)| value.parse().ok())
 }
 
-fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+pub(crate) fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     get(addr, "/metrics").filter(|(status, _)| *status == 200).and_then(|(_, b)| sample(&b, series))
 }
 

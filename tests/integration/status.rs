@@ -234,3 +234,29 @@ fn status_table_fits_80_columns_and_shortens_long_paths() {
     let reason: Vec<&str> = lines[dlq + 2].split_whitespace().collect();
     assert_eq!(reason, ["invalid_json", "1"], "\n{out}");
 }
+
+#[test]
+fn directories_are_created_0750_and_a_world_writable_output_dir_is_refused_with_exit_2() {
+    use std::os::unix::fs::PermissionsExt;
+    let shipper = Shipper::new().with_umask_000();
+    shipper.write("raw/events_20240301.ndjson", b"{\"run_id\":\"a\"}\n");
+    shipper.age("raw/events_20240301.ndjson");
+    shipper.backfill(&[]);
+    let mode = |rel: &str| {
+        std::fs::metadata(shipper.path(rel)).expect("stat").permissions().mode() & 0o777
+    };
+    for dir in ["db", "db/runs", "dlq"] {
+        assert_eq!(mode(dir), 0o750, "{dir} under umask 000");
+    }
+    let runs = shipper.path("db/runs");
+    std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    for command in ["run", "backfill", "maintain"] {
+        let finished = shipper.run_cmd(&[command], &[]);
+        let context = format!("{command}; stderr:\n{}", finished.stderr);
+        assert_eq!(finished.status.code(), Some(2), "{context}");
+        for needle in ["output.dir", "world-writable", runs.to_str().expect("UTF-8")] {
+            assert!(finished.stderr.contains(needle), "no {needle:?}: {context}");
+        }
+    }
+    assert_eq!(mode("db/runs"), 0o777, "the operator's to fix, not changed behind their back");
+}

@@ -43,10 +43,12 @@ fn idle_run_dbs_are_checkpointed_and_closed_leaving_one_file() {
 
 #[test]
 fn a_reader_pinning_the_wal_is_reported_and_shipping_continues() {
-    let shipper = Shipper::with_config(
-        "[output]\nidle_close_after = \"1h\"\nbatch_max_delay = \"20ms\"\n\
-         [sqlite]\ncheckpoint_interval = \"100ms\"\n",
-    );
+    let addr = crate::ops::free_port();
+    let shipper = Shipper::with_config(&format!(
+        "[metrics]\nlisten = \"{addr}\"\n\
+         [output]\nidle_close_after = \"1h\"\nbatch_max_delay = \"20ms\"\n\
+         [sqlite]\ncheckpoint_interval = \"100ms\"\n"
+    ));
     shipper.write("raw/events_20240301.ndjson", b"{\"run_id\":\"r1\",\"event_id\":\"a\"}\n");
     let daemon = shipper.spawn_run();
     wait_until(DEADLINE, "the first row", || {
@@ -69,10 +71,18 @@ fn a_reader_pinning_the_wal_is_reported_and_shipping_continues() {
     wait_until(DEADLINE, "the blocked checkpoint to be reported", || {
         daemon.stderr_so_far().contains("WAL checkpoint blocked by a reader")
     });
+    wait_until(DEADLINE, "the blocked checkpoint to be counted", || {
+        crate::ops::metric(addr, "jsonl_shipper_wal_checkpoints_blocked_total")
+            .is_some_and(|n| n >= 1.0)
+    });
     reader.execute_batch("COMMIT").unwrap();
     drop(reader);
     let finished = daemon.terminate(Duration::from_secs(30));
     assert!(finished.status.success(), "{}", finished.stderr);
+    // Still open at shutdown (idle_close_after is an hour): its WAL was truncated on the way
+    // out.
+    let wal = shipper.path("db/runs/r1.sqlite-wal");
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0, "WAL left after shutdown");
 }
 
 #[test]
