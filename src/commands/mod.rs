@@ -77,8 +77,8 @@ pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Logs go to stderr: no colours unless a terminal, no timestamps when stderr is the journal
-/// (it adds its own), JSON lines with `format = "json"`. `RUST_LOG` overrides `log.level`.
+/// Logs go to stderr: no colours unless a terminal, no timestamps but a syslog priority prefix
+/// when stderr is the journal (it adds its own timestamps), JSON lines with `format = "json"`. `RUST_LOG` overrides `log.level`.
 fn init_logging(log: &crate::config::LogConfig) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -98,10 +98,46 @@ fn init_logging(log: &crate::config::LogConfig) -> anyhow::Result<()> {
     // A second call (tests, or a command loading twice) keeps the first subscriber.
     let _ = match (log.format, journald) {
         (crate::config::LogFormat::Json, _) => builder.json().try_init(),
-        (crate::config::LogFormat::Text, true) => builder.without_time().try_init(),
+        (crate::config::LogFormat::Text, true) => builder
+            .event_format(SyslogPrefix(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_target(false)
+                    .with_level(false),
+            ))
+            .try_init(),
         (crate::config::LogFormat::Text, false) => builder.try_init(),
     };
     Ok(())
+}
+
+/// Prefixes each line with its syslog priority and level (`<3>` error … `<7>` debug, sd-daemon(3)), so
+/// the journal files WARN and ERROR under their priority and `journalctl -p warning` finds them.
+struct SyslogPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        let priority = match level {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        // The level written here, unpadded: the journal strips `<N>` and keeps the rest as is.
+        write!(writer, "<{priority}>{level} ")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 /// systemd sets `JOURNAL_STREAM=<dev>:<ino>` for the stream it connects stderr to, and every

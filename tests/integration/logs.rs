@@ -140,7 +140,11 @@ fn timestamps_are_left_to_journald_only_when_stderr_is_its_stream() {
             humantime::parse_rfc3339_weak(first)
                 .unwrap_or_else(|e| panic!("{journal:?}: no leading timestamp ({e}): {line:?}"));
         } else {
-            assert_eq!(first, "INFO", "{journal:?}: a timestamp for journald to double: {line:?}");
+            // `<6>`: the syslog priority journald files the line under (info).
+            assert_eq!(
+                first, "<6>INFO",
+                "{journal:?}: a timestamp for journald to double: {line:?}"
+            );
         }
         assert!(!stderr.contains('\x1b'), "{journal:?}: ANSI escapes in a file:\n{stderr:?}");
     }
