@@ -159,3 +159,48 @@ fn configured_line_and_raw_limits_apply() {
         dead.into_iter().map(|d| DeadLetter { raw: d.raw[..100].to_string(), ..d }).collect();
     assert_dead_letters(&shipper.dead_letters(), &dead);
 }
+
+/// SIGHUP applies a changed `[mapping]` and a removed glob in place: lines after the reload are
+/// read with the new field names, the removed glob's files are no longer followed, and nothing
+/// read before is read again (the line count covers every reload).
+#[test]
+fn sighup_applies_a_new_mapping_and_a_removed_glob_without_re_reading_anything() {
+    let both = "[sources]\nrescan_interval = \"200ms\"\n\
+                paths = [\"base/raw/events_*.ndjson\", \"base/other/events_*.ndjson\"]\n";
+    let raw_only =
+        "[sources]\nrescan_interval = \"200ms\"\npaths = [\"base/raw/events_*.ndjson\"]\n\
+                    [mapping]\nrun_id = \"job\"\n";
+    let shipper = Shipper::with_config(both);
+    let (raw, other) = ("raw/events_20250401.ndjson", "other/events_20250401.ndjson");
+    shipper.write(raw, b"{\"run_id\":\"m\",\"event_id\":\"1\"}\n");
+    shipper.write(other, b"{\"run_id\":\"m\",\"event_id\":\"o1\"}\n");
+    let mut daemon = shipper.spawn_run();
+    let keys = || -> Vec<String> {
+        let Ok(snapshot) = shipper.try_snapshot() else { return Vec::new() };
+        let mut keys: Vec<String> = snapshot.events.iter().map(|e| e.event_key.clone()).collect();
+        keys.sort();
+        keys
+    };
+    wait_until(DEADLINE, "both files' first lines", || keys() == ["1", "o1"]);
+
+    shipper.set_config(raw_only);
+    daemon.hangup();
+    wait_until(DEADLINE, "the reload", || daemon.stderr_so_far().contains("config reloaded"));
+    shipper.append(raw, b"{\"job\":\"m\",\"event_id\":\"2\"}\n");
+    shipper.append(other, b"{\"run_id\":\"m\",\"event_id\":\"o2\"}\n");
+    shipper.append(raw, b"{\"run_id\":\"m\",\"event_id\":\"3\"}\n");
+    wait_until(DEADLINE, "line 2 under the new mapping", || keys() == ["1", "2", "o1"]);
+    wait_until(DEADLINE, "line 3, without `job`, dead-lettered", || {
+        shipper.dead_letters_so_far().len() == 1
+    });
+    let finished = daemon.terminate(Duration::from_secs(30));
+    finished.assert_success("run after SIGTERM");
+    assert_eq!(keys(), ["1", "2", "o1"], "the removed glob's file was followed");
+    let dead = shipper.dead_letters();
+    assert_eq!((dead.len(), dead[0].reason.as_str()), (1, "missing_run_id"), "{dead:?}");
+    assert!(
+        finished.stderr.contains("lines=4 "),
+        "4 lines read in all (1, o1, 2, 3), none twice:\n{}",
+        finished.stderr
+    );
+}
