@@ -531,6 +531,10 @@ impl Running {
         String::from_utf8_lossy(&self.stderr_live.lock().expect("live output lock")).into_owned()
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status if the process has exited.
     pub(crate) fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")

@@ -117,28 +117,42 @@ fn the_daemon_deletes_run_dbs_older_than_max_age_and_keeps_shipping() {
 }
 
 #[test]
-fn many_runs_are_written_within_the_open_db_budget() {
-    // 400 interleaved runs, at most 8 open DBs (4 per writer): every row lands, and the
-    // process never holds more than the budget's descriptors on run DBs.
+fn five_thousand_runs_are_written_within_the_open_db_budget_and_bounded_memory() {
+    // The 5,000 runs, interleaved, at most 8 open DBs (4 per writer): every row lands,
+    // and the process never holds more than the budget's descriptors on run DBs nor more
+    // memory than a fixed bound, however many runs there are.
+    const RUNS: usize = 5000;
     let shipper = Shipper::with_config("[output]\nmax_open_dbs = 8\nbatch_max_events = 4\n");
     let mut lines = String::new();
-    for i in 0..4000 {
-        lines.push_str(&format!("{{\"run_id\":\"run-{:03}\",\"event_id\":\"e{i}\"}}\n", i % 400));
+    for i in 0..2 * RUNS {
+        lines.push_str(&format!("{{\"run_id\":\"run-{:04}\",\"event_id\":\"e{i}\"}}\n", i % RUNS));
     }
     shipper.write("raw/events_20240301.ndjson", lines.as_bytes());
+    let started = std::time::Instant::now();
     let mut backfill = shipper.spawn_backfill(&[]);
-    let mut max_db_fds = 0;
+    let (mut max_db_fds, mut max_fds, mut peak_rss) = (0, 0, 0);
     while backfill.try_status().is_none() {
-        let db_fds = backfill
-            .fd_targets()
-            .iter()
-            .filter(|p| p.to_string_lossy().contains("/db/runs/"))
-            .count();
+        let fds = backfill.fd_targets();
+        let db_fds = fds.iter().filter(|p| p.to_string_lossy().contains("/db/runs/")).count();
         max_db_fds = max_db_fds.max(db_fds);
+        max_fds = max_fds.max(fds.len());
+        // (Not `peak_rss()`: a process that just exited has no VmHWM line to read.)
+        let status = std::fs::read_to_string(format!("/proc/{}/status", backfill.pid()));
+        let hwm_kib = status.ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+        peak_rss = peak_rss.max(hwm_kib.unwrap_or(0) * 1024);
         std::thread::sleep(Duration::from_millis(5));
     }
     let finished = backfill.wait();
     assert!(finished.status.success(), "{}", finished.stderr);
+    eprintln!(
+        "{RUNS} runs in {:?}: ≤{max_db_fds} run-DB descriptors, ≤{max_fds} in all, peak RSS {} MiB",
+        started.elapsed(),
+        peak_rss >> 20
+    );
     // Evicted DBs were closed without a checkpoint; the end of the backfill checkpointed them.
     let leftovers: Vec<_> = std::fs::read_dir(shipper.path("db/runs"))
         .unwrap()
@@ -154,9 +168,11 @@ fn many_runs_are_written_within_the_open_db_budget() {
     );
     // (Read the DBs only now: a reader's connection creates -wal/-shm files itself.)
     let snapshot = shipper.snapshot();
-    assert_eq!(snapshot.runs.len(), 400);
-    assert_eq!(snapshot.events.len(), 4000);
+    assert_eq!(snapshot.runs.len(), RUNS);
+    assert_eq!(snapshot.events.len(), 2 * RUNS);
     assert!(max_db_fds <= 8 * 3, "{max_db_fds} descriptors on run DBs with max_open_dbs = 8");
+    assert!(max_fds <= 8 * 3 + 32, "{max_fds} descriptors in all");
+    assert!(peak_rss < 128 << 20, "peak RSS {} MiB", peak_rss >> 20);
 }
 
 #[test]
