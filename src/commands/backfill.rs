@@ -101,24 +101,39 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
     let elapsed = started.elapsed().as_secs_f64();
     let events = counters.events_written.get();
     let interrupted = signals.is_stopping();
-    let summary = format!(
-        "backfill {}: {} files, {} lines, {} events written ({} already stored), {} runs, {} dead letters, {} blank lines, {:.1}s, {:.0} events/s",
-        if interrupted { "interrupted (resume by running it again)" } else { "done" },
-        files.len(),
-        counters.lines_read.get(),
-        events,
-        counters.events_unchanged.get(),
-        counters.runs_touched.get(),
-        counters.dlq_total(),
-        counters.blank_lines.get(),
-        elapsed,
-        (events + counters.events_unchanged.get()) as f64 / elapsed.max(1e-9),
-    );
-    eprintln!("{summary}");
-    eprintln!(
-        "run DBs are in {dir} (one per run); try: sqlite3 {dir}/<run>.sqlite 'SELECT event_type, count(*) FROM events GROUP BY 1'; dead letters: jsonl-shipper dlq list",
-        dir = config.output.dir.display()
-    );
+    let outcome = if interrupted { "interrupted (resume by running it again)" } else { "done" };
+    let (unchanged, seconds) = (counters.events_unchanged.get(), elapsed);
+    let rate = (events + unchanged) as f64 / elapsed.max(1e-9);
+    if config.log.format == crate::config::LogFormat::Json {
+        // A log pipeline gets the summary as one more JSON line, not as text it cannot parse.
+        tracing::info!(
+            outcome,
+            files = files.len(),
+            lines = counters.lines_read.get(),
+            events,
+            unchanged,
+            runs = counters.runs_touched.get(),
+            dead_letters = counters.dlq_total(),
+            blank_lines = counters.blank_lines.get(),
+            seconds,
+            events_per_second = rate.round(),
+            output = %config.output.dir.display(),
+            "backfill summary"
+        );
+    } else {
+        eprintln!(
+            "backfill {outcome}: {} files, {} lines, {events} events written ({unchanged} already stored), {} runs, {} dead letters, {} blank lines, {seconds:.1}s, {rate:.0} events/s",
+            files.len(),
+            counters.lines_read.get(),
+            counters.runs_touched.get(),
+            counters.dlq_total(),
+            counters.blank_lines.get(),
+        );
+        eprintln!(
+            "run DBs are in {dir} (one per run); try: sqlite3 {dir}/<run>.sqlite 'SELECT event_type, count(*) FROM events GROUP BY 1'; dead letters: jsonl-shipper dlq list",
+            dir = config.output.dir.display()
+        );
+    }
     if failed.load(Ordering::SeqCst) {
         return Ok(ExitCode::from(super::EXIT_FAILURE));
     }

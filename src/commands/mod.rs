@@ -74,6 +74,8 @@ pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
         _ => {}
     }
     init_logging(&log)?;
+    let mut config = config;
+    config.log = log; // the effective settings, for commands that print beside the log
     Ok(config)
 }
 
