@@ -153,6 +153,8 @@ struct Dirs<'a> {
 
 /// Width of each number column ("1023.9 MiB" is 10).
 const NUM: usize = 10;
+/// Files without lag the table lists (the most recently read); `--json` lists all.
+const RECENT_FILES: usize = 10;
 /// Width of the last column ("LAST READ", "999d ago").
 const AGE: usize = 9;
 
@@ -178,9 +180,14 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
     let opt = |n: Option<u64>| n.map_or_else(|| "-".to_string(), size);
 
     row("FILE", ["OFFSET", "SIZE", "LAG"], "LAST READ");
-    for f in &status.files {
+    let shown = shown_files(&status.files);
+    for f in status.files.iter().filter(|f| shown.contains(&std::ptr::from_ref(*f))) {
         let age = f.last_read.map_or_else(|| "-".to_string(), |t| ago(now, t));
         row(&name_cell(f), [&size(f.offset), &opt(f.size), &opt(f.lag_bytes)], &age);
+    }
+    let hidden = status.files.len() - shown.len();
+    if hidden > 0 {
+        row(&format!("… {hidden} more, no lag"), ["", "", ""], "");
     }
     let lag: u64 = status.files.iter().filter_map(|f| f.lag_bytes).sum();
     let n = status.files.len();
@@ -201,6 +208,19 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
         row(&format!("  {reason}"), [&lines.to_string(), "", ""], "");
     }
     out
+}
+
+/// Files the table lists: every one with lag, and the most recently read others (a host keeps
+/// years of daily files; the table is for what is happening now).
+fn shown_files(files: &[FileStatus]) -> Vec<*const FileStatus> {
+    let mut recent: Vec<&FileStatus> = files.iter().collect();
+    recent.sort_by_key(|f| std::cmp::Reverse(f.last_read));
+    let lagging = files.iter().filter(|f| f.lag_bytes.is_some_and(|lag| lag > 0));
+    let mut shown: Vec<*const FileStatus> =
+        recent.into_iter().take(RECENT_FILES).chain(lagging).map(std::ptr::from_ref).collect();
+    shown.sort_unstable();
+    shown.dedup();
+    shown
 }
 
 /// A file's first cell: its path, marked when the path no longer holds the file shipped.
@@ -348,6 +368,32 @@ DEAD LETTERS                              LINES
         for line in got.lines() {
             assert!(line.chars().count() <= WIDTH, "{} columns: {line:?}", line.chars().count());
         }
+    }
+
+    #[test]
+    fn the_table_lists_files_with_lag_and_the_most_recently_read_others() {
+        let mut files: Vec<FileStatus> = (1..=25)
+            .map(|day| {
+                let path = format!("/d/events_202401{day:02}.ndjson");
+                file(&path, 10, Some(10), Some((26 - day) * 86400))
+            })
+            .collect();
+        files[2].offset = 5; // the 3rd, long ago, still has 5 bytes to ship
+        files[2].lag_bytes = Some(5);
+        let status = Status {
+            files,
+            runs: RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: vec![] },
+            dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
+        };
+        let got = table(&status, &Dirs { runs: "/d/db/runs", dlq: "/d/dlq" }, now(), WIDTH);
+        let listed: Vec<&str> =
+            got.lines().skip(1).take_while(|l| l.starts_with("/d/events")).collect();
+        let days: Vec<&str> = listed.iter().map(|l| &l[16..18]).collect();
+        assert_eq!(days, ["03", "16", "17", "18", "19", "20", "21", "22", "23", "24", "25"]);
+        assert!(listed[0].contains("5 B  23d ago"), "{got}");
+        let more = got.lines().nth(12).unwrap_or_default();
+        assert_eq!(more, "… 14 more, no lag", "{got}");
+        assert!(got.contains("total: 25 files"), "{got}");
     }
 
     #[test]
