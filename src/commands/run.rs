@@ -76,6 +76,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
             counters: &counters,
             open: HashMap::new(),
             parked: HashMap::new(),
+            backlog: false,
+            from_end_deferred: HashSet::new(),
             watched_dirs: Vec::new(),
             // read_from = "end" applies to files first seen at startup, not after a reload.
             from_end_at_first_scan: first_start && config.sources.read_from == ReadFrom::End,
@@ -160,8 +162,11 @@ fn main_loop(
         }
         tailer.read_all(&|| signals.is_stopping());
         let since = last_rescan.elapsed();
+        // A backlog (more changed files than max_open_files) is worked through at that many
+        // files per MIN_EVENT_RESCAN_INTERVAL.
         if since >= rescan_interval
-            || (since >= MIN_EVENT_RESCAN_INTERVAL && structural.swap(false, Ordering::Relaxed))
+            || (since >= MIN_EVENT_RESCAN_INTERVAL
+                && (tailer.backlog || structural.swap(false, Ordering::Relaxed)))
         {
             last_rescan = Instant::now();
             tailer.rescan(watcher.as_deref_mut());
@@ -170,7 +175,7 @@ fn main_loop(
             continue;
         }
         // A pending event-triggered rescan is due MIN_EVENT_RESCAN_INTERVAL after the last one.
-        let due = if structural.load(Ordering::Relaxed) {
+        let due = if tailer.backlog || structural.load(Ordering::Relaxed) {
             MIN_EVENT_RESCAN_INTERVAL
         } else {
             rescan_interval
@@ -278,6 +283,8 @@ struct Parked {
     size_seen: u64,
     /// Where it was when parked (a glob match).
     path: PathBuf,
+    /// When it was parked: changed files wait for a descriptor oldest first.
+    parked_at: Instant,
 }
 
 struct Tailer<'a> {
@@ -287,6 +294,11 @@ struct Tailer<'a> {
     counters: &'a Counters,
     open: HashMap<(u64, u64), Tailed>,
     parked: HashMap<(u64, u64), Parked>,
+    /// The last rescan found more new or changed files than `max_open_files`: rescan again
+    /// as soon as the ones it opened are read.
+    backlog: bool,
+    /// Files seen by the first scan with `read_from = "end"` but left for a later one.
+    from_end_deferred: HashSet<(u64, u64)>,
     watched_dirs: Vec<PathBuf>,
     from_end_at_first_scan: bool,
 }
@@ -295,6 +307,8 @@ impl Tailer<'_> {
     /// Finds files matching the globs: opens new ones, reopens parked ones that changed.
     fn rescan(&mut self, mut watcher: Option<&mut notify::RecommendedWatcher>) {
         let mut seen = HashSet::new();
+        // New or changed files not open yet: (parked since, path, identity).
+        let mut changed: Vec<(Option<Instant>, PathBuf, (u64, u64))> = Vec::new();
         for pattern in &self.config.sources.paths {
             let dir = discover::glob_base(pattern);
             if let Some(w) = watcher.as_deref_mut() {
@@ -308,11 +322,11 @@ impl Tailer<'_> {
             let Ok(paths) = glob::glob(pattern) else { continue };
             for path in paths.filter_map(Result::ok) {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                if !meta.is_file() {
+                // A file matched twice (two globs, hard links) is one file.
+                if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
                     continue;
                 }
                 let key = (meta.dev(), meta.ino());
-                seen.insert(key);
                 if let Some(tailed) = self.open.get_mut(&key) {
                     if tailed.path != path {
                         tracing::info!(from = %tailed.path.display(), to = %path.display(), "file renamed; following it");
@@ -322,19 +336,39 @@ impl Tailer<'_> {
                 }
                 match self.parked.get(&key) {
                     Some(p) if p.size_seen == meta.len() => {}
-                    Some(_) => {
-                        let parked = self.parked.remove(&key).expect("matched above");
-                        self.start(&path, |pl| {
-                            let (offset, line_no) = (parked.offset, parked.line_no);
-                            pl.reopen(&path, &path, key, offset, line_no, parked.fingerprint)
-                        });
-                    }
-                    None => {
-                        let from_end = self.from_end_at_first_scan;
-                        self.start(&path, |pl| pl.open(&path, from_end));
-                    }
+                    Some(p) => changed.push((Some(p.parked_at), path, key)),
+                    None => changed.push((None, path, key)),
                 }
             }
+        }
+        // Open at most `max_open_files` per scan: a file opened here and pushed out by the next
+        // one before read_all reached it would be parked unread and reopened by every scan, and
+        // with more changed files than descriptors some would never be read. New files first,
+        // then parked ones by how long they waited (the sort is stable: glob order otherwise).
+        changed.sort_by_key(|(parked_at, _, _)| *parked_at);
+        let room = self.config.sources.max_open_files.max(1);
+        self.backlog = changed.len() > room;
+        for (_, _, key) in changed.drain(room.min(changed.len())..) {
+            if self.from_end_at_first_scan && !self.parked.contains_key(&key) {
+                // read_from = "end" is for files there at startup, however late they are opened.
+                self.from_end_deferred.insert(key);
+            }
+        }
+        for (_, path, key) in changed {
+            match self.parked.remove(&key) {
+                Some(parked) => self.start(&path, |pl| {
+                    let (offset, line_no) = (parked.offset, parked.line_no);
+                    pl.reopen(&path, &path, key, offset, line_no, parked.fingerprint)
+                }),
+                None => {
+                    let from_end =
+                        self.from_end_at_first_scan || self.from_end_deferred.remove(&key);
+                    self.start(&path, |pl| pl.open(&path, from_end));
+                }
+            }
+        }
+        if !self.backlog {
+            self.from_end_deferred.clear();
         }
         self.from_end_at_first_scan = false;
         self.follow_renamed_parked(&seen);
@@ -361,7 +395,8 @@ impl Tailer<'_> {
     /// (read to its end, finished after `close_inactive`); otherwise, and if gone, forgotten
     /// (its checkpoint row stays in the state DB).
     fn follow_renamed_parked(&mut self, seen: &HashSet<(u64, u64)>) {
-        let missing: Vec<(u64, u64)> =
+        // A set: it is probed once per directory entry, and thousands of files can go at once.
+        let missing: HashSet<(u64, u64)> =
             self.parked.keys().filter(|key| !seen.contains(key)).copied().collect();
         if missing.is_empty() {
             return;
@@ -458,6 +493,7 @@ impl Tailer<'_> {
                     fingerprint,
                     size_seen,
                     path: tailed.path.clone(),
+                    parked_at: Instant::now(),
                 },
             );
         }
