@@ -287,6 +287,16 @@ struct Parked {
     parked_at: Instant,
 }
 
+/// A file a rescan found new or changed, not open.
+struct Changed {
+    /// Its saved checkpoint is at its end: opening it reads nothing.
+    caught_up: bool,
+    /// None for a file not parked (new to this process).
+    parked_at: Option<Instant>,
+    path: PathBuf,
+    key: (u64, u64),
+}
+
 struct Tailer<'a> {
     pipeline: &'a Pipeline,
     router: Router,
@@ -307,8 +317,7 @@ impl Tailer<'_> {
     /// Finds files matching the globs: opens new ones, reopens parked ones that changed.
     fn rescan(&mut self, mut watcher: Option<&mut notify::RecommendedWatcher>) {
         let mut seen = HashSet::new();
-        // New or changed files not open yet: (parked since, path, identity).
-        let mut changed: Vec<(Option<Instant>, PathBuf, (u64, u64))> = Vec::new();
+        let mut changed: Vec<Changed> = Vec::new();
         for pattern in &self.config.sources.paths {
             let dir = discover::glob_base(pattern);
             if let Some(w) = watcher.as_deref_mut() {
@@ -336,25 +345,38 @@ impl Tailer<'_> {
                 }
                 match self.parked.get(&key) {
                     Some(p) if p.size_seen == meta.len() => {}
-                    Some(p) => changed.push((Some(p.parked_at), path, key)),
-                    None => changed.push((None, path, key)),
+                    Some(p) => changed.push(Changed {
+                        caught_up: false,
+                        parked_at: Some(p.parked_at),
+                        path,
+                        key,
+                    }),
+                    None => {
+                        // Its checkpoint is at its end (most files at startup): nothing to read.
+                        let caught_up = self
+                            .pipeline
+                            .checkpoint(key.0, key.1)
+                            .is_some_and(|cp| !cp.gzip && cp.offset == meta.len());
+                        changed.push(Changed { caught_up, parked_at: None, path, key });
+                    }
                 }
             }
         }
         // Open at most `max_open_files` per scan: a file opened here and pushed out by the next
         // one before read_all reached it would be parked unread and reopened by every scan, and
-        // with more changed files than descriptors some would never be read. New files first,
-        // then parked ones by how long they waited (the sort is stable: glob order otherwise).
-        changed.sort_by_key(|(parked_at, _, _)| *parked_at);
+        // with more changed files than descriptors some would never be read. Files with bytes
+        // to read first; new files, then parked ones by how long they waited (the sort is
+        // stable: glob order otherwise).
+        changed.sort_by_key(|c| (c.caught_up, c.parked_at));
         let room = self.config.sources.max_open_files.max(1);
         self.backlog = changed.len() > room;
-        for (_, _, key) in changed.drain(room.min(changed.len())..) {
+        for Changed { key, .. } in changed.drain(room.min(changed.len())..) {
             if self.from_end_at_first_scan && !self.parked.contains_key(&key) {
                 // read_from = "end" is for files there at startup, however late they are opened.
                 self.from_end_deferred.insert(key);
             }
         }
-        for (_, path, key) in changed {
+        for Changed { path, key, .. } in changed {
             match self.parked.remove(&key) {
                 Some(parked) => self.start(&path, |pl| {
                     let (offset, line_no) = (parked.offset, parked.line_no);
