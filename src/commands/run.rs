@@ -52,6 +52,10 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         use notify::EventKind;
         let structural_change = match &event {
+            // Opens and closes change no name or size (a write is also a Modify(Data)). Our
+            // own rescans open the watched directory, which inotify reports: acting on that
+            // made every rescan trigger the next one 100 ms later, forever.
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => return,
             Ok(event) => {
                 !matches!(event.kind, EventKind::Modify(notify::event::ModifyKind::Data(_)))
             }
