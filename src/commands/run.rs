@@ -49,6 +49,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let (wake_tx, wake_rx) = bounded::<()>(1);
     let structural = Arc::new(AtomicBool::new(true));
     let structural_flag = structural.clone();
+    let appended = Arc::new(AtomicBool::new(false));
+    let appended_flag = appended.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         use notify::EventKind;
         let structural_change = match &event {
@@ -64,6 +66,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         };
         if structural_change {
             structural_flag.store(true, Ordering::Relaxed);
+        } else {
+            appended_flag.store(true, Ordering::Relaxed);
         }
         // Coalesce: one pending wake-up is enough, the reader looks at every file anyway.
         let _ = wake_tx.try_send(());
@@ -81,6 +85,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
             open: HashMap::new(),
             parked: HashMap::new(),
             backlog: false,
+            parked_grew: false,
             from_end_deferred: HashSet::new(),
             watched_dirs: Vec::new(),
             // read_from = "end" applies to files first seen at startup, not after a reload.
@@ -99,7 +104,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         crate::systemd::ready(&format!("following {files} files")); // ops: READY=1 (ends a reload)
         first_start = false;
         let retention = Retention::spawn(config.clone(), counters.clone())?;
-        let exit = main_loop(&mut tailer, &signals, &wake_rx, &structural, watcher.as_mut(), &args);
+        let flags = (&*structural, &*appended);
+        let exit = main_loop(&mut tailer, &signals, &wake_rx, flags, watcher.as_mut(), &args);
         if matches!(exit, Exit::Shutdown) {
             crate::systemd::stopping(); // ops: STOPPING=1 before the drain
         }
@@ -154,7 +160,7 @@ fn main_loop(
     tailer: &mut Tailer<'_>,
     signals: &Signals,
     wake: &Receiver<()>,
-    structural: &AtomicBool,
+    (structural, appended): (&AtomicBool, &AtomicBool),
     mut watcher: Option<&mut notify::RecommendedWatcher>,
     args: &ConfigArgs,
 ) -> Exit {
@@ -167,11 +173,16 @@ fn main_loop(
         tailer.read_all(&|| signals.is_stopping());
         let since = last_rescan.elapsed();
         // A backlog (more changed files than max_open_files) is worked through at that many
-        // files per MIN_EVENT_RESCAN_INTERVAL.
+        // files per MIN_EVENT_RESCAN_INTERVAL. While parked files are being appended to (more
+        // active files than max_open_files), an append is a reason to rescan too: inotify does
+        // not say which file grew, and waiting for the periodic rescan would delay them by up
+        // to rescan_interval.
+        let parked_growing = tailer.parked_grew && appended.load(Ordering::Relaxed);
         if since >= rescan_interval
             || (since >= MIN_EVENT_RESCAN_INTERVAL
-                && (tailer.backlog || structural.swap(false, Ordering::Relaxed)))
+                && (tailer.backlog || parked_growing || structural.swap(false, Ordering::Relaxed)))
         {
+            appended.store(false, Ordering::Relaxed);
             last_rescan = Instant::now();
             tailer.rescan(watcher.as_deref_mut());
             tailer.close_inactive();
@@ -179,7 +190,7 @@ fn main_loop(
             continue;
         }
         // A pending event-triggered rescan is due MIN_EVENT_RESCAN_INTERVAL after the last one.
-        let due = if tailer.backlog || structural.load(Ordering::Relaxed) {
+        let due = if tailer.backlog || parked_growing || structural.load(Ordering::Relaxed) {
             MIN_EVENT_RESCAN_INTERVAL
         } else {
             rescan_interval
@@ -311,6 +322,8 @@ struct Tailer<'a> {
     /// The last rescan found more new or changed files than `max_open_files`: rescan again
     /// as soon as the ones it opened are read.
     backlog: bool,
+    /// The last rescan reopened parked files that had grown.
+    parked_grew: bool,
     /// Files seen by the first scan with `read_from = "end"` but left for a later one.
     from_end_deferred: HashSet<(u64, u64)>,
     watched_dirs: Vec<PathBuf>,
@@ -374,6 +387,7 @@ impl Tailer<'_> {
         changed.sort_by_key(|c| (c.caught_up, c.parked_at));
         let room = self.config.sources.max_open_files.max(1);
         self.backlog = changed.len() > room;
+        self.parked_grew = changed.iter().any(|c| c.parked_at.is_some());
         for Changed { key, .. } in changed.drain(room.min(changed.len())..) {
             if self.from_end_at_first_scan && !self.parked.contains_key(&key) {
                 // read_from = "end" is for files there at startup, however late they are opened.
