@@ -385,17 +385,21 @@ impl Tailer<'_> {
         // to read first; new files, then parked ones by how long they waited (the sort is
         // stable: glob order otherwise).
         changed.sort_by_key(|c| (c.caught_up, c.parked_at));
-        let room = self.config.sources.max_open_files.max(1);
-        self.backlog = changed.len() > room;
         self.parked_grew = changed.iter().any(|c| c.parked_at.is_some());
-        for Changed { key, .. } in changed.drain(room.min(changed.len())..) {
-            if self.from_end_at_first_scan && !self.parked.contains_key(&key) {
-                // read_from = "end" is for files there at startup, however late they are opened.
-                self.from_end_deferred.insert(key);
-            }
-        }
+        let room = self.config.sources.max_open_files.max(1);
+        let (mut opened, mut backlog) = (0, false);
         for Changed { path, key, .. } in changed {
-            match self.parked.remove(&key) {
+            if opened == room {
+                // Left for the next scan. read_from = "end" is for files there at startup,
+                // however late they are opened.
+                backlog = true;
+                if self.from_end_at_first_scan {
+                    self.from_end_deferred.insert(key);
+                }
+                continue;
+            }
+            // Only files opened count: unreadable ones must not keep the others waiting.
+            let started = match self.parked.remove(&key) {
                 Some(parked) => self.start(&path, |pl| {
                     let (offset, line_no) = (parked.offset, parked.line_no);
                     pl.reopen(&path, &path, key, offset, line_no, parked.fingerprint)
@@ -403,10 +407,12 @@ impl Tailer<'_> {
                 None => {
                     let from_end =
                         self.from_end_at_first_scan || self.from_end_deferred.remove(&key);
-                    self.start(&path, |pl| pl.open(&path, from_end));
+                    self.start(&path, |pl| pl.open(&path, from_end))
                 }
-            }
+            };
+            opened += usize::from(started);
         }
+        self.backlog = backlog;
         if !self.backlog {
             self.from_end_deferred.clear();
         }
@@ -475,11 +481,12 @@ impl Tailer<'_> {
         }
     }
 
+    /// Opens a file and follows it; false if it could not be opened (vanished, or an error).
     fn start(
         &mut self,
         path: &Path,
         open: impl FnOnce(&Pipeline) -> anyhow::Result<Option<Opened>>,
-    ) {
+    ) -> bool {
         match open(self.pipeline) {
             Ok(Some(opened)) => {
                 let key = (opened.file.dev, opened.file.ino);
@@ -494,10 +501,12 @@ impl Tailer<'_> {
                         seen: None,
                     },
                 );
+                true
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(error) => {
-                tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot open file; will retry at the next rescan")
+                tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot open file; will retry at the next rescan");
+                false
             }
         }
     }
