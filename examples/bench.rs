@@ -4,7 +4,8 @@
 //! cargo run --release --example bench -- backfill [--runs 1,50,5000] [--events 1000000] [--reps 3]
 //!                                                [--jobs N] [--keep] [--dir D] [--bin PATH]
 //! cargo run --release --example bench -- gen      [--runs 50] [--events N] [--validate]
-//! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20] ...
+//! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20]
+//!                                                [--files 1000 [--active 500]] ...
 //! ```
 //!
 //! # `backfill`
@@ -43,6 +44,11 @@
 //! equal the lines sent (each line has a unique `event_id`, so a lost line shows as fewer rows,
 //! a line stored twice under different keys as more). The daemon is stopped with SIGTERM and
 //! must exit 0. Needs a rowid `events` table (rows are found by `rowid > last seen`).
+//!
+//! With `--files N` (N > 1) the daemon watches N files `raw/events_YYYYMMDD_NNNNN.ndjson`, each
+//! holding one line before it starts (counted in the rows expected); the producers append
+//! across the first `--active` of them (each file has one producer, which keeps it open), the
+//! others stay idle. Peak RSS and idle CPU are then those of a daemon watching N files.
 //!
 //! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
 //! (a no-op when it is up to date) unless `--bin PATH` or `--no-build` is given.
@@ -177,6 +183,13 @@ struct TailArgs {
     /// Seconds of idle time measured after the load has drained.
     #[arg(long, default_value_t = 5)]
     idle: u64,
+    /// Files watched: 1 = today's daily file only; N > 1 = N files of one line each, the
+    /// producers appending across `--active` of them.
+    #[arg(long, default_value_t = 1)]
+    files: u32,
+    /// With `--files N`: how many of the files the producers append to [default: N / 2].
+    #[arg(long)]
+    active: Option<u32>,
     /// Number of runs the events are spread over.
     #[arg(long, default_value_t = 8)]
     runs: u32,
@@ -1430,10 +1443,13 @@ struct RunDb {
     last_rowid: i64,
 }
 
-/// One producer: appends lines at `rate` lines/s until `stop`; returns the lines sent.
+/// One producer: appends lines at `rate` lines/s until `stop`; returns the lines sent. With no
+/// `targets`, to today's daily file; otherwise to a random one of `targets` per line.
+#[allow(clippy::too_many_arguments)]
 fn producer(
     idx: u32,
     raw: PathBuf,
+    targets: Vec<PathBuf>,
     rate_per_producer: f64,
     runs: u32,
     clock: Instant,
@@ -1445,6 +1461,7 @@ fn producer(
     let mut next = clock.elapsed() + interval.mul_f64(f64::from(idx) / 8.0);
     let mut day = -1i64;
     let mut file: Option<File> = None;
+    let mut open: Vec<Option<File>> = targets.iter().map(|_| None).collect();
     let mut line = Vec::with_capacity(512);
     let mut seq = 0u64;
     let pad = "x".repeat(120);
@@ -1455,11 +1472,20 @@ fn producer(
         }
         next += interval;
         let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-        if wall_ms.div_euclid(DAY_MS) != day || file.is_none() {
-            day = wall_ms.div_euclid(DAY_MS);
-            let name = format!("events_{}.ndjson", ymd(wall_ms, ""));
-            file = Some(OpenOptions::new().create(true).append(true).open(raw.join(name))?);
-        }
+        let out = if targets.is_empty() {
+            if wall_ms.div_euclid(DAY_MS) != day || file.is_none() {
+                day = wall_ms.div_euclid(DAY_MS);
+                let name = format!("events_{}.ndjson", ymd(wall_ms, ""));
+                file = Some(OpenOptions::new().create(true).append(true).open(raw.join(name))?);
+            }
+            file.as_mut().expect("opened above")
+        } else {
+            let i = rng.below(targets.len() as u64) as usize;
+            if open[i].is_none() {
+                open[i] = Some(OpenOptions::new().append(true).open(&targets[i])?);
+            }
+            open[i].as_mut().expect("opened above")
+        };
         seq += 1;
         line.clear();
         write!(
@@ -1477,7 +1503,7 @@ fn producer(
             rng.range(0, 40),
             rng.range(50, 900)
         )?;
-        file.as_mut().expect("opened above").write_all(&line)?;
+        out.write_all(&line)?;
         sent.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -1515,7 +1541,25 @@ fn tail(a: TailArgs) -> Result<bool> {
     fs::create_dir_all(&raw)?;
     // Today's file exists before the daemon starts, so it is found at start-up.
     let today = ymd(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64, "");
-    File::create(raw.join(format!("events_{today}.ndjson")))?;
+    let active = a.active.unwrap_or(a.files / 2).min(a.files);
+    // Per producer, the files it appends to (none: today's daily file).
+    let mut targets: Vec<Vec<PathBuf>> = vec![Vec::new(); a.producers as usize];
+    let mut prefilled = 0u64;
+    if a.files <= 1 {
+        File::create(raw.join(format!("events_{today}.ndjson")))?;
+    } else {
+        ensure!(active >= a.producers, "--active must be at least --producers");
+        for i in 0..a.files {
+            let path = raw.join(format!("events_{today}_{i:05}.ndjson"));
+            let line = format!("{{\"run_id\":\"tail-run-00\",\"event_id\":\"pre-{i}\"}}\n");
+            fs::write(&path, line)?;
+            prefilled += 1;
+            if i < active {
+                // One producer per file, so that each holds only its share of descriptors.
+                targets[(i % a.producers) as usize].push(path);
+            }
+        }
+    }
 
     let log = base.join("run.log");
     let out = File::create(&log)?;
@@ -1532,7 +1576,8 @@ fn tail(a: TailArgs) -> Result<bool> {
     let mut handles: Vec<_> = (0..a.producers)
         .map(|i| {
             let (raw, stop, sent) = (raw.clone(), stop.clone(), sent.clone());
-            std::thread::spawn(move || producer(i, raw, per, a.runs, clock, stop, sent))
+            let targets = std::mem::take(&mut targets[i as usize]);
+            std::thread::spawn(move || producer(i, raw, targets, per, a.runs, clock, stop, sent))
         })
         .collect();
 
@@ -1619,12 +1664,13 @@ fn tail(a: TailArgs) -> Result<bool> {
         }
         polls += 1;
         if let (Some(total), Some(deadline)) = (sent_total, drain_deadline) {
-            if committed >= total {
+            if committed >= total + prefilled {
                 break;
             }
             if clock.elapsed() >= deadline {
                 failure = Some(format!(
-                    "only {committed} of {total} lines committed {} s after the load stopped",
+                    "only {committed} of {} lines committed {} s after the load stopped",
+                    total + prefilled,
                     a.drain_timeout
                 ));
                 break;
@@ -1682,8 +1728,9 @@ fn tail(a: TailArgs) -> Result<bool> {
             failure.get_or_insert(format!("daemon exit status after SIGTERM: {st}"));
         }
     }
-    if failure.is_none() && committed != sent_total {
-        failure = Some(format!("{committed} rows committed for {sent_total} lines sent"));
+    let expected = sent_total + prefilled;
+    if failure.is_none() && committed != expected {
+        failure = Some(format!("{committed} rows committed for {expected} lines written"));
     }
     let wall = stopped_at.unwrap_or_else(|| clock.elapsed()).as_secs_f64();
     println!(
@@ -1694,6 +1741,9 @@ fn tail(a: TailArgs) -> Result<bool> {
         a.duration,
         a.warmup
     );
+    if a.files > 1 {
+        println!("  {} files watched, {active} of them appended to", a.files);
+    }
     println!(
         "  latency (write -> visible to a reader, upper bound, resolution ~{} ms; {} samples): \
          p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -1706,7 +1756,7 @@ fn tail(a: TailArgs) -> Result<bool> {
     );
     println!(
         "  daemon CPU: {load_pct:.1} % under load, {idle_pct:.2} % idle; peak RSS {rss_mib:.1} MiB; \
-         {committed} of {sent_total} lines committed; {polls} polls"
+         {committed} of {expected} lines committed; {polls} polls"
     );
     if let Some(f) = &failure {
         println!("  FAILED: {f}\n  log {} ends with:\n{}", log.display(), log_tail(&log, 15));
@@ -1719,6 +1769,8 @@ fn tail(a: TailArgs) -> Result<bool> {
         "runs": a.runs,
         "poll_ms": a.poll_ms,
         "sent": sent_total,
+        "files": a.files,
+        "active_files": if a.files > 1 { active } else { 1 },
         "committed": committed,
         "latency_ms": {
             "p50": percentile(&lat_ns, 50.0),

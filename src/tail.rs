@@ -19,8 +19,13 @@ use sha2::{Digest, Sha256};
 
 use crate::metrics::Counter;
 
-/// How much the reader asks the OS for at once. Large reads keep syscalls off the profile.
+/// The most the reader asks the OS for at once. Large reads keep syscalls off the profile.
 const READ_CHUNK: usize = 256 * 1024;
+
+/// The first read of a reader, and what it keeps between reads: a daemon follows up to
+/// `max_open_files` mostly idle files, which must not hold `READ_CHUNK` each (1,024 × 256 KiB
+/// = 256 MiB resident). Reads double up to `READ_CHUNK` while they fill the buffer.
+const MIN_CHUNK: usize = 4 * 1024;
 
 /// One unit the reader hands out.
 #[derive(Debug, PartialEq)]
@@ -76,6 +81,8 @@ pub struct LineReader<R> {
     max_prefix: usize,
     skipping: Option<Skipping>,
     eof: bool,
+    /// Bytes asked for by the next read (MIN_CHUNK..=READ_CHUNK).
+    chunk: usize,
 }
 
 impl<R: Read> LineReader<R> {
@@ -93,6 +100,7 @@ impl<R: Read> LineReader<R> {
             max_prefix: max_prefix.min(max_line),
             skipping: None,
             eof: false,
+            chunk: MIN_CHUNK,
         }
     }
 
@@ -217,14 +225,14 @@ impl<R: Read> LineReader<R> {
 
     /// Reads more bytes; false at end of stream (for now: a live file may grow later).
     fn fill(&mut self) -> io::Result<bool> {
-        if self.start > 0 && (self.start == self.end || self.end + READ_CHUNK > self.buf.len()) {
+        if self.start > 0 && (self.start == self.end || self.end + self.chunk > self.buf.len()) {
             // Compact: move the partial line to the front before growing the buffer.
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         // The buffer holds at most one partial line (≤ max_line + 1 bytes) plus one chunk.
-        let want = self.end + READ_CHUNK;
+        let want = self.end + self.chunk;
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
@@ -232,9 +240,19 @@ impl<R: Read> LineReader<R> {
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     self.eof = true;
+                    if self.start == self.end && self.buf.len() > MIN_CHUNK {
+                        // Caught up: keep only a small buffer until the file grows again.
+                        (self.start, self.end, self.chunk) = (0, 0, MIN_CHUNK);
+                        self.buf.truncate(MIN_CHUNK);
+                        self.buf.shrink_to_fit();
+                    }
                     return Ok(false);
                 }
                 Ok(n) => {
+                    if self.end + n == self.buf.len() {
+                        // More may be waiting: ask for more next time.
+                        self.chunk = (self.chunk * 2).min(READ_CHUNK);
+                    }
                     self.end += n;
                     self.eof = false;
                     return Ok(true);
@@ -422,6 +440,27 @@ mod tests {
         let src = Pieces(vec![b"x\ny\n".to_vec()]);
         let mut r = LineReader::new(src, 100, 41, 100, 10);
         assert_eq!(collect(&mut r), vec![(100, 42, "x".into()), (102, 43, "y".into())]);
+    }
+
+    #[test]
+    fn buffer_grows_for_a_burst_and_shrinks_once_caught_up() {
+        // 1 MiB of 100-byte lines, then end-of-file, then one more line "appended later".
+        let line = format!("{}\n", "l".repeat(99));
+        let burst = line.repeat(10 * 1024).into_bytes();
+        let mut r =
+            LineReader::new(Pieces(vec![burst, Vec::new(), b"late\n".to_vec()]), 0, 0, 200, 10);
+        let mut n = 0;
+        while r.next_line().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 10 * 1024);
+        assert!(r.chunk == MIN_CHUNK && r.buf.len() <= MIN_CHUNK, "idle buffer {}", r.buf.len());
+        assert!(
+            matches!(r.next_line().unwrap(), Some(Line::Complete(m, b"late")) if m.line_no == n + 1)
+        );
+        assert!(r.next_line().unwrap().is_none());
+        // An idle reader (nothing new) never holds more than the small buffer.
+        assert!(r.buf.len() <= MIN_CHUNK);
     }
 
     #[test]

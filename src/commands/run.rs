@@ -33,6 +33,9 @@ use crate::shutdown::{Signal, Signals};
 /// of events costs little while tomorrow's file is still found within ~100 ms.
 const MIN_EVENT_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// While the writers hold the reader up, the glob rescan runs this rarely.
+const HELD_UP_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a read pass waits for a held-up writer to take what was already read before the
 /// loop turns to its other duties (signals, rescans, closing deleted files).
 const UNSTALL_WAIT: Duration = Duration::from_millis(100);
@@ -53,14 +56,15 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let (wake_tx, wake_rx) = bounded::<()>(1);
     let structural = Arc::new(AtomicBool::new(true));
     let structural_flag = structural.clone();
+    let appended = Arc::new(AtomicBool::new(false));
+    let appended_flag = appended.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         use notify::EventKind;
-        // Opening or reading a file or directory changes nothing; ignoring it also keeps our
-        // own rescans (which open the watched directories) from waking us again, forever.
-        if matches!(&event, Ok(e) if matches!(e.kind, EventKind::Access(_))) {
-            return;
-        }
         let structural_change = match &event {
+            // Opens and closes change no name or size (a write is also a Modify(Data)). Our
+            // own rescans open the watched directory, which inotify reports: acting on that
+            // made every rescan trigger the next one 100 ms later, forever.
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => return,
             Ok(event) => {
                 !matches!(event.kind, EventKind::Modify(notify::event::ModifyKind::Data(_)))
             }
@@ -69,6 +73,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         };
         if structural_change {
             structural_flag.store(true, Ordering::Relaxed);
+        } else {
+            appended_flag.store(true, Ordering::Relaxed);
         }
         // Coalesce: one pending wake-up is enough, the reader looks at every file anyway.
         let _ = wake_tx.try_send(());
@@ -85,10 +91,16 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
             counters: &counters,
             open: HashMap::new(),
             parked: HashMap::new(),
+            backlog: false,
+            parked_grew: false,
+            from_end_deferred: HashSet::new(),
             watched_dirs: Vec::new(),
             // read_from = "end" applies to files first seen at startup, not after a reload.
             from_end_at_first_scan: first_start && config.sources.read_from == ReadFrom::End,
             resume_at: None,
+            order: Vec::new(),
+            order_stale: true,
+            unread_noted: None,
         };
         tailer.rescan(watcher.as_mut());
         if first_start {
@@ -103,7 +115,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         crate::systemd::ready(&format!("following {files} files")); // ops: READY=1 (ends a reload)
         first_start = false;
         let retention = Retention::spawn(config.clone(), counters.clone())?;
-        let exit = main_loop(&mut tailer, &signals, &wake_rx, &structural, watcher.as_mut(), &args);
+        let flags = (&*structural, &*appended);
+        let exit = main_loop(&mut tailer, &signals, &wake_rx, flags, watcher.as_mut(), &args);
         if matches!(exit, Exit::Shutdown) {
             crate::systemd::stopping(); // ops: STOPPING=1 before the drain
         }
@@ -159,12 +172,13 @@ fn main_loop(
     tailer: &mut Tailer<'_>,
     signals: &Signals,
     wake: &Receiver<()>,
-    structural: &AtomicBool,
+    (structural, appended): (&AtomicBool, &AtomicBool),
     mut watcher: Option<&mut notify::RecommendedWatcher>,
     args: &ConfigArgs,
 ) -> Exit {
     let rescan_interval = tailer.config.sources.rescan_interval;
     let mut last_rescan = Instant::now();
+    let mut last_close = Instant::now();
     loop {
         if signals.is_stopping() {
             return Exit::Shutdown;
@@ -172,17 +186,36 @@ fn main_loop(
         tailer.counters.reader_alive(); // ops: the watchdog's proof that this loop turns
         let blocked = tailer.read_all(&|| signals.is_stopping());
         let since = last_rescan.elapsed();
-        if since >= rescan_interval
-            || (since >= MIN_EVENT_RESCAN_INTERVAL && structural.swap(false, Ordering::Relaxed))
+        // A backlog (more changed files than max_open_files) is worked through at that many
+        // files per MIN_EVENT_RESCAN_INTERVAL. While parked files are being appended to (more
+        // active files than max_open_files), an append is a reason to rescan too: inotify does
+        // not say which file grew, and waiting for the periodic rescan would delay them by up
+        // to rescan_interval.
+        let parked_growing = tailer.parked_grew && appended.load(Ordering::Relaxed);
+        if blocked && since >= rescan_interval && since < HELD_UP_RESCAN_INTERVAL {
+            // Held up: files found now could not be read yet, and a rescan of thousands of
+            // files would burn the CPU the writers need; discovery slows down (it still runs,
+            // for a pipeline saturated for hours). Deleted files still go on time.
+            if last_close.elapsed() >= rescan_interval {
+                last_close = Instant::now();
+                tailer.close_inactive();
+            }
+        } else if since >= rescan_interval
+            || (!blocked
+                && since >= MIN_EVENT_RESCAN_INTERVAL
+                && (tailer.backlog || parked_growing || structural.swap(false, Ordering::Relaxed)))
         {
+            appended.store(false, Ordering::Relaxed);
             last_rescan = Instant::now();
-            tailer.rescan(watcher.as_deref_mut());
+            let opened = tailer.rescan(watcher.as_deref_mut());
+            last_close = Instant::now();
             tailer.close_inactive();
-            // A file found by this rescan is read now, not after the next wake-up.
-            continue;
+            if opened {
+                continue; // a file found by this rescan is read now, not after the next wake-up
+            }
         }
         // A pending event-triggered rescan is due MIN_EVENT_RESCAN_INTERVAL after the last one.
-        let due = if structural.load(Ordering::Relaxed) {
+        let due = if tailer.backlog || parked_growing || structural.load(Ordering::Relaxed) {
             MIN_EVENT_RESCAN_INTERVAL
         } else {
             rescan_interval
@@ -271,6 +304,23 @@ struct Tailed {
     seen: Option<crate::checkpoint::Checkpoint>,
     /// Since when the file has had bytes we have not read (None: read up to its size).
     unread_since: Option<Instant>,
+    /// The file's size when last looked at (fstat in `read_all`, or at open).
+    size: u64,
+    /// The last read ended with no complete line left in the reader's buffer (false after a
+    /// read pass stopped by backpressure): "no new bytes" then means "nothing to read".
+    drained: bool,
+}
+
+impl Tailed {
+    /// Read up to the size last seen, nothing buffered: parking it loses no progress.
+    fn caught_up(&self) -> bool {
+        let reader = &self.opened.reader;
+        if self.opened.file.gzip {
+            reader.at_eof() && reader.pending_bytes() == 0
+        } else {
+            reader.pending_bytes() == 0 && reader.offset() >= self.size
+        }
+    }
 }
 
 /// Fingerprints what `opened` has read so far (None for `.gz` or nothing read yet).
@@ -298,6 +348,18 @@ struct Parked {
     size_seen: u64,
     /// Where it was when parked (a glob match).
     path: PathBuf,
+    /// When it was parked: changed files wait for a descriptor oldest first.
+    parked_at: Instant,
+}
+
+/// A file a rescan found new or changed, not open.
+struct Changed {
+    /// Its saved checkpoint is at its end: opening it reads nothing.
+    caught_up: bool,
+    /// None for a file not parked (new to this process).
+    parked_at: Option<Instant>,
+    path: PathBuf,
+    key: (u64, u64),
 }
 
 struct Tailer<'a> {
@@ -307,17 +369,31 @@ struct Tailer<'a> {
     counters: &'a Counters,
     open: HashMap<(u64, u64), Tailed>,
     parked: HashMap<(u64, u64), Parked>,
+    /// The last rescan found more new or changed files than `max_open_files`: rescan again
+    /// as soon as the ones it opened are read.
+    backlog: bool,
+    /// The last rescan reopened parked files that had grown.
+    parked_grew: bool,
+    /// Files seen by the first scan with `read_from = "end"` but left for a later one.
+    from_end_deferred: HashSet<(u64, u64)>,
     watched_dirs: Vec<PathBuf>,
     from_end_at_first_scan: bool,
     /// Where the last read pass stopped because the pipeline was held up: the next pass
     /// starts there, so every file gets its turn under sustained backpressure.
     resume_at: Option<(u64, u64)>,
+    /// The open files' keys, sorted: the order of read passes (rebuilt when `open` changes).
+    order: Vec<(u64, u64)>,
+    order_stale: bool,
+    /// When `note_unread` last looked (it fstats every open file: not on every held-up pass).
+    unread_noted: Option<Instant>,
 }
 
 impl Tailer<'_> {
     /// Finds files matching the globs: opens new ones, reopens parked ones that changed.
-    fn rescan(&mut self, mut watcher: Option<&mut notify::RecommendedWatcher>) {
+    /// Returns whether it opened any file.
+    fn rescan(&mut self, mut watcher: Option<&mut notify::RecommendedWatcher>) -> bool {
         let mut seen = HashSet::new();
+        let mut changed: Vec<Changed> = Vec::new();
         for pattern in &self.config.sources.paths {
             let dir = discover::glob_base(pattern);
             if let Some(w) = watcher.as_deref_mut() {
@@ -331,11 +407,11 @@ impl Tailer<'_> {
             let Ok(paths) = glob::glob(pattern) else { continue };
             for path in paths.filter_map(Result::ok) {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                if !meta.is_file() {
+                // A file matched twice (two globs, hard links) is one file.
+                if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
                     continue;
                 }
                 let key = (meta.dev(), meta.ino());
-                seen.insert(key);
                 if let Some(tailed) = self.open.get_mut(&key) {
                     if tailed.path != path {
                         tracing::info!(from = %tailed.path.display(), to = %path.display(), "file renamed; following it");
@@ -345,31 +421,75 @@ impl Tailer<'_> {
                 }
                 match self.parked.get(&key) {
                     Some(p) if p.size_seen == meta.len() => {}
-                    Some(_) => {
-                        let parked = self.parked.remove(&key).expect("matched above");
-                        self.start(&path, |pl| {
-                            let (offset, line_no) = (parked.offset, parked.line_no);
-                            pl.reopen(&path, &path, key, offset, line_no, parked.fingerprint)
-                        });
-                    }
+                    Some(p) => changed.push(Changed {
+                        caught_up: false,
+                        parked_at: Some(p.parked_at),
+                        path,
+                        key,
+                    }),
                     None => {
-                        let from_end = self.from_end_at_first_scan;
-                        self.start(&path, |pl| pl.open(&path, from_end));
+                        // Its checkpoint is at its end (most files at startup): nothing to read.
+                        let caught_up = self
+                            .pipeline
+                            .checkpoint(key.0, key.1)
+                            .is_some_and(|cp| !cp.gzip && cp.offset == meta.len());
+                        changed.push(Changed { caught_up, parked_at: None, path, key });
                     }
                 }
             }
+        }
+        // Open at most `max_open_files` per scan: a file opened here and pushed out by the next
+        // one before read_all reached it would be parked unread and reopened by every scan, and
+        // with more changed files than descriptors some would never be read. Files with bytes
+        // to read first; new files, then parked ones by how long they waited (the sort is
+        // stable: glob order otherwise).
+        changed.sort_by_key(|c| (c.caught_up, c.parked_at));
+        self.parked_grew = changed.iter().any(|c| c.parked_at.is_some());
+        // Room: free slots plus open files read to their end. An open file with bytes left is
+        // never pushed out for another (it would be reopened by the next scan, thrashing, most
+        // of all while the writers hold the reader up).
+        let max_open = self.config.sources.max_open_files.max(1);
+        let parkable = self.open.values().filter(|t| t.caught_up()).count();
+        let room = max_open.saturating_sub(self.open.len()) + parkable;
+        let (mut opened, mut backlog) = (0, false);
+        for Changed { path, key, .. } in changed {
+            if opened == room {
+                // Left for the next scan. read_from = "end" is for files there at startup,
+                // however late they are opened.
+                backlog = true;
+                if self.from_end_at_first_scan {
+                    self.from_end_deferred.insert(key);
+                }
+                continue;
+            }
+            // Only files opened count: unreadable ones must not keep the others waiting.
+            let started = match self.parked.remove(&key) {
+                Some(parked) => self.start(&path, |pl| {
+                    let (offset, line_no) = (parked.offset, parked.line_no);
+                    pl.reopen(&path, &path, key, offset, line_no, parked.fingerprint)
+                }),
+                None => {
+                    let from_end =
+                        self.from_end_at_first_scan || self.from_end_deferred.remove(&key);
+                    self.start(&path, |pl| pl.open(&path, from_end))
+                }
+            };
+            opened += usize::from(started);
+        }
+        // No room at all (every open file has bytes left): the next scan comes on time; a
+        // quick one would find no room either.
+        self.backlog = backlog && room > 0;
+        if !backlog {
+            self.from_end_deferred.clear();
         }
         self.from_end_at_first_scan = false;
         self.follow_renamed_parked(&seen);
         tracing::debug!(files = seen.len(), "rescanned");
         self.counters.files_watched.set((self.open.len() + self.parked.len()) as u64);
         // ops: jsonl_shipper_lag_bytes = bytes appended to plain files but not read yet.
+        // (Sizes as read_all last saw them: no fstat per open file here.)
         let lag = |t: &Tailed| {
-            let size = if t.opened.file.gzip {
-                0
-            } else {
-                t.opened.handle.metadata().map_or(0, |m| m.len())
-            };
+            let size = if t.opened.file.gzip { 0 } else { t.size };
             size.saturating_sub(t.opened.reader.offset())
         };
         let parked_lag = |p: &Parked| p.size_seen.saturating_sub(p.offset);
@@ -377,6 +497,7 @@ impl Tailer<'_> {
             self.open.values().map(lag).sum::<u64>()
                 + self.parked.values().map(parked_lag).sum::<u64>(),
         );
+        opened > 0
     }
 
     /// Parked files the globs no longer match were deleted or renamed away (logrotate). A
@@ -385,7 +506,8 @@ impl Tailer<'_> {
     /// (read to its end, finished after `close_inactive`); otherwise, and if gone, forgotten
     /// (its checkpoint row stays in the state DB).
     fn follow_renamed_parked(&mut self, seen: &HashSet<(u64, u64)>) {
-        let missing: Vec<(u64, u64)> =
+        // A set: it is probed once per directory entry, and thousands of files can go at once.
+        let missing: HashSet<(u64, u64)> =
             self.parked.keys().filter(|key| !seen.contains(key)).copied().collect();
         if missing.is_empty() {
             return;
@@ -424,16 +546,19 @@ impl Tailer<'_> {
         }
     }
 
+    /// Opens a file and follows it; false if it could not be opened (vanished, or an error).
     fn start(
         &mut self,
         path: &Path,
         open: impl FnOnce(&Pipeline) -> anyhow::Result<Option<Opened>>,
-    ) {
+    ) -> bool {
         match open(self.pipeline) {
             Ok(Some(opened)) => {
                 let key = (opened.file.dev, opened.file.ino);
                 tracing::debug!(path = %path.display(), offset = opened.start_offset, "following file");
                 self.make_room();
+                let size = opened.handle.metadata().map_or(0, |m| m.len());
+                self.order_stale = true;
                 self.open.insert(
                     key,
                     Tailed {
@@ -442,21 +567,26 @@ impl Tailer<'_> {
                         last_data: Instant::now(),
                         seen: None,
                         unread_since: None,
+                        size,
+                        drained: true,
                     },
                 );
+                true
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(error) => {
-                tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot open file; will retry at the next rescan")
+                tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot open file; will retry at the next rescan");
+                false
             }
         }
     }
 
-    /// Keeps at most `max_open_files` descriptors: parks the longest-idle file.
+    /// Keeps at most `max_open_files` descriptors: parks the longest-idle file, preferring one
+    /// read to its end (one with bytes left would only be reopened to read them).
     fn make_room(&mut self) {
         while self.open.len() >= self.config.sources.max_open_files.max(1) {
-            let Some(key) = self.open.iter().min_by_key(|(_, t)| t.last_data).map(|(k, _)| *k)
-            else {
+            let lru = self.open.iter().min_by_key(|(_, t)| (!t.caught_up(), t.last_data));
+            let Some(key) = lru.map(|(k, _)| *k) else {
                 return;
             };
             self.park(key);
@@ -464,6 +594,7 @@ impl Tailer<'_> {
     }
 
     fn park(&mut self, key: (u64, u64)) {
+        self.order_stale = true;
         if let Some(tailed) = self.open.remove(&key) {
             let reader = &tailed.opened.reader;
             let file = &tailed.opened.file;
@@ -483,6 +614,7 @@ impl Tailer<'_> {
                     fingerprint,
                     size_seen,
                     path: tailed.path.clone(),
+                    parked_at: Instant::now(),
                 },
             );
         }
@@ -500,16 +632,20 @@ impl Tailer<'_> {
             }
             Err(_closed) => return false,
         }
-        let mut keys: Vec<(u64, u64)> = self.open.keys().copied().collect();
-        keys.sort_unstable();
-        if let Some(at) = self.resume_at.take() {
-            let start = keys.partition_point(|k| *k < at);
-            keys.rotate_left(start);
+        // Under backpressure a pass may route one span and stop: keep its cost O(1), not
+        // O(open files), by reusing the order and starting where the last pass stopped.
+        if self.order_stale {
+            self.order = self.open.keys().copied().collect();
+            self.order.sort_unstable();
+            self.order_stale = false;
         }
+        let start = self.resume_at.take().map_or(0, |at| self.order.partition_point(|k| *k < at));
+        let n = self.order.len();
         let mut restart = Vec::new();
         let mut blocked = false;
         let now = Instant::now();
-        for key in keys {
+        for i in 0..n {
+            let key = self.order[(start + i) % n];
             let Some(tailed) = self.open.get_mut(&key) else { continue };
             let opened = &mut tailed.opened;
             let mut size = None;
@@ -535,13 +671,18 @@ impl Tailer<'_> {
                         tailed.unread_since.get_or_insert(now);
                     }
                     size = Some(meta.len());
+                    tailed.size = meta.len();
+                    if tailed.drained && meta.len() == read_to + opened.reader.pending_bytes() {
+                        continue; // nothing new: spare the read(2)
+                    }
                 }
             }
             let before = opened.reader.offset() + opened.reader.pending_bytes();
             match self.router.route(&opened.file, &opened.handle, &mut opened.reader, false, stop) {
-                Ok(Routed::Drained) => {}
+                Ok(Routed::Drained) => tailed.drained = true,
                 Ok(Routed::Blocked) => {
                     blocked = true;
+                    tailed.drained = false;
                     self.resume_at = Some(key);
                 }
                 Ok(Routed::Closed) => return false,
@@ -553,7 +694,7 @@ impl Tailer<'_> {
                 ),
             }
             let after = opened.reader.offset() + opened.reader.pending_bytes();
-            if size.is_some_and(|size| after >= size) {
+            if tailed.drained && size.is_some_and(|size| after >= size) {
                 tailed.unread_since = None;
             }
             if after != before {
@@ -581,6 +722,10 @@ impl Tailer<'_> {
     /// oldest unshipped byte keeps growing in `/metrics` instead of freezing.
     fn note_unread(&mut self) {
         let now = Instant::now();
+        if self.unread_noted.is_some_and(|t| now - t < Duration::from_millis(250)) {
+            return;
+        }
+        self.unread_noted = Some(now);
         for tailed in self.open.values_mut() {
             let opened = &tailed.opened;
             if opened.file.gzip {
@@ -608,6 +753,7 @@ impl Tailer<'_> {
 
     /// A file truncated or rewritten under us: its new content is read from 0.
     fn restart_from_zero(&mut self, key: (u64, u64), path: &Path, why: &str) {
+        self.order_stale = true;
         let old = self.open.remove(&key).map(|t| t.opened.reader.offset());
         self.counters.truncations.add(1);
         tracing::warn!(
@@ -649,6 +795,7 @@ impl Tailer<'_> {
                 .route(&opened.file, &opened.handle, &mut opened.reader, true, &|| false)
             {
                 Ok(Routed::Blocked) => {
+                    tailed.drained = false;
                     if opened.reader.offset() + opened.reader.pending_bytes() != before {
                         tailed.last_data = Instant::now(); // progress: finish it later
                         continue;
@@ -670,6 +817,7 @@ impl Tailer<'_> {
                              have been held up (locked DB or full disk?) for \
                              sources.close_inactive; its unread bytes are not shipped"
                         );
+                        self.order_stale = true;
                         self.open.remove(&key);
                         continue;
                     }
@@ -679,6 +827,7 @@ impl Tailer<'_> {
                     tracing::error!(path = %tailed.path.display(), %error, "read error while closing")
                 }
             }
+            self.order_stale = true;
             let Some(tailed) = self.open.remove(&key) else { continue };
             self.counters.rotations.add(1);
             tracing::info!(

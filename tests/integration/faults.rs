@@ -8,14 +8,11 @@ use std::time::Duration;
 use crate::harness::{wait_until, Shipper, DEADLINE};
 
 fn lines(prefix: &str, n: usize, pad: usize) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                "{{\"run_id\":\"r1\",\"event_id\":\"{prefix}{i}\",\"pad\":\"{}\"}}\n",
-                "x".repeat(pad)
-            )
-        })
-        .collect()
+    (0..n).map(|i| line(prefix, i, pad)).collect()
+}
+
+fn line(prefix: &str, i: usize, pad: usize) -> String {
+    format!("{{\"run_id\":\"r1\",\"event_id\":\"{prefix}{i}\",\"pad\":\"{}\"}}\n", "x".repeat(pad))
 }
 
 #[test]
@@ -141,20 +138,27 @@ fn deleted_files_are_not_held_open_past_close_inactive_while_a_locked_db_holds_t
     };
     wait_until(DEADLINE, "the first row", || shipped().is_some_and(|k| k.len() == 1));
 
+    // Four files being tailed (each has shipped its first line)...
+    let rels: Vec<String> =
+        (0..FILES).map(|f| format!("raw/events_2024030{}.ndjson", f + 2)).collect();
+    let paths: Vec<_> = rels
+        .iter()
+        .enumerate()
+        .map(|(f, rel)| shipper.write(rel, lines(&format!("f{f}-"), 1, 1000).as_bytes()))
+        .collect();
+    wait_until(DEADLINE, "the first line of every file", || {
+        shipped().is_some_and(|k| k.len() == 1 + FILES)
+    });
+    assert!(paths.iter().all(|p| daemon.fd_targets().contains(p)), "all four files followed");
+    // ...then the run DB is locked and 32 MiB appended to each.
     let locker = rusqlite::Connection::open(&db).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let paths: Vec<_> = (0..FILES)
-        .map(|f| {
-            shipper.write(
-                &format!("raw/events_2024030{}.ndjson", f + 2),
-                lines(&format!("f{f}-"), LINES, 1000).as_bytes(),
-            )
-        })
-        .collect();
-    wait_until(DEADLINE, "the daemon to follow the new files and hit the lock", || {
-        let fds = daemon.fd_targets();
-        paths.iter().all(|p| fds.contains(p))
-            && daemon.stderr_so_far().contains("cannot write run DB")
+    for (f, rel) in rels.iter().enumerate() {
+        let rest: String = (1..LINES).map(|i| line(&format!("f{f}-"), i, 1000)).collect();
+        shipper.append(rel, rest.as_bytes());
+    }
+    wait_until(DEADLINE, "the writer to hit the lock", || {
+        daemon.stderr_so_far().contains("cannot write run DB")
     });
     for path in &paths {
         std::fs::remove_file(path).unwrap();
@@ -171,7 +175,7 @@ fn deleted_files_are_not_held_open_past_close_inactive_while_a_locked_db_holds_t
     let log = daemon.stderr_so_far();
     let let_go = log.matches("closed a deleted file before reading it to its end").count();
     assert_eq!(let_go, FILES, "each deleted file let go unread once:\n{log}");
-    assert_eq!(shipped().unwrap().len(), 1, "rows committed through a held lock");
+    assert_eq!(shipped().unwrap().len(), 1 + FILES, "rows committed through a held lock");
 
     // The lock goes: what was read before is committed, once; the agent keeps going.
     locker.execute_batch("ROLLBACK").unwrap();
