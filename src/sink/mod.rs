@@ -1,8 +1,8 @@
 //! The writers: OS threads that own every run-DB connection, one thread per shard of run_ids.
 //!
 //! A writer takes [`Batch`]es from its bounded inbox and sorts their records into per-run
-//! buffers. A run is committed when it holds `batch_max_events` rows; every run is committed
-//! when the buffers hold `batch_max_bytes`, when the oldest record has waited
+//! buffers. A run is committed when it holds `batch_max_events` rows; the biggest runs are
+//! committed when the buffers hold `batch_max_bytes`; every run when the oldest record has waited
 //! `batch_max_delay` (daemon only; backfill flushes by size), or when the inbox closes. Each
 //! commit is one IMMEDIATE transaction for one run; only after it are the spans acked. A locked or full database is retried with backoff, forever, never dead-lettered;
 //! a record that fails on its own (too big) becomes a `write_failed` dead letter.
@@ -162,7 +162,24 @@ impl Writer {
             self.flush_run(&run_id);
         }
         if self.n_bytes >= self.config.max_bytes {
-            self.flush_all();
+            self.flush_largest();
+        }
+    }
+
+    /// Commits the biggest buffers until a quarter of `max_bytes` is free. With many small
+    /// runs this beats committing every run: the runs left buffered keep growing, so each
+    /// commit (and, beyond `max_open_dbs`, each DB open) carries about twice the rows for the
+    /// same memory (measured at 5000 runs: see the commit message).
+    fn flush_largest(&mut self) {
+        let mut by_size: Vec<(usize, String)> =
+            self.runs.iter().map(|(run_id, buf)| (buf.memory_bytes(), run_id.clone())).collect();
+        by_size.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let target = self.config.max_bytes / 4 * 3;
+        for (_, run_id) in by_size {
+            if self.n_bytes <= target {
+                break;
+            }
+            self.flush_run(&run_id);
         }
     }
 
