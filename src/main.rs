@@ -8,6 +8,7 @@ use jsonl_shipper::cli::Invocation;
 use jsonl_shipper::commands;
 
 fn main() -> ExitCode {
+    commands::tune_malloc();
     let cli = Invocation::parse();
     commands::raise_fd_limit();
     match commands::dispatch(cli.command) {
