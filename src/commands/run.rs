@@ -179,12 +179,16 @@ fn main_loop(
     let rescan_interval = tailer.config.sources.rescan_interval;
     let mut last_rescan = Instant::now();
     let mut last_close = Instant::now();
+    // A pass fstats every open file; one after a timeout (no inotify event) need only visit
+    // the files the rescan saw grow. Without inotify every pass is full.
+    let mut full_pass = true;
     loop {
         if signals.is_stopping() {
             return Exit::Shutdown;
         }
         tailer.counters.reader_alive(); // ops: the watchdog's proof that this loop turns
-        let blocked = tailer.read_all(&|| signals.is_stopping());
+        let blocked = tailer.read_all(&|| signals.is_stopping(), full_pass || watcher.is_none());
+        full_pass = blocked; // a held-up pass resumes where it stopped
         let since = last_rescan.elapsed();
         // A backlog (more changed files than max_open_files) is worked through at that many
         // files per MIN_EVENT_RESCAN_INTERVAL. While parked files are being appended to (more
@@ -210,8 +214,8 @@ fn main_loop(
             let opened = tailer.rescan(watcher.as_deref_mut());
             last_close = Instant::now();
             tailer.close_inactive();
-            if opened {
-                continue; // a file found by this rescan is read now, not after the next wake-up
+            if opened || tailer.open.values().any(|t| t.dirty) {
+                continue; // what this rescan found is read now, not after the next wake-up
             }
         }
         // A pending event-triggered rescan is due MIN_EVENT_RESCAN_INTERVAL after the last one.
@@ -243,7 +247,7 @@ fn main_loop(
                 },
                 Ok(Signal::Shutdown) | Err(_) => return Exit::Shutdown,
             },
-            recv(wake) -> _ => {},
+            recv(wake) -> _ => full_pass = true,
             default(timeout) => {},
         }
     }
@@ -309,6 +313,10 @@ struct Tailed {
     /// The last read ended with no complete line left in the reader's buffer (false after a
     /// read pass stopped by backpressure): "no new bytes" then means "nothing to read".
     drained: bool,
+    /// The last rescan saw it grow (or shrink): a partial read pass visits it.
+    dirty: bool,
+    /// The last rescan found it under a glob; rotated-away files are visited by every pass.
+    in_glob: bool,
 }
 
 impl Tailed {
@@ -392,6 +400,9 @@ impl Tailer<'_> {
     /// Finds files matching the globs: opens new ones, reopens parked ones that changed.
     /// Returns whether it opened any file.
     fn rescan(&mut self, mut watcher: Option<&mut notify::RecommendedWatcher>) -> bool {
+        for tailed in self.open.values_mut() {
+            tailed.in_glob = false;
+        }
         let mut seen = HashSet::new();
         let mut changed: Vec<Changed> = Vec::new();
         for pattern in &self.config.sources.paths {
@@ -413,6 +424,9 @@ impl Tailer<'_> {
                 }
                 let key = (meta.dev(), meta.ino());
                 if let Some(tailed) = self.open.get_mut(&key) {
+                    let read_to = tailed.opened.reader.offset() + tailed.opened.reader.pending_bytes();
+                    tailed.dirty = meta.len() != read_to || !tailed.drained;
+                    tailed.in_glob = true;
                     if tailed.path != path {
                         tracing::info!(from = %tailed.path.display(), to = %path.display(), "file renamed; following it");
                         tailed.path = path;
@@ -569,6 +583,8 @@ impl Tailer<'_> {
                         unread_since: None,
                         size,
                         drained: true,
+                        dirty: true,
+                        in_glob: true,
                     },
                 );
                 true
@@ -623,7 +639,9 @@ impl Tailer<'_> {
     /// Reads every complete line available in every open file. Returns true if the pipeline
     /// is held up (a full writer inbox: a locked DB, a full disk, or just a busy writer): the
     /// pass stops there and the next one starts with the file it stopped at.
-    fn read_all(&mut self, stop: &dyn Fn() -> bool) -> bool {
+    /// With `full` false, only files the last rescan saw change (and rotated-away ones) are
+    /// looked at: the others had no inotify event since the last full pass.
+    fn read_all(&mut self, stop: &dyn Fn() -> bool, full: bool) -> bool {
         match self.router.unstall(UNSTALL_WAIT) {
             Ok(true) => {}
             Ok(false) => {
@@ -647,6 +665,10 @@ impl Tailer<'_> {
         for i in 0..n {
             let key = self.order[(start + i) % n];
             let Some(tailed) = self.open.get_mut(&key) else { continue };
+            if !full && !tailed.dirty && tailed.in_glob {
+                continue;
+            }
+            tailed.dirty = false;
             let opened = &mut tailed.opened;
             let mut size = None;
             if !opened.file.gzip {
