@@ -424,7 +424,8 @@ impl Tailer<'_> {
                 }
                 let key = (meta.dev(), meta.ino());
                 if let Some(tailed) = self.open.get_mut(&key) {
-                    let read_to = tailed.opened.reader.offset() + tailed.opened.reader.pending_bytes();
+                    let read_to =
+                        tailed.opened.reader.offset() + tailed.opened.reader.pending_bytes();
                     tailed.dirty = meta.len() != read_to || !tailed.drained;
                     tailed.in_glob = true;
                     if tailed.path != path {
