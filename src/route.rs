@@ -603,3 +603,83 @@ impl Pending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn event(i: usize) -> String {
+        format!("{{\"run_id\":\"r\",\"event_id\":\"{i}\"}}\n")
+    }
+
+    /// The daemon's router never blocks: with the writer's inbox full it keeps the sealed span
+    /// (registered first, then its batch), reads nothing more, and hands both on, in order,
+    /// once there is room.
+    #[test]
+    fn a_yielding_router_holds_one_sealed_span_while_the_writer_is_full() {
+        let mut source = tempfile::NamedTempFile::new().unwrap();
+        let n = SPAN_MAX_RECORDS * 3;
+        source.write_all((0..n).map(event).collect::<String>().as_bytes()).unwrap();
+        let handle = source.reopen().unwrap();
+        let file = Arc::new(FileEntry {
+            path: source.path().to_path_buf(),
+            source: "events.ndjson".into(),
+            dev: 1,
+            ino: 2,
+            gzip: false,
+            day: 0,
+        });
+        let (writer_tx, writer_rx) = crossbeam_channel::bounded(1);
+        let (state_tx, state_rx) = crossbeam_channel::bounded(16);
+        let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
+        let counters = Arc::new(Counters::default());
+        let mut router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, true);
+        let mut reader = LineReader::new(source.reopen().unwrap(), 0, 0, 1 << 20, 1024);
+
+        // One span fits the inbox; the second is sealed and held: the pass stops there.
+        let routed = router.route(&file, &handle, &mut reader, false, &|| false).unwrap();
+        assert_eq!(routed, Routed::Blocked);
+        assert!(router.is_stalled());
+        assert_eq!(reader.line_no(), 2 * SPAN_MAX_RECORDS as u64, "read ahead by one span only");
+        assert_eq!(state_rx.len(), 2, "both spans registered before their batches left");
+        // Routing again reads nothing while the held span cannot go.
+        let again = router.route(&file, &handle, &mut reader, false, &|| false).unwrap();
+        assert_eq!((again, reader.line_no()), (Routed::Blocked, 2 * SPAN_MAX_RECORDS as u64));
+
+        let first = writer_rx.recv().unwrap();
+        assert_eq!(router.unstall(Duration::from_secs(5)), Ok(true));
+        let second = writer_rx.recv().unwrap();
+        assert_eq!(
+            router.route(&file, &handle, &mut reader, false, &|| false).unwrap(),
+            Routed::Drained
+        );
+        let third = writer_rx.recv().unwrap();
+        let keys: Vec<String> = [first, second, third]
+            .iter()
+            .flat_map(|b| {
+                b.recs
+                    .iter()
+                    .map(|r| {
+                        b.text(match r.key {
+                            Key::EventId(t) => t,
+                            Key::Line(_) => unreachable!("every line has an event_id"),
+                        })
+                        .to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(keys, (0..n).map(|i| i.to_string()).collect::<Vec<_>>(), "all, once, in order");
+        let spans: Vec<u64> = state_rx
+            .try_iter()
+            .filter_map(|m| match m {
+                StateMsg::Span { span, .. } => Some(span.end_line_no),
+                _ => None,
+            })
+            .collect();
+        let span = SPAN_MAX_RECORDS as u64;
+        assert_eq!(spans, [span, 2 * span, 3 * span]);
+    }
+}
