@@ -52,7 +52,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let signals = Signals::install().context("installing signal handlers")?;
     let counters = Arc::new(Counters::default());
     let mut config = Arc::new(config);
-    let ops = crate::monitor::Ops::start(&config, counters.clone())?; // ops: /metrics, watchdog
+    let mut ops = crate::monitor::Ops::start(&config, counters.clone())?; // ops: /metrics, watchdog
     let (wake_tx, wake_rx) = bounded::<()>(1);
     let structural = Arc::new(AtomicBool::new(true));
     let structural_flag = structural.clone();
@@ -127,9 +127,12 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         match exit {
             Exit::Shutdown => break,
             Exit::Reload(new) => {
-                let new = Box::new(fit_fd_limit(*new));
+                let new = Arc::new(fit_fd_limit(*new));
+                if new.metrics != config.metrics {
+                    ops = restart_ops(ops, &config, &new, &counters)?;
+                }
                 tracing::info!(patterns = ?new.sources.paths, "config reloaded; resuming from the checkpoints just written");
-                config = Arc::new(*new);
+                config = new;
             }
         }
     }
@@ -142,6 +145,32 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     );
     drop(ops); // ops: /metrics answers until the drain is done
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies changed `[metrics]` settings: the endpoint moves, the monitor takes the new
+/// thresholds. If the new endpoint cannot start (its address is taken), the old settings are
+/// kept, loudly: the watchdog must never be left without its monitor.
+fn restart_ops(
+    ops: crate::monitor::Ops,
+    old: &Arc<Config>,
+    new: &Arc<Config>,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<crate::monitor::Ops> {
+    drop(ops); // frees the listening socket, which the new settings may reuse
+    match crate::monitor::Ops::start(new, counters.clone()) {
+        Ok(ops) => {
+            tracing::info!(listen = ?new.metrics.listen, "metrics settings applied");
+            Ok(ops)
+        }
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "SIGHUP: cannot apply the new [metrics] settings; keeping the previous ones"
+            );
+            crate::monitor::Ops::start(old, counters.clone())
+                .context("restarting the metrics endpoint with the previous settings")
+        }
+    }
 }
 
 /// Lowers `sources.max_open_files` (one descriptor each) and `output.max_open_dbs` (three

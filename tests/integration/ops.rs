@@ -313,3 +313,24 @@ fn dist_man_pages_and_completions_match_the_cli() {
         "dist/ is stale against the CLI (differs: {stale:?}); regenerate with `{REGENERATE}`"
     );
 }
+
+/// SIGHUP applies `[metrics]` too: the endpoint moves to the new address (the old one closes)
+/// and keeps counting from where it was.
+#[test]
+fn sighup_moves_the_metrics_endpoint_and_keeps_the_counts() {
+    let (shipper, old, mut daemon) = spawn_with_metrics("");
+    shipper.write("raw/events_20240303.ndjson", b"{\"run_id\":\"m\",\"event_id\":\"1\"}\n");
+    wait_until(DEADLINE, "the first record", || {
+        metric(old, "jsonl_shipper_events_written_total") == Some(1.0)
+    });
+    let new = free_port();
+    shipper.set_config(&format!("[metrics]\nlisten = \"{new}\"\n"));
+    daemon.hangup();
+    wait_until(DEADLINE, "/metrics at the new address", || get(new, "/metrics").is_some());
+    wait_until(DEADLINE, "the old address to close", || get(old, "/metrics").is_none());
+    assert_eq!(metric(new, "jsonl_shipper_events_written_total"), Some(1.0));
+    assert_eq!(get(new, "/healthz").map(|r| r.0), Some(200));
+    let finished = daemon.terminate(DRAIN_DEADLINE);
+    finished.assert_success("run after SIGTERM");
+    assert!(finished.stderr.contains("metrics settings applied"), "{}", finished.stderr);
+}
