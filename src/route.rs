@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{SendTimeoutError, Sender};
 
 use crate::checkpoint::Fingerprint;
 use crate::config::Mapping;
@@ -275,7 +275,7 @@ pub struct Router {
     stalled: VecDeque<Stalled>,
 }
 
-/// A sealed message a full channel did not take yet, in sending order.
+/// A sealed message not yet handed on (its channel was full), in sending order.
 enum Stalled {
     State(StateMsg),
     Batch(usize, Batch),
@@ -320,12 +320,14 @@ impl Router {
         }
     }
 
-    /// Hands the stalled messages on, waiting up to `wait` for room. Ok(true) once none is
-    /// left; Err if a channel closed.
+    /// Hands the stalled messages on, in order, waiting up to `wait` for room (a zero wait only
+    /// tries; `Duration::MAX` waits as long as it takes). Ok(true) once none is left; Err if a
+    /// channel closed.
     pub fn unstall(&mut self, wait: Duration) -> Result<bool, Closed> {
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now().checked_add(wait);
         while let Some(msg) = self.stalled.pop_front() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left =
+                deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
             let back = match msg {
                 Stalled::State(m) => match self.state.send_timeout(m, left) {
                     Ok(()) => continue,
@@ -496,43 +498,14 @@ impl Router {
             slot.take().map(|builder| (shard, builder.into_batch(span.clone())))
         });
         // Registered before any of its records can be acked, so state sees the span first.
-        let sealed = std::iter::once(Stalled::State(msg))
-            .chain(batches.map(|(shard, batch)| Stalled::Batch(shard, batch)));
-        if !self.yielding {
-            for msg in sealed {
-                let sent = match msg {
-                    Stalled::State(m) => self.state.send(m).is_ok(),
-                    Stalled::Batch(shard, b) => self.writers[shard].send(b).is_ok(),
-                };
-                if !sent {
-                    return Sealed::Closed;
-                }
-            }
-            return Sealed::Sent;
-        }
-        for msg in sealed {
-            if !self.stalled.is_empty() {
-                self.stalled.push_back(msg);
-                continue;
-            }
-            let full = match msg {
-                Stalled::State(m) => match self.state.try_send(m) {
-                    Ok(()) => None,
-                    Err(TrySendError::Full(m)) => Some(Stalled::State(m)),
-                    Err(TrySendError::Disconnected(_)) => return Sealed::Closed,
-                },
-                Stalled::Batch(shard, b) => match self.writers[shard].try_send(b) {
-                    Ok(()) => None,
-                    Err(TrySendError::Full(b)) => Some(Stalled::Batch(shard, b)),
-                    Err(TrySendError::Disconnected(_)) => return Sealed::Closed,
-                },
-            };
-            self.stalled.extend(full);
-        }
-        if self.stalled.is_empty() {
-            Sealed::Sent
-        } else {
-            Sealed::Stalled
+        self.stalled.push_back(Stalled::State(msg));
+        self.stalled.extend(batches.map(|(shard, batch)| Stalled::Batch(shard, batch)));
+        // Backfill's readers simply wait; the daemon's keeps what finds no room.
+        let wait = if self.yielding { Duration::ZERO } else { Duration::MAX };
+        match self.unstall(wait) {
+            Ok(true) => Sealed::Sent,
+            Ok(false) => Sealed::Stalled,
+            Err(Closed) => Sealed::Closed,
         }
     }
 }
