@@ -243,7 +243,7 @@ fn main_loop(
             let opened = tailer.rescan(watcher.as_deref_mut());
             last_close = Instant::now();
             tailer.close_inactive();
-            if opened || tailer.open.values().any(|t| t.dirty) {
+            if opened || tailer.open.values().any(Tailed::has_news) {
                 continue; // what this rescan found is read now, not after the next wake-up
             }
         }
@@ -337,18 +337,25 @@ struct Tailed {
     seen: Option<crate::checkpoint::Checkpoint>,
     /// Since when the file has had bytes we have not read (None: read up to its size).
     unread_since: Option<Instant>,
-    /// The file's size when last looked at (fstat in `read_all`, or at open).
+    /// The file's size when last looked at (a rescan's stat, `read_all`'s fstat, or at open).
     size: u64,
     /// The last read ended with no complete line left in the reader's buffer (false after a
     /// read pass stopped by backpressure): "no new bytes" then means "nothing to read".
     drained: bool,
-    /// The last rescan saw it grow (or shrink): a partial read pass visits it.
-    dirty: bool,
     /// The last rescan found it under a glob; rotated-away files are visited by every pass.
     in_glob: bool,
 }
 
 impl Tailed {
+    /// Something to read as of the size last seen: new (or fewer: truncated) bytes, lines left
+    /// in the buffer by a pass that backpressure stopped, or a `.gz` (its size says nothing).
+    fn has_news(&self) -> bool {
+        let reader = &self.opened.reader;
+        self.opened.file.gzip
+            || !self.drained
+            || self.size != reader.offset() + reader.pending_bytes()
+    }
+
     /// Read up to the size last seen, nothing buffered: parking it loses no progress.
     fn caught_up(&self) -> bool {
         let reader = &self.opened.reader;
@@ -453,9 +460,7 @@ impl Tailer<'_> {
                 }
                 let key = (meta.dev(), meta.ino());
                 if let Some(tailed) = self.open.get_mut(&key) {
-                    let read_to =
-                        tailed.opened.reader.offset() + tailed.opened.reader.pending_bytes();
-                    tailed.dirty = meta.len() != read_to || !tailed.drained;
+                    tailed.size = meta.len();
                     tailed.in_glob = true;
                     if tailed.path != path {
                         tracing::info!(from = %tailed.path.display(), to = %path.display(), "file renamed; following it");
@@ -613,7 +618,6 @@ impl Tailer<'_> {
                         unread_since: None,
                         size,
                         drained: true,
-                        dirty: true,
                         in_glob: true,
                     },
                 );
@@ -639,9 +643,14 @@ impl Tailer<'_> {
         }
     }
 
-    fn park(&mut self, key: (u64, u64)) {
+    /// Stops following a file (the read order is rebuilt for the next pass).
+    fn unfollow(&mut self, key: (u64, u64)) -> Option<Tailed> {
         self.order_stale = true;
-        if let Some(tailed) = self.open.remove(&key) {
+        self.open.remove(&key)
+    }
+
+    fn park(&mut self, key: (u64, u64)) {
+        if let Some(tailed) = self.unfollow(key) {
             let reader = &tailed.opened.reader;
             let file = &tailed.opened.file;
             // Reopening resumes after the last complete line; a partial line is read again.
@@ -695,13 +704,12 @@ impl Tailer<'_> {
         for i in 0..n {
             let key = self.order[(start + i) % n];
             let Some(tailed) = self.open.get_mut(&key) else { continue };
-            if !full && !tailed.dirty && tailed.in_glob {
-                continue;
+            if !full && tailed.in_glob && !tailed.has_news() {
+                continue; // the rescan's stat saw nothing new
             }
-            tailed.dirty = false;
-            let opened = &mut tailed.opened;
             let mut size = None;
-            if !opened.file.gzip {
+            if !tailed.opened.file.gzip {
+                let opened = &tailed.opened;
                 if let Ok(meta) = opened.handle.metadata() {
                     let read_to = opened.reader.offset();
                     if meta.len() < read_to {
@@ -724,11 +732,12 @@ impl Tailer<'_> {
                     }
                     size = Some(meta.len());
                     tailed.size = meta.len();
-                    if tailed.drained && meta.len() == read_to + opened.reader.pending_bytes() {
+                    if !tailed.has_news() {
                         continue; // nothing new: spare the read(2)
                     }
                 }
             }
+            let opened = &mut tailed.opened;
             let before = opened.reader.offset() + opened.reader.pending_bytes();
             match self.router.route(&opened.file, &opened.handle, &mut opened.reader, false, stop) {
                 Ok(Routed::Drained) => tailed.drained = true,
@@ -805,8 +814,7 @@ impl Tailer<'_> {
 
     /// A file truncated or rewritten under us: its new content is read from 0.
     fn restart_from_zero(&mut self, key: (u64, u64), path: &Path, why: &str) {
-        self.order_stale = true;
-        let old = self.open.remove(&key).map(|t| t.opened.reader.offset());
+        let old = self.unfollow(key).map(|t| t.opened.reader.offset());
         self.counters.truncations.add(1);
         tracing::warn!(
             path = %path.display(),
@@ -869,8 +877,7 @@ impl Tailer<'_> {
                              have been held up (locked DB or full disk?) for \
                              sources.close_inactive; its unread bytes are not shipped"
                         );
-                        self.order_stale = true;
-                        self.open.remove(&key);
+                        self.unfollow(key);
                         continue;
                     }
                 }
@@ -879,8 +886,7 @@ impl Tailer<'_> {
                     tracing::error!(path = %tailed.path.display(), %error, "read error while closing")
                 }
             }
-            self.order_stale = true;
-            let Some(tailed) = self.open.remove(&key) else { continue };
+            let Some(tailed) = self.unfollow(key) else { continue };
             self.counters.rotations.add(1);
             tracing::info!(
                 path = %tailed.path.display(),
