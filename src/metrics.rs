@@ -438,20 +438,27 @@ impl Collector for Exposition {
             let metric = ConstGauge::new(gauge.get());
             metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
-        let oldest = ConstGauge::new(c.oldest_unshipped_age().as_secs_f64());
-        oldest.encode(enc.encode_descriptor(
-            "jsonl_shipper_oldest_unshipped_age",
-            "Age of the oldest byte seen in a source file but not yet durable (0 = caught up).",
-            Some(&Unit::Seconds),
-            oldest.metric_type(),
-        )?)?;
-        let last_commit = ConstGauge::new(c.last_commit_unix_ms.get() as f64 / 1000.0);
-        last_commit.encode(enc.encode_descriptor(
-            "jsonl_shipper_last_commit_timestamp",
-            "Unix time of the last successful run-DB commit (0 = none since start).",
-            Some(&Unit::Seconds),
-            last_commit.metric_type(),
-        )?)?;
+        let seconds: [(&str, &str, f64); 2] = [
+            (
+                "jsonl_shipper_oldest_unshipped_age",
+                "Age of the oldest byte seen in a source file but not yet durable (0 = caught up).",
+                c.oldest_unshipped_age().as_secs_f64(),
+            ),
+            (
+                "jsonl_shipper_last_commit_timestamp",
+                "Unix time of the last successful run-DB commit (0 = none since start).",
+                c.last_commit_unix_ms.get() as f64 / 1000.0,
+            ),
+        ];
+        for (name, help, value) in seconds {
+            let metric = ConstGauge::new(value);
+            metric.encode(enc.encode_descriptor(
+                name,
+                help,
+                Some(&Unit::Seconds),
+                metric.metric_type(),
+            )?)?;
+        }
 
         let snap = c.commit_seconds.snapshot();
         let buckets: Vec<(f64, u64)> =

@@ -181,11 +181,11 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
 
     row("FILE", ["OFFSET", "SIZE", "LAG"], "LAST READ");
     let shown = shown_files(&status.files);
-    for f in status.files.iter().filter(|f| shown.contains(&std::ptr::from_ref(*f))) {
+    for (f, _) in status.files.iter().zip(&shown).filter(|(_, &shown)| shown) {
         let age = f.last_read.map_or_else(|| "-".to_string(), |t| ago(now, t));
         row(&name_cell(f), [&size(f.offset), &opt(f.size), &opt(f.lag_bytes)], &age);
     }
-    let hidden = status.files.len() - shown.len();
+    let hidden = shown.iter().filter(|&&shown| !shown).count();
     if hidden > 0 {
         row(&format!("… {hidden} more, no lag"), ["", "", ""], "");
     }
@@ -210,16 +210,16 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
     out
 }
 
-/// Files the table lists: every one with lag, and the most recently read others (a host keeps
-/// years of daily files; the table is for what is happening now).
-fn shown_files(files: &[FileStatus]) -> Vec<*const FileStatus> {
-    let mut recent: Vec<&FileStatus> = files.iter().collect();
-    recent.sort_by_key(|f| std::cmp::Reverse(f.last_read));
-    let lagging = files.iter().filter(|f| f.lag_bytes.is_some_and(|lag| lag > 0));
-    let mut shown: Vec<*const FileStatus> =
-        recent.into_iter().take(RECENT_FILES).chain(lagging).map(std::ptr::from_ref).collect();
-    shown.sort_unstable();
-    shown.dedup();
+/// Which files the table lists: every one with lag, and the most recently read others (a host
+/// keeps years of daily files; the table is for what is happening now).
+fn shown_files(files: &[FileStatus]) -> Vec<bool> {
+    let mut shown: Vec<bool> =
+        files.iter().map(|f| f.lag_bytes.is_some_and(|lag| lag > 0)).collect();
+    let mut recent: Vec<usize> = (0..files.len()).collect();
+    recent.sort_by_key(|&i| std::cmp::Reverse(files[i].last_read));
+    for i in recent.into_iter().take(RECENT_FILES) {
+        shown[i] = true;
+    }
     shown
 }
 
