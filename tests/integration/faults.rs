@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{wait_until, Shipper, DEADLINE};
+use crate::harness::{drained_lines, wait_until, Shipper, DEADLINE};
 
 fn lines(prefix: &str, n: usize, pad: usize) -> String {
     (0..n).map(|i| line(prefix, i, pad)).collect()
@@ -187,14 +187,8 @@ fn deleted_files_are_not_held_open_past_close_inactive_while_a_locked_db_holds_t
     let finished = daemon.terminate(Duration::from_secs(60));
     assert!(finished.status.success(), "{}", finished.stderr);
     let keys = shipped().unwrap();
-    let lines_read: usize = finished
-        .stderr
-        .lines()
-        .find(|l| l.contains("drained; exiting"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("lines=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no drained line:\n{}", finished.stderr));
-    assert_eq!(keys.len(), lines_read, "every line read is committed");
+    let lines_read = drained_lines(&finished.stderr);
+    assert_eq!(keys.len() as u64, lines_read, "every line read is committed");
     // Per file, the shipped lines are exactly a prefix: read in order, none twice, none made up.
     for f in 0..FILES {
         let mut got: Vec<usize> = keys

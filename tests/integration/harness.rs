@@ -906,3 +906,16 @@ impl Shipper {
         Running::spawn(sh)
     }
 }
+
+/// `lines=N` of the `drained; exiting` line.
+#[track_caller]
+pub(crate) fn drained_lines(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("drained; exiting"))
+        .unwrap_or_else(|| panic!("no `drained; exiting` line in:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("lines="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lines=N in {line:?}"))
+}

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use crate::dataset::{expected, Form, GenFile};
 use crate::harness::{
-    assert_dead_letters, assert_same, assert_snapshot, poll_until, wait_until, Checkpoint,
-    DeadLetter, Running, Shipper, Snapshot, DEADLINE,
+    assert_dead_letters, assert_same, assert_snapshot, drained_lines, poll_until, wait_until,
+    Checkpoint, DeadLetter, Running, Shipper, Snapshot, DEADLINE,
 };
 
 /// How long a drain after SIGTERM may take.
@@ -105,19 +105,6 @@ impl Daemon {
     fn kill9(self) {
         self.process.kill9();
     }
-}
-
-/// `lines=N` of the `drained; exiting` line.
-#[track_caller]
-fn drained_lines(log: &str) -> u64 {
-    let line = log
-        .lines()
-        .find(|l| l.contains("drained; exiting"))
-        .unwrap_or_else(|| panic!("no `drained; exiting` line in:\n{log}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("lines="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no lines=N in {line:?}"))
 }
 
 /// An event without `event_id` (its key is its line number and bytes).
