@@ -22,6 +22,7 @@ pub mod route;
 pub mod sink;
 pub mod checkpoint;
 pub mod dlq;
+pub mod follow;
 pub mod pipeline;
 pub mod maintain;
 

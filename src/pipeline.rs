@@ -1,5 +1,5 @@
-//! Wiring shared by `run` and `backfill`: the state thread, the writer threads, and opening a
-//! source file at its checkpoint.
+//! Wiring shared by `run` and `backfill`: the state thread, the writer threads, and the
+//! [`Opener`] readers open source files with.
 //!
 //! Threads and channels (all data channels bounded):
 //! ```text
@@ -13,9 +13,7 @@
 //! writers drain and exit, then the state thread makes its last pass and exits.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,10 +24,10 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use crate::checkpoint::{Advance, Checkpoint, StateDb};
 use crate::config::Config;
 use crate::dlq::{self, DeadLetter, DlqLock};
+use crate::follow::Opener;
 use crate::metrics::Counters;
 use crate::route::{Batch, FileEntry, Router, Span, StateMsg};
 use crate::sink::{self, WriterConfig};
-use crate::tail::{LineReader, Source};
 
 /// How often the state thread persists progress. Checkpoints trail the data by about this much,
 /// which only costs a little re-reading (a no-op) after a crash.
@@ -62,29 +60,9 @@ pub struct Pipeline {
     state_tx: Sender<StateMsg>,
     writers: Vec<JoinHandle<()>>,
     state: JoinHandle<anyhow::Result<()>>,
-    checkpoints: HashMap<(u64, u64), Checkpoint>,
+    checkpoints: Arc<HashMap<(u64, u64), Checkpoint>>,
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
     pub disk_bytes: Arc<crate::metrics::Counter>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Start {
-    Checkpoint,
-    /// No checkpoint: start after the last complete line.
-    End,
-    Zero,
-    /// Where this process left a file (verified like a saved checkpoint).
-    At(Box<Checkpoint>),
-}
-
-/// A source file opened at its resume point.
-pub struct Opened {
-    pub file: Arc<FileEntry>,
-    pub reader: LineReader<Source>,
-    /// Where reading starts (the checkpoint, or 0).
-    pub start_offset: u64,
-    /// The reader's descriptor (shared, not a second one): metadata and fingerprints.
-    pub handle: Arc<File>,
 }
 
 impl Pipeline {
@@ -154,7 +132,7 @@ impl Pipeline {
             state_tx,
             writers,
             state,
-            checkpoints,
+            checkpoints: Arc::new(checkpoints),
             disk_bytes: Default::default(),
         })
     }
@@ -176,93 +154,15 @@ impl Pipeline {
         )
     }
 
-    /// The checkpoint saved for a file identity when the pipeline started.
-    pub fn checkpoint(&self, dev: u64, ino: u64) -> Option<&Checkpoint> {
-        self.checkpoints.get(&(dev, ino))
-    }
-
-    /// Opens `path` at its checkpoint (or at 0, or at the end of its last complete line with
-    /// `from_end`), and registers it with the state thread. None if the file vanished.
-    pub fn open(&self, path: &Path, from_end: bool) -> anyhow::Result<Option<Opened>> {
-        self.open_with(path, if from_end { Start::End } else { Start::Checkpoint })
-    }
-
-    /// Opens `path` at 0 whatever its checkpoint says (it was truncated under us).
-    pub fn open_from_start(&self, path: &Path) -> anyhow::Result<Option<Opened>> {
-        self.open_with(path, Start::Zero)
-    }
-
-    /// Reopens a file this process already read up to `offset` (it was closed while idle).
-    /// Falls back to the saved checkpoint if `path` is now another file, and to 0 if it shrank.
-    pub fn reopen(
-        &self,
-        path: &Path,
-        known_as: &Path,
-        key: (u64, u64),
-        offset: u64,
-        line_no: u64,
-        fingerprint: crate::checkpoint::Fingerprint,
-    ) -> anyhow::Result<Option<Opened>> {
-        let checkpoint = Checkpoint::at(key, known_as, offset, line_no, fingerprint);
-        self.open_with(path, Start::At(Box::new(checkpoint)))
-    }
-
-    fn open_with(&self, path: &Path, start: Start) -> anyhow::Result<Option<Opened>> {
-        let handle = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        };
-        let meta = handle.metadata().with_context(|| format!("stat {}", path.display()))?;
-        let gzip =
-            crate::tail::is_gzip(&handle).with_context(|| format!("reading {}", path.display()))?;
-        let (mut offset, mut line_no, mut reset) = (0, 0, true);
-        let key = (meta.dev(), meta.ino());
-        let checkpoint = match &start {
-            Start::Zero => None,
-            Start::At(cp) if (cp.dev, cp.ino) == key => Some(&**cp),
-            Start::Checkpoint | Start::End | Start::At(_) => self.checkpoints.get(&key),
-        };
-        if let Some(cp) = checkpoint {
-            match cp.verify(&handle, gzip).with_context(|| format!("reading {}", path.display()))? {
-                Ok(()) => (offset, line_no, reset) = (cp.offset, cp.line_no, false),
-                Err(mismatch) => tracing::warn!(
-                    path = %path.display(),
-                    checkpoint = cp.offset,
-                    size = meta.len(),
-                    ?mismatch,
-                    "checkpoint does not match the file any more; reading it from the start"
-                ),
-            }
-        } else if matches!(start, Start::End) && !gzip {
-            (offset, line_no) =
-                last_line_end(&handle).with_context(|| format!("reading {}", path.display()))?;
-        }
-        // Read through the descriptor just identified and verified, not a fresh open of `path`.
-        let (source, handle) = Source::from_file(handle, offset, Some(self.disk_bytes.clone()))
-            .with_context(|| format!("{}: opening at offset {offset}", path.display()))?;
-        // A file reopened after a rename keeps the name its earlier lines were shipped under.
-        let known_as = match &start {
-            Start::At(cp) if (cp.dev, cp.ino) == key => cp.path.clone(),
-            _ => path.to_path_buf(),
-        };
-        let file_name = known_as.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-        let file = Arc::new(FileEntry {
-            path: known_as.clone(),
-            source: Arc::from(known_as.to_string_lossy().as_ref()),
-            dev: meta.dev(),
-            ino: meta.ino(),
-            gzip,
-            day: crate::parse::file_day(&file_name),
-        });
-        let max_line = self.config.sources.max_line_bytes;
-        let reader =
-            LineReader::new(source, offset, line_no, max_line, self.config.dlq.max_raw_bytes);
-        let msg = StateMsg::Open { file: file.clone(), offset, line_no, reset };
-        if self.state_tx.send(msg).is_err() {
-            anyhow::bail!("state thread stopped");
-        }
-        Ok(Some(Opened { file, reader, start_offset: offset, handle }))
+    /// Opens source files at their resume points for one reader thread.
+    pub fn opener(&self) -> Opener {
+        Opener::new(
+            self.checkpoints.clone(),
+            self.state_tx.clone(),
+            self.config.sources.max_line_bytes,
+            self.config.dlq.max_raw_bytes,
+            self.disk_bytes.clone(),
+        )
     }
 
     /// Drains: closes the channels in flow order and joins every thread.
@@ -278,26 +178,6 @@ impl Pipeline {
             Ok(result) => result,
             Err(_) => anyhow::bail!("the state thread panicked"),
         }
-    }
-}
-
-/// The offset just past the last `\n` and the number of lines before it: where `read_from =
-/// "end"` starts, so that line numbers (part of event keys) match a later full read.
-fn last_line_end(file: &File) -> std::io::Result<(u64, u64)> {
-    use std::io::Read;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.try_clone()?);
-    let (mut pos, mut end, mut lines) = (0u64, 0u64, 0u64);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok((end, lines));
-        }
-        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
-            lines += 1;
-            end = pos + i as u64 + 1;
-        }
-        pos += n as u64;
     }
 }
 

@@ -45,7 +45,8 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
         let mut readers = Vec::new();
         for i in 0..jobs.min(files.len()).max(1) {
             let mut router = pipeline.router();
-            let (queue, pipeline, failed, stopping) = (&queue, &pipeline, &failed, &stopping);
+            let opener = pipeline.opener();
+            let (queue, failed, stopping) = (&queue, &failed, &stopping);
             let reader = std::thread::Builder::new().name(format!("reader-{i}")).spawn_scoped(
                 scope,
                 move || {
@@ -54,7 +55,7 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
                         if stop() {
                             break;
                         }
-                        let result = pipeline.open(&path, false).and_then(|opened| {
+                        let result = opener.open(&path, false).and_then(|opened| {
                             let Some(mut opened) = opened else {
                                 tracing::warn!(path = %path.display(), "file vanished before it was read");
                                 return Ok(());
@@ -143,7 +144,7 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
 /// Whether a file is complete, so that unterminated trailing bytes are a record (or an
 /// `incomplete_line`): a `.gz`, or a plain file not modified for `close_inactive`. The tail
 /// of a file still being written is left for the daemon (its writer will end the line).
-fn is_finished(opened: &crate::pipeline::Opened, close_inactive: Duration) -> bool {
+fn is_finished(opened: &crate::follow::Opened, close_inactive: Duration) -> bool {
     opened.file.gzip
         || opened
             .handle

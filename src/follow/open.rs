@@ -1,0 +1,180 @@
+//! Opening a source file at its resume point: the saved checkpoint (verified by fingerprints),
+//! where this process left it, 0, or the end of its last complete line (`read_from = "end"`),
+//! and registering it with the state thread. Used by the daemon's tailer and by backfill.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use crossbeam_channel::Sender;
+
+use crate::checkpoint::{Checkpoint, Fingerprint};
+use crate::metrics::Counter;
+use crate::route::{FileEntry, StateMsg};
+use crate::tail::{LineReader, Source};
+
+/// Where reading a file starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    Checkpoint,
+    /// No checkpoint: start after the last complete line.
+    End,
+    Zero,
+    /// Where this process left a file (verified like a saved checkpoint).
+    At(Box<Checkpoint>),
+}
+
+/// A source file opened at its resume point.
+pub struct Opened {
+    pub file: Arc<FileEntry>,
+    pub reader: LineReader<Source>,
+    /// Where reading starts (the checkpoint, or 0).
+    pub start_offset: u64,
+    /// The reader's descriptor (shared, not a second one): metadata and fingerprints.
+    pub handle: Arc<File>,
+}
+
+/// Opens files at their resume points. Cheap to clone: one per reader thread.
+#[derive(Clone)]
+pub struct Opener {
+    /// The checkpoints saved when the pipeline started.
+    checkpoints: Arc<HashMap<(u64, u64), Checkpoint>>,
+    state: Sender<StateMsg>,
+    max_line_bytes: usize,
+    max_raw_bytes: usize,
+    /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
+    disk_bytes: Arc<Counter>,
+}
+
+impl Opener {
+    pub fn new(
+        checkpoints: Arc<HashMap<(u64, u64), Checkpoint>>,
+        state: Sender<StateMsg>,
+        max_line_bytes: usize,
+        max_raw_bytes: usize,
+        disk_bytes: Arc<Counter>,
+    ) -> Opener {
+        Opener { checkpoints, state, max_line_bytes, max_raw_bytes, disk_bytes }
+    }
+
+    /// The checkpoint saved for a file identity when the pipeline started.
+    pub fn checkpoint(&self, key: (u64, u64)) -> Option<&Checkpoint> {
+        self.checkpoints.get(&key)
+    }
+
+    /// Every checkpoint saved when the pipeline started.
+    pub fn checkpoints(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.checkpoints.values()
+    }
+
+    /// Opens `path` at its checkpoint (or at 0, or at the end of its last complete line with
+    /// `from_end`), and registers it with the state thread. None if the file vanished.
+    pub fn open(&self, path: &Path, from_end: bool) -> anyhow::Result<Option<Opened>> {
+        self.open_with(path, if from_end { Start::End } else { Start::Checkpoint })
+    }
+
+    /// Reads an open file again from 0 whatever its checkpoint says (it was truncated or
+    /// rewritten under us), through `file`, a descriptor of it: its name may be gone already
+    /// (rotated away or deleted), its content is still to be read.
+    pub fn open_from_start(&self, file: File, path: &Path) -> anyhow::Result<Option<Opened>> {
+        self.open_file(file, path, Start::Zero).map(Some)
+    }
+
+    /// Reopens a file this process already read up to `offset` (it was closed while idle).
+    /// Falls back to the saved checkpoint if `path` is now another file, and to 0 if it shrank.
+    pub fn reopen(
+        &self,
+        path: &Path,
+        known_as: &Path,
+        key: (u64, u64),
+        offset: u64,
+        line_no: u64,
+        fingerprint: Fingerprint,
+    ) -> anyhow::Result<Option<Opened>> {
+        let checkpoint = Checkpoint::at(key, known_as, offset, line_no, fingerprint);
+        self.open_with(path, Start::At(Box::new(checkpoint)))
+    }
+
+    fn open_with(&self, path: &Path, start: Start) -> anyhow::Result<Option<Opened>> {
+        match File::open(path) {
+            Ok(handle) => self.open_file(handle, path, start).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+        }
+    }
+
+    fn open_file(&self, handle: File, path: &Path, start: Start) -> anyhow::Result<Opened> {
+        let meta = handle.metadata().with_context(|| format!("stat {}", path.display()))?;
+        let gzip =
+            crate::tail::is_gzip(&handle).with_context(|| format!("reading {}", path.display()))?;
+        let (mut offset, mut line_no, mut reset) = (0, 0, true);
+        let key = (meta.dev(), meta.ino());
+        let checkpoint = match &start {
+            Start::Zero => None,
+            Start::At(cp) if (cp.dev, cp.ino) == key => Some(&**cp),
+            Start::Checkpoint | Start::End | Start::At(_) => self.checkpoints.get(&key),
+        };
+        if let Some(cp) = checkpoint {
+            match cp.verify(&handle, gzip).with_context(|| format!("reading {}", path.display()))? {
+                Ok(()) => (offset, line_no, reset) = (cp.offset, cp.line_no, false),
+                Err(mismatch) => tracing::warn!(
+                    path = %path.display(),
+                    checkpoint = cp.offset,
+                    size = meta.len(),
+                    ?mismatch,
+                    "checkpoint does not match the file any more; reading it from the start"
+                ),
+            }
+        } else if matches!(start, Start::End) && !gzip {
+            (offset, line_no) =
+                last_line_end(&handle).with_context(|| format!("reading {}", path.display()))?;
+        }
+        // Read through the descriptor just identified and verified, not a fresh open of `path`.
+        let (source, handle) = Source::from_file(handle, offset, Some(self.disk_bytes.clone()))
+            .with_context(|| format!("{}: opening at offset {offset}", path.display()))?;
+        // A file reopened after a rename keeps the name its earlier lines were shipped under.
+        let known_as = match &start {
+            Start::At(cp) if (cp.dev, cp.ino) == key => cp.path.clone(),
+            _ => path.to_path_buf(),
+        };
+        let file_name = known_as.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let file = Arc::new(FileEntry {
+            path: known_as.clone(),
+            source: Arc::from(known_as.to_string_lossy().as_ref()),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            gzip,
+            day: crate::parse::file_day(&file_name),
+        });
+        let reader =
+            LineReader::new(source, offset, line_no, self.max_line_bytes, self.max_raw_bytes);
+        let msg = StateMsg::Open { file: file.clone(), offset, line_no, reset };
+        if self.state.send(msg).is_err() {
+            anyhow::bail!("state thread stopped");
+        }
+        Ok(Opened { file, reader, start_offset: offset, handle })
+    }
+}
+
+/// The offset just past the last `\n` and the number of lines before it: where `read_from =
+/// "end"` starts, so that line numbers (part of event keys) match a later full read.
+fn last_line_end(file: &File) -> std::io::Result<(u64, u64)> {
+    use std::io::Read;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.try_clone()?);
+    let (mut pos, mut end, mut lines) = (0u64, 0u64, 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok((end, lines));
+        }
+        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+            lines += 1;
+            end = pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
+}
