@@ -1,4 +1,28 @@
 //! `backfill`: times `jsonl-shipper backfill` on generated data sets and verifies the output.
+//!
+//! For each set-up (number of runs; default 1, 50 and 5000 in turn) the bench
+//!
+//! 1. generates, once, a deterministic data set of `--events` telemetry events (~320 bytes a
+//!    line, nested payloads, half with an `event_id`, ~1 % of those retried with the same
+//!    `event_id`) spread over three daily files `raw/events_2024030{1,2,3}.ndjson` under the
+//!    set-up's base dir `<dir>/<runs>runs-<events>/` (default `<dir>` = `target/bench-data`).
+//!    Runs are interleaved: at any time up to `--concurrent` runs are active, and each event
+//!    goes to a random active one; every run has a `"running"` run record before its first
+//!    event and a `"finished"` one after its last. `manifest.json` records the parameters and
+//!    the expected counts; a base whose manifest matches is reused, anything else regenerated;
+//! 2. reads the input once so it is in the page cache (nothing is dropped from it);
+//! 3. per repetition: deletes `db/` and `dlq/` (keeps `raw/`), runs
+//!    `jsonl-shipper backfill --base <base> [--jobs N]` (output to `logs/`), and takes the
+//!    child's wall time, user+sys CPU and peak RSS from `wait4(2)`;
+//! 4. verifies the rep: exit status 0, one run DB per run with `runs.status = 'finished'`,
+//!    `count(*)` of `events` summed over `db/runs/*.sqlite` equal to the expected number of
+//!    distinct events, and no DLQ line;
+//! 5. prints median/min/max over the reps, the goal of the issue beside it, a table at the end
+//!    and one machine-readable line per set-up: `BENCH {json}`.
+//!
+//! `ev/s` = event lines in the input (`--events`, retries included, run records not) / wall
+//! time; `MB/s` = input bytes / wall time (1 MB = 10^6 bytes). The exit code is 1 if any rep
+//! failed its verification (a missed goal is reported, not an error).
 
 use std::fs::{self, File};
 use std::io::Read;

@@ -1,4 +1,5 @@
-//! `gen`: the deterministic data set generator (also used by `backfill`).
+//! `gen`: the deterministic data set generator, also used by `backfill` (whose doc, step 1,
+//! describes the data set).
 
 use std::collections::HashSet;
 use std::fs::{self, File};

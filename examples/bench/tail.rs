@@ -1,4 +1,20 @@
 //! `tail`: append-to-committed latency and CPU of `jsonl-shipper run` under steady load.
+//!
+//! Starts `jsonl-shipper run --base <dir>/tail`, then `--producers` threads append lines
+//! (one `write(2)` per line, `O_APPEND`) to today's `raw/events_YYYYMMDD.ndjson` at a steady
+//! total `--rate`. Each line carries `"ts_ns"`: the bench's monotonic clock just before the
+//! write. The bench polls every run DB read-only for new rows (`rowid > last seen`) and takes,
+//! per row, *poll start time − ts_ns*: an upper bound of append-to-committed latency, coarse by
+//! up to one poll interval (`--poll-ms`). It also reports the daemon's CPU % while loaded and
+//! while idle afterwards (from `/proc/<pid>/stat`), its peak RSS, and whether the rows committed
+//! equal the lines sent (each line has a unique `event_id`, so a lost line shows as fewer rows,
+//! a line stored twice under different keys as more). The daemon is stopped with SIGTERM and
+//! must exit 0. Needs a rowid `events` table (rows are found by `rowid > last seen`).
+//!
+//! With `--files N` (N > 1) the daemon watches N files `raw/events_YYYYMMDD_NNNNN.ndjson`, each
+//! holding one line before it starts (counted in the rows expected); the producers append
+//! across the first `--active` of them (each file has one producer, which keeps it open), the
+//! others stay idle. Peak RSS and idle CPU are then those of a daemon watching N files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
