@@ -200,7 +200,9 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `log.format` in the config file (spelled by `human_enum!` below) and `--log-format` on the
+/// command line (`ValueEnum`: clap checks and lists the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,

@@ -68,10 +68,8 @@ pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
         }
     };
     let mut log = config.log.clone();
-    match args.log_format.as_deref() {
-        Some("json") => log.format = crate::config::LogFormat::Json,
-        Some("text") => log.format = crate::config::LogFormat::Text,
-        _ => {}
+    if let Some(format) = args.log_format {
+        log.format = format;
     }
     init_logging(&log)?;
     let mut config = config;
