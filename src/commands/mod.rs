@@ -1,5 +1,15 @@
 //! One module per command: each turns parsed arguments and a validated [`Config`] into work
-//! and an exit code. `anyhow` lives here and in `main`, nowhere below.
+//! and an exit code.
+//!
+//! Errors: the modules that do one job (`config`, `discover`, `tail`, `parse`, `route`, `sink`,
+//! `dlq`, `checkpoint`) return typed errors (`io`, `rusqlite`, `ConfigError`, `DiscoverError`,
+//! `OpenError`), so that their callers can act on the kind. `anyhow` is for errors that are
+//! only reported: here and in `main`, and at the edges that run a whole job for a command:
+//! `pipeline` (starting and joining the writer and state threads, opening a source at its
+//! checkpoint), `maintain` (retention, replay, upkeep), `exporter` and `monitor` (starting the
+//! HTTP endpoint and the ops loop). There an error only gathers context on its way to the
+//! operator's one line; what still decides the exit code is found in the chain by type
+//! ([`exit_code`]: a [`UsageError`] or a corrupt state DB exits 2).
 
 mod backfill;
 mod check_config;
