@@ -15,8 +15,8 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "D")]
     pub base: Option<PathBuf>,
     /// Log line format on stderr (overrides `log.format`): `text`, or `json` for log pipelines.
-    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
-    pub log_format: Option<String>,
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
 }
 
 /// Tails NDJSON telemetry files and upserts every record, exactly once, into one SQLite
@@ -150,6 +150,27 @@ mod tests {
     use clap::CommandFactory;
 
     use super::{Cli, Invocation};
+
+    /// clap checks `--log-format` against `LogFormat` and names the values it accepts.
+    #[test]
+    fn log_format_is_one_of_the_config_names() {
+        use clap::Parser;
+        let parse = |format: &str| {
+            Invocation::try_parse_from(["jsonl-shipper", "status", "--log-format", format])
+        };
+        let Ok(Invocation {
+            command: super::Invoked::Command(super::Command::Status { config, .. }),
+        }) = parse("json")
+        else {
+            panic!("`status --log-format json` does not parse");
+        };
+        assert_eq!(config.log_format, Some(crate::config::LogFormat::Json));
+        let err = parse("xml").unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("[possible values: text, json]"), "{err}");
+        // Case-sensitive, as the flag always was (the config file is not).
+        assert_eq!(parse("JSON").unwrap_err().kind(), clap::error::ErrorKind::InvalidValue);
+    }
 
     #[test]
     fn the_cli_definition_is_consistent() {

@@ -200,7 +200,9 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `log.format` in the config file (spelled by `human_enum!` below) and `--log-format` on the
+/// command line (`ValueEnum`: clap checks and lists the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -250,7 +252,11 @@ impl Config {
 
     /// Parses TOML text; `origin` names the file in errors; `dir` resolves relative paths.
     pub fn from_toml_str(text: &str, origin: &Path, dir: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, origin))?;
+        // Parsed first, so that a syntax error is never blamed on a key.
+        let document =
+            toml::Deserializer::parse(text).map_err(|e| toml_error(&e, None, text, origin))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(document)
+            .map_err(|e| toml_error(e.inner(), key_of(e.path()), text, origin))?;
         let invalid = |(key, message): Bad| ConfigError::Invalid {
             origin: origin.to_path_buf(),
             key: key.to_owned(),
@@ -415,19 +421,23 @@ fn glob_under(dir: &Path, rel: &str) -> String {
     Path::new(&dir).join(rel).to_string_lossy().into_owned()
 }
 
-/// Turns toml's error into one naming the key. toml tracks the key path of a failing value
-/// but only shows it (as a trailing "in `a.b`" line) when rendered without the source text;
-/// for an unknown key that path is the enclosing table and the key is in the message.
-fn toml_error(e: &toml::de::Error, text: &str, origin: &Path) -> ConfigError {
-    let mut bare = e.clone();
-    bare.set_input(None);
-    let rendered = bare.to_string();
-    let table = rendered.lines().rev().find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'));
-    let unknown = e.message().strip_prefix("unknown field `").and_then(|r| r.split('`').next());
-    let key = match (table, unknown) {
-        (Some(t), Some(u)) => Some(format!("{t}.{u}")),
-        (t, u) => u.or(t).map(str::to_owned),
-    };
+/// The dotted key of the value that failed to deserialize, as written in the file: table keys
+/// only (an array element has no key of its own). For an unknown key it is that key, under its
+/// table. `None` at the top of the document.
+fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
+    let keys: Vec<&str> = path
+        .iter()
+        .filter_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    (!keys.is_empty()).then(|| keys.join("."))
+}
+
+/// Turns toml's error into one naming `key`, or, for a syntax error (no key), the line and
+/// column.
+fn toml_error(e: &toml::de::Error, key: Option<String>, text: &str, origin: &Path) -> ConfigError {
     let origin = origin.to_path_buf();
     let message = e.message().trim_end().to_owned();
     match (key, e.span()) {
@@ -941,6 +951,18 @@ mod tests {
         }
         check_err("output.batch_max_event = 1", ": output.batch_max_event: unknown field");
         check_err("[output]\nbatch_max_event = 1", ": output.batch_max_event: unknown field");
+    }
+
+    /// The key comes from the deserializer's path, however the table is written: a section, a
+    /// dotted key, an inline table; an array element is named by its array's key.
+    #[test]
+    fn nested_keys_are_named_from_the_deserializer_path() {
+        let want = ": output.batch_max_delay: invalid duration \"x\"";
+        check_err("[output]\nbatch_max_delay = \"x\"", want);
+        check_err("output.batch_max_delay = \"x\"", want);
+        check_err("output = { batch_max_delay = \"x\" }", want);
+        check_err("[sources]\npaths = [\"/a\", 2]", ": sources.paths: invalid type: integer `2`");
+        check_err("[sources.deep]\nx = 1", ": sources.deep: unknown field `deep`");
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl Writer {
     /// Commits the biggest buffers until a quarter of `max_bytes` is free. With many small
     /// runs this beats committing every run: the runs left buffered keep growing, so each
     /// commit (and, beyond `max_open_dbs`, each DB open) carries about twice the rows for the
-    /// same memory (measured at 5000 runs: see the commit message).
+    /// same memory (bench backfill, 5000 runs: 13,963 -> 21,053 ev/s, peak RSS 159 -> 151 MiB).
     fn flush_largest(&mut self) {
         let mut by_size: Vec<(usize, String)> =
             self.runs.iter().map(|(run_id, buf)| (buf.memory_bytes(), run_id.clone())).collect();

@@ -1,0 +1,65 @@
+//! Benchmark harness for the `jsonl-shipper` binary.
+//!
+//! ```text
+//! cargo run --release --example bench -- backfill [--runs 1,50,5000] [--events 1000000] [--reps 3]
+//!                                                [--jobs N] [--keep] [--dir D] [--bin PATH]
+//! cargo run --release --example bench -- gen      [--runs 50] [--events N] [--validate]
+//! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20]
+//!                                                [--files 1000 [--active 500]] ...
+//! ```
+//!
+//! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
+//! `gen.rs` writes) and `tail.rs`; `common.rs` holds what they share.
+//!
+//! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
+//! (a no-op when it is up to date) unless `--bin PATH` or `--no-build` is given.
+
+// The crate denies `unsafe_code`; this example needs a few libc calls std does not expose:
+// `wait4(2)` for the child's own rusage (CPU and peak RSS), `kill(2)` to send SIGTERM and
+// `sysconf(_SC_CLK_TCK)`. Each `unsafe` block is one such call with its safety argument beside it.
+#![allow(unsafe_code)]
+
+mod backfill;
+mod common;
+mod gen;
+mod tail;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use backfill::{backfill, BackfillArgs};
+use gen::{generate_cmd, GenArgs};
+use tail::{tail, TailArgs};
+
+#[derive(Parser)]
+#[command(name = "bench", about = "Benchmarks for the jsonl-shipper binary")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Time `jsonl-shipper backfill` on generated data sets and verify the output.
+    Backfill(BackfillArgs),
+    /// Only generate (or reuse) the data set of one set-up; optionally validate it.
+    Gen(GenArgs),
+    /// Measure append-to-committed latency and CPU of `jsonl-shipper run` under steady load.
+    Tail(TailArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if cfg!(debug_assertions) {
+        eprintln!("warning: the bench is built without --release; generation will be slow");
+    }
+    let ok = match cli.mode {
+        Mode::Backfill(a) => backfill(a)?,
+        Mode::Gen(a) => generate_cmd(a)?,
+        Mode::Tail(a) => tail(a)?,
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
