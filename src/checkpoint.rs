@@ -13,12 +13,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 
 use crate::config::SqliteConfig;
+use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate, unix_millis};
 
 /// Bytes hashed at the head and before the offset. Enough to tell files apart in practice,
 /// small enough to read for 10,000 files at startup.
@@ -207,7 +208,7 @@ pub enum OpenError {
 impl OpenError {
     fn new(path: &Path, cause: rusqlite::Error) -> OpenError {
         let path = path.to_path_buf();
-        if crate::sink::run_db::is_corrupt(&cause) {
+        if is_corrupt(&cause) {
             OpenError::Corrupt { path, cause }
         } else {
             OpenError::Sqlite { path, cause }
@@ -224,13 +225,13 @@ pub struct StateDb {
 impl StateDb {
     /// Opens (creating and migrating) the state DB for writing.
     pub fn open(path: &Path, sqlite: &SqliteConfig) -> Result<StateDb, OpenError> {
-        crate::sink::run_db::create_private_file(path).map_err(|e| {
+        create_private_file(path).map_err(|e| {
             OpenError::new(path, rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
         })?;
         let open = || {
             let mut conn = Connection::open(path)?;
-            crate::sink::run_db::apply_pragmas(&conn, sqlite)?;
-            crate::sink::run_db::migrate(&mut conn, MIGRATIONS)?;
+            apply_pragmas(&conn, sqlite)?;
+            migrate(&mut conn, MIGRATIONS)?;
             check_readable(&conn)?;
             Ok(conn)
         };
@@ -522,10 +523,6 @@ impl StateDb {
 /// through a command.
 fn check_readable(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("SELECT count(*) FROM files", [], |_| Ok(()))
-}
-
-pub fn unix_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

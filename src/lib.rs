@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod dlq;
 pub mod pipeline;
 pub mod maintain;
+pub mod sqlite;
 
 pub mod metrics;
 pub mod shutdown;

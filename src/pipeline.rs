@@ -104,7 +104,7 @@ impl Pipeline {
         }
         let mut db = db;
         if mode == Mode::Daemon {
-            let cutoff = crate::checkpoint::unix_millis() - PRUNE_AFTER.as_millis() as i64;
+            let cutoff = crate::sqlite::unix_millis() - PRUNE_AFTER.as_millis() as i64;
             let pruned = db.prune_gone(cutoff).context("pruning checkpoints of deleted files")?;
             if !pruned.is_empty() {
                 tracing::info!(
