@@ -71,9 +71,9 @@ pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
 }
 
 /// Moves a corrupt DB to `<name>.corrupt-<unix seconds>` (never deletes it), with its `-wal`
-/// (which must not be replayed into the fresh DB) and `-shm`; logs at ERROR. Returns the new
-/// path of the DB file.
-pub fn quarantine(path: &Path, error: &rusqlite::Error) -> io::Result<std::path::PathBuf> {
+/// (which must not be replayed into the fresh DB) and `-shm`. Returns the new path of the DB
+/// file; the caller logs, since only it knows what takes the DB's place.
+pub fn quarantine(path: &Path) -> io::Result<std::path::PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -107,12 +107,6 @@ pub fn quarantine(path: &Path, error: &rusqlite::Error) -> io::Result<std::path:
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir).and_then(|d| d.sync_all())?;
     }
-    tracing::error!(
-        path = %path.display(),
-        moved_to = %target.display(),
-        %error,
-        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
-    );
     Ok(target)
 }
 

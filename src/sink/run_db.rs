@@ -76,8 +76,14 @@ pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> 
                 // Only move the file we found corrupt: another process may have replaced it
                 // with a fresh DB meanwhile.
                 if inode(path) == inode_before {
-                    quarantine(path, &e)
+                    let target = quarantine(path)
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    tracing::error!(
+                        path = %path.display(),
+                        moved_to = %target.display(),
+                        error = %e,
+                        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
+                    );
                 }
                 quarantined = true;
             }
