@@ -57,7 +57,7 @@ pub const MIGRATIONS: &[&str] = &[
 ///
 /// Closing it does not checkpoint: with thousands of runs the pool closes and reopens DBs
 /// often, and a checkpoint plus WAL delete/recreate on every close cost more than the writes.
-/// The writer checkpoints explicitly instead (`checkpoint_and_close`).
+/// The writer checkpoints explicitly instead (`sink::wal::checkpoint_wal_and_close`).
 ///
 /// A DB that SQLite reports corrupt (`SQLITE_CORRUPT`, `SQLITE_NOTADB`) while opening is moved
 /// aside (see [`quarantine`]) and a fresh one takes its place: the run keeps flowing, and the

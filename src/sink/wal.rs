@@ -30,19 +30,19 @@ pub(super) fn note_wal_pages(
 /// A writer's background checkpoint thread: PASSIVE checkpoints of the DBs whose WAL passed
 /// `sqlite.wal_autocheckpoint`, each through a short-lived connection of its own, so that on a
 /// single hot run the copy into the DB and its fsync use the other core.
-pub(super) struct Checkpointer {
+pub(super) struct WalCheckpointer {
     requests: Option<Sender<PathBuf>>,
     /// Held while the thread has a DB open; see `pause`.
     busy: Arc<std::sync::Mutex<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Checkpointer {
+impl WalCheckpointer {
     pub(super) fn spawn(
         shard: usize,
         sqlite: &SqliteConfig,
         counters: &Arc<Counters>,
-    ) -> Checkpointer {
+    ) -> WalCheckpointer {
         let (tx, rx) = crossbeam_channel::bounded::<PathBuf>(16);
         let busy = Arc::new(std::sync::Mutex::new(()));
         let (sqlite, counters, held) = (sqlite.clone(), counters.clone(), busy.clone());
@@ -57,13 +57,13 @@ impl Checkpointer {
                     paths.dedup();
                     for path in paths {
                         let _held = held.lock().unwrap_or_else(|e| e.into_inner());
-                        background_checkpoint(&path, &sqlite, &counters);
+                        checkpoint_wal_in_background(&path, &sqlite, &counters);
                     }
                 }
             })
             .map_err(|error| tracing::warn!(%error, "no checkpoint thread; writers checkpoint"))
             .ok();
-        Checkpointer { requests: thread.is_some().then_some(tx), busy, thread }
+        WalCheckpointer { requests: thread.is_some().then_some(tx), busy, thread }
     }
 
     /// Asks for a checkpoint of `path`; dropped if requests are queued already (the next
@@ -90,7 +90,7 @@ impl Checkpointer {
     }
 }
 
-fn background_checkpoint(path: &Path, sqlite: &SqliteConfig, counters: &Counters) {
+fn checkpoint_wal_in_background(path: &Path, sqlite: &SqliteConfig, counters: &Counters) {
     use rusqlite::OpenFlags;
     // Never creates: a DB retention deleted meanwhile is simply skipped.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -103,7 +103,7 @@ fn background_checkpoint(path: &Path, sqlite: &SqliteConfig, counters: &Counters
     });
     match result {
         Ok(conn) => {
-            checkpoint(&conn, "PASSIVE", path, counters, true);
+            checkpoint_wal(&conn, "PASSIVE", path, counters, true);
             close(conn, path);
         }
         Err(error) => tracing::debug!(path = %path.display(), %error, "no background checkpoint"),
@@ -114,7 +114,7 @@ fn background_checkpoint(path: &Path, sqlite: &SqliteConfig, counters: &Counters
 /// (an analyst's long read transaction pins the WAL, which then keeps growing).
 /// With `busy_ok`, another checkpoint running (ours, on another connection) is no failure: it
 /// is skipped without a word.
-pub(super) fn checkpoint(
+pub(super) fn checkpoint_wal(
     conn: &Connection,
     mode: &str,
     path: &Path,
@@ -147,8 +147,8 @@ pub(super) fn checkpoint(
     }
 }
 
-pub(super) fn checkpoint_and_close(conn: Connection, path: &Path, counters: &Counters) {
-    checkpoint(&conn, "TRUNCATE", path, counters, false);
+pub(super) fn checkpoint_wal_and_close(conn: Connection, path: &Path, counters: &Counters) {
+    checkpoint_wal(&conn, "TRUNCATE", path, counters, false);
     // Let SQLite remove the (now empty) WAL and shm files when this last connection closes.
     if let Err(error) =
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)

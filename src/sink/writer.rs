@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::pool::Pool;
-use super::wal::{self, Checkpointer};
+use super::wal::{self, WalCheckpointer};
 use super::{run_db, WriterConfig};
 use crate::dlq::DeadLetter;
 use crate::metrics::Counters;
@@ -19,7 +19,7 @@ use crate::tail::LineMeta;
 pub(super) struct Writer {
     config: Arc<WriterConfig>,
     pool: Pool,
-    checkpointer: Checkpointer,
+    wal_checkpointer: WalCheckpointer,
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
     /// Buffered records, per run.
@@ -39,7 +39,7 @@ impl Writer {
         counters: Arc<Counters>,
     ) -> Writer {
         let seen_runs = config.linger.is_none().then(Default::default);
-        let checkpointer = Checkpointer::spawn(shard, &config.sqlite, &counters);
+        let wal_checkpointer = WalCheckpointer::spawn(shard, &config.sqlite, &counters);
         Writer {
             seen_runs,
             pool: Pool::new(
@@ -51,7 +51,7 @@ impl Writer {
             config,
             state,
             counters,
-            checkpointer,
+            wal_checkpointer,
             runs: HashMap::new(),
             n_bytes: 0,
             oldest: None,
@@ -78,7 +78,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush_all();
-                    self.checkpointer.stop();
+                    self.wal_checkpointer.stop();
                     self.pool.close_all(&self.counters);
                     return;
                 }
@@ -91,7 +91,7 @@ impl Writer {
                 if now >= at {
                     // No background checkpoint may hold a DB open while it is closed: the
                     // last connection's close removes the WAL and shm files.
-                    let _quiet = self.checkpointer.pause();
+                    let _quiet = self.wal_checkpointer.pause();
                     self.pool.maintain(m.idle_close_after, &self.counters);
                     next_maintenance = Some(Instant::now() + m.interval);
                 }
@@ -250,11 +250,11 @@ impl Writer {
 }
 
 impl Writer {
-    /// `sqlite.wal_autocheckpoint`, moved off this thread: past the threshold the checkpointer
+    /// `sqlite.wal_autocheckpoint`, moved off this thread: past the threshold the WAL checkpointer
     /// copies the WAL into the DB while this thread goes on writing (a PASSIVE checkpoint runs
     /// beside a writer). The WAL restarts only once a checkpoint has caught up with every
-    /// commit, which a busy writer rarely lets the checkpointer do; so at 4x the threshold this
-    /// thread checkpoints itself, copying only what the checkpointer has not.
+    /// commit, which a busy writer rarely lets the WAL checkpointer do; so at 4x the threshold this
+    /// thread checkpoints itself, copying only what the WAL checkpointer has not.
     fn after_commit(&self, run_id: &str) {
         let pages = wal::WAL_PAGES.with(|p| p.replace(0));
         let threshold = self.config.sqlite.wal_autocheckpoint as i32;
@@ -264,12 +264,12 @@ impl Writer {
         let path = self.pool.path_of(run_id);
         if pages >= threshold.saturating_mul(4) {
             // Waits for a background checkpoint in progress, which would make this one skip.
-            let _quiet = self.checkpointer.pause();
-            if let Some(conn) = self.pool.conns.get(run_id) {
-                wal::checkpoint(&conn.0, "PASSIVE", &path, &self.counters, false);
+            let _quiet = self.wal_checkpointer.pause();
+            if let Some(conn) = self.pool.open_conn(run_id) {
+                wal::checkpoint_wal(conn, "PASSIVE", &path, &self.counters, false);
             }
         } else {
-            self.checkpointer.request(path);
+            self.wal_checkpointer.request(path);
         }
     }
 }
