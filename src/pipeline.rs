@@ -407,8 +407,7 @@ impl StateThread {
             None
         } else {
             let lock = DlqLock::acquire(&self.dlq_dir).context("locking the DLQ")?;
-            self.db
-                .dlq_ensure_file(&dlq::file_name_for(now))
+            dlq::index::ensure_file(&mut self.db, &dlq::file_name_for(now))
                 .context("recording the DLQ file in the state DB")?;
             Some(lock)
         };
