@@ -23,7 +23,9 @@ use rusqlite::{params, Connection, OpenFlags, Transaction};
 use sha2::{Digest, Sha256};
 
 use crate::config::SqliteConfig;
-use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate, unix_millis};
+use crate::sqlite::{
+    apply_pragmas, create_private_file, is_corrupt, migrate, unix_millis, wal_checkpoint,
+};
 
 /// Bytes hashed at the head and before the offset. Enough to tell files apart in practice,
 /// small enough to read for 10,000 files at startup.
@@ -275,8 +277,7 @@ impl StateDb {
     pub fn checkpoint_and_optimize(&self) -> rusqlite::Result<bool> {
         // Optimize first: it may write (ANALYZE), and those frames belong in the checkpoint.
         self.conn.execute_batch("PRAGMA optimize")?;
-        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        Ok(busy == 0)
+        Ok(!wal_checkpoint(&self.conn, "TRUNCATE")?.busy)
     }
 
     /// Every checkpoint, keyed by `(dev, ino)`.

@@ -1,7 +1,9 @@
 //! The SQLite plumbing every database of ours shares (run DBs, the state DB, `maintain`):
-//! private file mode, the `[sqlite]` pragmas, migrations keyed on `user_version`, corruption
-//! detection and quarantine. Each kind of DB keeps its own schema and its own `open`
-//! (`sink::run_db`, `checkpoint`), which puts these pieces together in its own order.
+//! private file mode, the `[sqlite]` pragmas, migrations keyed on `user_version` (cargo's
+//! scheme), corruption detection and quarantine, WAL checkpoints. Each kind of DB keeps its
+//! own schema and its own `open` (`sink::run_db`, `checkpoint`), which puts these pieces
+//! together in its own order: a run DB, for one, notes the file's inode between creating it
+//! and opening it.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -60,6 +62,29 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<(
     }
     tx.pragma_update(None, "user_version", migrations.len() as i64)?;
     tx.commit()
+}
+
+/// What `PRAGMA wal_checkpoint` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// Another connection kept it from completing (a reader or writer; for PASSIVE, also
+    /// another checkpoint running).
+    pub busy: bool,
+    /// Frames in the WAL.
+    pub wal_frames: i64,
+    /// Frames of it copied into the DB.
+    pub checkpointed: i64,
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)`: `PASSIVE`, `FULL`, `RESTART` or `TRUNCATE`.
+pub fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<WalCheckpoint> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok(WalCheckpoint {
+            busy: r.get::<_, i64>(0)? != 0,
+            wal_frames: r.get(1)?,
+            checkpointed: r.get(2)?,
+        })
+    })
 }
 
 /// Whether SQLite reports the DB corrupt or not a database.

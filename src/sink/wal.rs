@@ -11,6 +11,7 @@ use rusqlite::Connection;
 
 use crate::config::SqliteConfig;
 use crate::metrics::Counters;
+use crate::sqlite::{wal_checkpoint, WalCheckpoint};
 
 thread_local! {
     /// Pages in the WAL after this thread's last commit (see `note_wal_pages`).
@@ -121,14 +122,11 @@ pub(super) fn checkpoint_wal(
     counters: &Counters,
     busy_ok: bool,
 ) -> bool {
-    let result = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-    });
-    match result {
-        Ok((busy, _, _)) if busy != 0 && busy_ok => false,
-        Ok((busy, log, done)) => {
+    match wal_checkpoint(conn, mode) {
+        Ok(c) if c.busy && busy_ok => false,
+        Ok(WalCheckpoint { busy, wal_frames: log, checkpointed: done }) => {
             counters.wal_checkpoints.add(1);
-            if busy != 0 || done < log {
+            if busy || done < log {
                 counters.checkpoints_blocked.add(1);
                 tracing::warn!(
                     path = %path.display(),
