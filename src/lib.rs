@@ -24,8 +24,8 @@ pub mod checkpoint;
 pub mod dlq;
 pub mod pipeline;
 pub mod maintain;
-pub mod sqlite;
 
+pub mod sqlite;
 pub mod metrics;
 pub mod shutdown;
 pub mod exporter;

@@ -8,6 +8,10 @@
 //! a record that fails on its own (too big) becomes a `write_failed` dead letter.
 //!
 //! No other module opens a run DB for writing.
+//!
+//! By job: `writer` (a writer thread's loop: buffers, commits, retries), `pool` (its LRU of
+//! run-DB connections), `wal` (WAL checkpoints of its DBs, on the `checkpoint-N` thread and
+//! inline), `run_db` (one run DB: schema and writes), `run_path` and `merge` (pure helpers).
 
 pub mod merge;
 pub mod run_db;
@@ -27,7 +31,7 @@ use crate::config::{Mapping, SqliteConfig};
 use crate::metrics::Counters;
 use crate::route::{Batch, StateMsg};
 
-/// When writers checkpoint their databases.
+/// When writers checkpoint their databases' WALs.
 #[derive(Debug, Clone, Copy)]
 pub struct Maintenance {
     /// `sqlite.checkpoint_interval`: how often open DBs are checkpointed.
