@@ -1,4 +1,8 @@
-//! The state DB: how far each source file has been shipped, and which dead letters exist.
+//! The state DB: how far each source file has been shipped (its offset checkpoints).
+//!
+//! The DLQ's index (keys, committed lengths, rewrite intents) lives in the same DB and its
+//! tables in these migrations, so that an append commits with the offsets it covers; its
+//! queries are in `dlq::index`.
 //!
 //! Files are identified by `(dev, inode)` plus fingerprints: a hash of the first bytes and a
 //! hash of the bytes just before the saved offset. A checkpoint is resumed only when both still
@@ -13,12 +17,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, Transaction};
 use sha2::{Digest, Sha256};
 
 use crate::config::SqliteConfig;
+use crate::sqlite::{
+    apply_pragmas, create_private_file, is_corrupt, migrate, unix_millis, wal_checkpoint,
+};
 
 /// Bytes hashed at the head and before the offset. Enough to tell files apart in practice,
 /// small enough to read for 10,000 files at startup.
@@ -207,7 +214,7 @@ pub enum OpenError {
 impl OpenError {
     fn new(path: &Path, cause: rusqlite::Error) -> OpenError {
         let path = path.to_path_buf();
-        if crate::sink::run_db::is_corrupt(&cause) {
+        if is_corrupt(&cause) {
             OpenError::Corrupt { path, cause }
         } else {
             OpenError::Sqlite { path, cause }
@@ -224,13 +231,13 @@ pub struct StateDb {
 impl StateDb {
     /// Opens (creating and migrating) the state DB for writing.
     pub fn open(path: &Path, sqlite: &SqliteConfig) -> Result<StateDb, OpenError> {
-        crate::sink::run_db::create_private_file(path).map_err(|e| {
+        create_private_file(path).map_err(|e| {
             OpenError::new(path, rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
         })?;
         let open = || {
             let mut conn = Connection::open(path)?;
-            crate::sink::run_db::apply_pragmas(&conn, sqlite)?;
-            crate::sink::run_db::migrate(&mut conn, MIGRATIONS)?;
+            apply_pragmas(&conn, sqlite)?;
+            migrate(&mut conn, MIGRATIONS)?;
             check_readable(&conn)?;
             Ok(conn)
         };
@@ -270,8 +277,7 @@ impl StateDb {
     pub fn checkpoint_and_optimize(&self) -> rusqlite::Result<bool> {
         // Optimize first: it may write (ANALYZE), and those frames belong in the checkpoint.
         self.conn.execute_batch("PRAGMA optimize")?;
-        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        Ok(busy == 0)
+        Ok(!wal_checkpoint(&self.conn, "TRUNCATE")?.busy)
     }
 
     /// Every checkpoint, keyed by `(dev, ino)`.
@@ -389,51 +395,6 @@ impl StateDb {
         Ok(gone.into_iter().map(|cp| cp.path).collect())
     }
 
-    /// Whether a dead letter with this key is already in the DLQ.
-    pub fn dlq_has_key(tx: &Transaction<'_>, key: &[u8]) -> rusqlite::Result<bool> {
-        tx.prepare_cached("SELECT 1 FROM dlq_keys WHERE key = ?1")?
-            .query_row([key], |_| Ok(()))
-            .optional()
-            .map(|r| r.is_some())
-    }
-
-    pub fn dlq_add_key(
-        tx: &Transaction<'_>,
-        key: &[u8],
-        file: &str,
-        reason: &str,
-    ) -> rusqlite::Result<()> {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO dlq_keys (key, file, reason) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![key, file, reason])?;
-        Ok(())
-    }
-
-    /// The committed length of each DLQ file: bytes past it were appended by a process that
-    /// died before committing, and are cut off before the next append.
-    pub fn dlq_committed(&self) -> rusqlite::Result<HashMap<String, u64>> {
-        let mut stmt = self.conn.prepare("SELECT name, committed_len FROM dlq_files")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-        rows.collect()
-    }
-
-    /// Records a DLQ file (length 0) in its own committed transaction, before the file is
-    /// created, so that `dlq::recover` knows every file this state DB's processes write.
-    pub fn dlq_ensure_file(&mut self, name: &str) -> rusqlite::Result<()> {
-        let tx = self.transaction()?;
-        tx.prepare_cached("INSERT OR IGNORE INTO dlq_files (name, committed_len) VALUES (?1, 0)")?
-            .execute([name])?;
-        tx.commit()
-    }
-
-    pub fn dlq_committed_len(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<u64>> {
-        tx.prepare_cached("SELECT committed_len FROM dlq_files WHERE name = ?1")?
-            .query_row([name], |r| r.get::<_, i64>(0))
-            .optional()
-            .map(|o| o.map(|v| v as u64))
-    }
-
     /// An IMMEDIATE transaction through a shared reference, for the DLQ maintenance paths
     /// (`dlq::recover`, replay, retention) that get the state DB by `&`. The caller must not
     /// nest it in another transaction on this connection.
@@ -441,79 +402,9 @@ impl StateDb {
         Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
     }
 
-    /// Pending DLQ rewrites: `(name, tmp, new_len)`.
-    pub fn dlq_rewrites(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(String, String, u64)>> {
-        let mut stmt = tx.prepare_cached("SELECT name, tmp, new_len FROM dlq_rewrites")?;
-        let rows =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
-        rows.collect()
-    }
-
-    /// Records the intent to replace DLQ file `name` by `tmp` (`new_len` bytes).
-    pub fn dlq_add_rewrite(
-        tx: &Transaction<'_>,
-        name: &str,
-        tmp: &str,
-        new_len: u64,
-    ) -> rusqlite::Result<()> {
-        tx.prepare_cached(
-            "INSERT INTO dlq_rewrites (name, tmp, new_len) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE SET tmp = excluded.tmp, new_len = excluded.new_len",
-        )?
-        .execute(params![name, tmp, new_len as i64])?;
-        Ok(())
-    }
-
-    /// A rewrite is done (the rename happened): the file's committed length is its new length.
-    pub fn dlq_finish_rewrite(
-        tx: &Transaction<'_>,
-        name: &str,
-        new_len: u64,
-    ) -> rusqlite::Result<()> {
-        Self::dlq_set_committed_len(tx, name, new_len)?;
-        tx.prepare_cached("DELETE FROM dlq_rewrites WHERE name = ?1")?.execute([name])?;
-        Ok(())
-    }
-
-    /// Marks a dead letter as shipped by `dlq replay`. The key stays: its line's fate is
-    /// decided (it is in a run DB now), so a later re-read of the same line under a mapping
-    /// that rejects it must not dead-letter it a second time.
-    pub fn dlq_mark_replayed(tx: &Transaction<'_>, key: &[u8], file: &str) -> rusqlite::Result<()> {
-        tx.prepare_cached(
-            "INSERT INTO dlq_keys (key, file, reason) VALUES (?1, ?2, 'replayed')
-             ON CONFLICT (key) DO UPDATE SET reason = 'replayed'",
-        )?
-        .execute(params![key, file])?;
-        Ok(())
-    }
-
-    /// Whether a key is recorded (outside a write transaction).
-    pub fn dlq_key_known(&self, key: &[u8]) -> rusqlite::Result<bool> {
-        self.conn
-            .prepare_cached("SELECT 1 FROM dlq_keys WHERE key = ?1")?
-            .query_row([key], |_| Ok(()))
-            .optional()
-            .map(|r| r.is_some())
-    }
-
-    /// Forgets a DLQ file deleted by retention (its keys stay: those lines' fate was decided).
-    pub fn dlq_forget_file(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<()> {
-        tx.prepare_cached("DELETE FROM dlq_files WHERE name = ?1")?.execute([name])?;
-        tx.prepare_cached("DELETE FROM dlq_rewrites WHERE name = ?1")?.execute([name])?;
-        Ok(())
-    }
-
-    pub fn dlq_set_committed_len(
-        tx: &Transaction<'_>,
-        name: &str,
-        len: u64,
-    ) -> rusqlite::Result<()> {
-        tx.prepare_cached(
-            "INSERT INTO dlq_files (name, committed_len) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET committed_len = excluded.committed_len",
-        )?
-        .execute(params![name, len as i64])?;
-        Ok(())
+    /// The connection, for the DLQ index (`dlq::index`), whose tables live in this DB.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 }
 
@@ -522,10 +413,6 @@ impl StateDb {
 /// through a command.
 fn check_readable(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("SELECT count(*) FROM files", [], |_| Ok(()))
-}
-
-pub fn unix_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod follow;
 pub mod pipeline;
 pub mod maintain;
 
+pub mod sqlite;
 pub mod metrics;
 pub mod shutdown;
 pub mod exporter;

@@ -82,7 +82,7 @@ impl Pipeline {
         }
         let mut db = db;
         if mode == Mode::Daemon {
-            let cutoff = crate::checkpoint::unix_millis() - PRUNE_AFTER.as_millis() as i64;
+            let cutoff = crate::sqlite::unix_millis() - PRUNE_AFTER.as_millis() as i64;
             let pruned = db.prune_gone(cutoff).context("pruning checkpoints of deleted files")?;
             if !pruned.is_empty() {
                 tracing::info!(
@@ -287,8 +287,7 @@ impl StateThread {
             None
         } else {
             let lock = DlqLock::acquire(&self.dlq_dir).context("locking the DLQ")?;
-            self.db
-                .dlq_ensure_file(&dlq::file_name_for(now))
+            dlq::index::ensure_file(&mut self.db, &dlq::file_name_for(now))
                 .context("recording the DLQ file in the state DB")?;
             Some(lock)
         };

@@ -122,12 +122,7 @@ fn maintain_db(path: &Path, config: &Config, options: Options) -> rusqlite::Resu
     // Optimize before the checkpoint: it may write (ANALYZE), which would otherwise leave
     // frames in the WAL just truncated.
     conn.execute_batch("PRAGMA optimize")?;
-    // busy = 1 when a reader or writer kept the checkpoint from completing.
-    let (busy, _, _): (i64, i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-    if busy != 0 {
+    if crate::sqlite::wal_checkpoint(&conn, "TRUNCATE")?.busy {
         return Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
             Some("WAL checkpoint incomplete: another connection is reading or writing".into()),

@@ -9,9 +9,6 @@
 //!   comes later in stream order (`pos`), so a replayed older line never overwrites a newer one.
 //! - `run_records`: every distinct run record, keyed by its line identity (for the refold).
 
-use std::fs::OpenOptions;
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -21,6 +18,7 @@ use crate::config::{Mapping, SqliteConfig};
 use crate::parse::Kind;
 use crate::route::Batch;
 use crate::sink::merge::fold_run_record;
+use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate, quarantine};
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -55,60 +53,11 @@ pub const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// Creates `path` with mode 0640 if it does not exist, so SQLite (which copies the DB file's
-/// mode to its `-wal` and `-shm`) never creates world-readable files whatever the umask.
-pub fn create_private_file(path: &Path) -> io::Result<()> {
-    match OpenOptions::new().write(true).create_new(true).mode(0o640).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// The pragmas every connection of ours gets, from `[sqlite]`.
-pub fn apply_pragmas(conn: &Connection, sqlite: &SqliteConfig) -> rusqlite::Result<()> {
-    conn.busy_timeout(sqlite.busy_timeout)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "journal_mode is {mode}, WAL could not be enabled"
-        )));
-    }
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {};
-         PRAGMA wal_autocheckpoint = {};
-         PRAGMA journal_size_limit = {};
-         PRAGMA cache_size = -{};
-         PRAGMA foreign_keys = OFF;",
-        sqlite.synchronous.as_pragma(),
-        sqlite.wal_autocheckpoint,
-        sqlite.journal_size_limit,
-        (sqlite.cache_size / 1024).max(64),
-    ))
-}
-
-/// Brings a DB to the newest schema, in one transaction, idempotently (cargo's scheme:
-/// `user_version` counts the migrations applied).
-pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version as usize >= migrations.len() {
-        return Ok(());
-    }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    // Re-read under the write lock: another process may have migrated meanwhile.
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for migration in &migrations[version.max(0) as usize..] {
-        tx.execute_batch(migration)?;
-    }
-    tx.pragma_update(None, "user_version", migrations.len() as i64)?;
-    tx.commit()
-}
-
 /// Opens (creating if needed) a run DB.
 ///
 /// Closing it does not checkpoint: with thousands of runs the pool closes and reopens DBs
 /// often, and a checkpoint plus WAL delete/recreate on every close cost more than the writes.
-/// The writer checkpoints explicitly instead (`checkpoint_and_close`).
+/// The writer checkpoints explicitly instead (`sink::wal::checkpoint_wal_and_close`).
 ///
 /// A DB that SQLite reports corrupt (`SQLITE_CORRUPT`, `SQLITE_NOTADB`) while opening is moved
 /// aside (see [`quarantine`]) and a fresh one takes its place: the run keeps flowing, and the
@@ -127,8 +76,14 @@ pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> 
                 // Only move the file we found corrupt: another process may have replaced it
                 // with a fresh DB meanwhile.
                 if inode(path) == inode_before {
-                    quarantine(path, &e)
+                    let target = quarantine(path)
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    tracing::error!(
+                        path = %path.display(),
+                        moved_to = %target.display(),
+                        error = %e,
+                        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
+                    );
                 }
                 quarantined = true;
             }
@@ -154,60 +109,6 @@ fn open_once(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<(Connection
 fn inode(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// Whether SQLite reports the DB corrupt or not a database.
-pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
-    )
-}
-
-/// Moves a corrupt DB to `<name>.corrupt-<unix seconds>` (never deletes it), with its `-wal`
-/// (which must not be replayed into the fresh DB) and `-shm`; logs at ERROR. Returns the new
-/// path of the DB file.
-pub fn quarantine(path: &Path, error: &rusqlite::Error) -> io::Result<std::path::PathBuf> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let with = |suffix: &str| {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        std::path::PathBuf::from(name)
-    };
-    // Two quarantines of one run within a second must not overwrite each other.
-    let mut stem = format!(".corrupt-{secs}");
-    let mut n = 1;
-    while with(&stem).exists() {
-        stem = format!(".corrupt-{secs}.{n}");
-        n += 1;
-    }
-    let target = with(&stem);
-    std::fs::rename(path, &target)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: moving aside: {e}", path.display())))?;
-    for suffix in ["-wal", "-shm"] {
-        match std::fs::rename(with(suffix), with(&format!("{stem}{suffix}"))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("{}{suffix}: moving aside: {e}", path.display()),
-                ))
-            }
-        }
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
-    }
-    tracing::error!(
-        path = %path.display(),
-        moved_to = %target.display(),
-        %error,
-        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
-    );
-    Ok(target)
 }
 
 /// What writing one run's records produced.
@@ -343,7 +244,7 @@ fn merge_run(
         column(&mapping.start_time),
         column(&mapping.end_time),
         max_pos,
-        crate::checkpoint::unix_millis()
+        crate::sqlite::unix_millis()
     ])?;
     Ok(())
 }

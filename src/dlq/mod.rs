@@ -32,6 +32,9 @@
 //! replay or retention — renames the temp file if it still exists and finishes step 5. Rolling
 //! forward before any append matters: the daemon must never append to the old file and then have
 //! a stale `new_len` cut its letters off.
+
+pub mod index;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -155,7 +158,7 @@ pub fn append(
     let mut seen_in_batch = std::collections::HashSet::new();
     for (letter, _) in letters {
         if !seen_in_batch.insert(letter.key.as_slice())
-            || StateDb::dlq_has_key(tx, &letter.key).map_err(io::Error::other)?
+            || index::has_key(tx, &letter.key).map_err(io::Error::other)?
         {
             continue;
         }
@@ -171,15 +174,14 @@ pub fn append(
         };
         serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
         out.push(b'\n');
-        StateDb::dlq_add_key(tx, &letter.key, &name, letter.reason.as_str())
-            .map_err(io::Error::other)?;
+        index::add_key(tx, &letter.key, &name, letter.reason.as_str()).map_err(io::Error::other)?;
         *new_by_reason.entry(letter.reason).or_insert(0) += 1;
     }
     if out.is_empty() {
         return Ok(new_by_reason);
     }
     let path = dir.join(&name);
-    let committed = StateDb::dlq_committed_len(tx, &name).map_err(io::Error::other)?.unwrap_or(0);
+    let committed = index::committed_len(tx, &name).map_err(io::Error::other)?.unwrap_or(0);
     let created = !path.exists();
     let mut file =
         OpenOptions::new().create(true).write(true).truncate(false).mode(0o640).open(&path)?;
@@ -199,7 +201,7 @@ pub fn append(
     if created {
         File::open(dir)?.sync_all()?;
     }
-    StateDb::dlq_set_committed_len(tx, &name, base + out.len() as u64).map_err(io::Error::other)?;
+    index::set_committed_len(tx, &name, base + out.len() as u64).map_err(io::Error::other)?;
     Ok(new_by_reason)
 }
 
@@ -217,7 +219,7 @@ pub fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64
         tracing::warn!(file = %dir.join(name).display(), "finished a DLQ rewrite interrupted by a crash");
     }
     remove_stray_temp_files(dir)?;
-    let committed = state.dlq_committed().map_err(|e| state_error(state, e))?;
+    let committed = index::committed(state).map_err(|e| state_error(state, e))?;
     let mut cut = Vec::new();
     for (name, len) in dlq_files(dir)? {
         let Some(&want) = committed.get(&name) else {
@@ -265,10 +267,10 @@ fn adopt(dir: &Path, state: &StateDb, name: &str) -> io::Result<()> {
         }
         let key =
             crate::parse::line_key(letter.line_no, &crate::parse::digest(letter.raw.as_bytes()));
-        StateDb::dlq_add_key(&tx, &key, name, &letter.reason).map_err(|e| state_error(state, e))?;
+        index::add_key(&tx, &key, name, &letter.reason).map_err(|e| state_error(state, e))?;
         keyed += 1;
     }
-    StateDb::dlq_set_committed_len(&tx, name, complete).map_err(|e| state_error(state, e))?;
+    index::set_committed_len(&tx, name, complete).map_err(|e| state_error(state, e))?;
     tx.commit().map_err(|e| state_error(state, e))?;
     tracing::warn!(
         path = %path.display(),
@@ -295,7 +297,7 @@ fn temp_name(name: &str) -> String {
 /// Renames the temp files of committed intents over their files (a missing temp file means
 /// the rename already happened) and records the new lengths in `tx`. Returns the names.
 fn roll_forward(dir: &Path, tx: &Transaction<'_>) -> io::Result<Vec<String>> {
-    let rewrites = StateDb::dlq_rewrites(tx).map_err(io::Error::other)?;
+    let rewrites = index::rewrites(tx).map_err(io::Error::other)?;
     if rewrites.is_empty() {
         return Ok(Vec::new());
     }
@@ -312,7 +314,7 @@ fn roll_forward(dir: &Path, tx: &Transaction<'_>) -> io::Result<Vec<String>> {
     }
     sync_dir(dir)?;
     for (name, _, new_len) in &rewrites {
-        StateDb::dlq_finish_rewrite(tx, name, *new_len).map_err(io::Error::other)?;
+        index::finish_rewrite(tx, name, *new_len).map_err(io::Error::other)?;
     }
     Ok(rewrites.into_iter().map(|(name, _, _)| name).collect())
 }
@@ -349,7 +351,7 @@ pub fn faithful_key(letter: &DlqLine, state: &StateDb) -> io::Result<Option<[u8;
     }
     let key = crate::parse::line_key(letter.line_no, &crate::parse::digest(letter.raw.as_bytes()));
     if letter.raw.contains('\u{FFFD}')
-        && !state.dlq_key_known(&key).map_err(|e| state_error(state, e))?
+        && !index::key_known(state, &key).map_err(|e| state_error(state, e))?
     {
         return Ok(None);
     }
@@ -412,10 +414,10 @@ pub fn remove_letters(
     sync_dir(dir)?;
     let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
     for (name, tmp, new_len) in &rewrites {
-        StateDb::dlq_add_rewrite(&tx, name, tmp, *new_len).map_err(|e| state_error(state, e))?;
+        index::add_rewrite(&tx, name, tmp, *new_len).map_err(|e| state_error(state, e))?;
     }
     for (key, name) in &marks {
-        StateDb::dlq_mark_replayed(&tx, key, name).map_err(|e| state_error(state, e))?;
+        index::mark_replayed(&tx, key, name).map_err(|e| state_error(state, e))?;
     }
     tx.commit().map_err(|e| state_error(state, e))?;
     let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
@@ -450,7 +452,7 @@ pub fn delete_files(dir: &Path, state: &StateDb, names: &[String]) -> io::Result
     sync_dir(dir)?;
     let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
     for name in names {
-        StateDb::dlq_forget_file(&tx, name).map_err(|e| state_error(state, e))?;
+        index::forget_file(&tx, name).map_err(|e| state_error(state, e))?;
     }
     tx.commit().map_err(|e| state_error(state, e))?;
     Ok(bytes)
@@ -510,7 +512,7 @@ mod tests {
         std::fs::create_dir(&dlq).unwrap();
         std::fs::write(dlq.join("dlq_20240101.ndjson"), old).unwrap();
         let tx = state.transaction_shared().unwrap();
-        StateDb::dlq_set_committed_len(&tx, "dlq_20240101.ndjson", old.len() as u64).unwrap();
+        index::set_committed_len(&tx, "dlq_20240101.ndjson", old.len() as u64).unwrap();
         tx.commit().unwrap();
         (dir, state, dlq)
     }
@@ -518,7 +520,7 @@ mod tests {
     fn intent(state: &StateDb, new_len: u64) {
         let tx = state.transaction_shared().unwrap();
         let name = "dlq_20240101.ndjson";
-        StateDb::dlq_add_rewrite(&tx, name, &temp_name(name), new_len).unwrap();
+        index::add_rewrite(&tx, name, &temp_name(name), new_len).unwrap();
         tx.commit().unwrap();
     }
 
@@ -551,11 +553,11 @@ mod tests {
         assert!(recover(&dlq, &state).unwrap().is_empty(), "an unrecorded file is never cut");
         assert_eq!(std::fs::read_to_string(dlq.join(name)).unwrap(), bytes);
         let complete = (whole.len() + cut.len()) as u64;
-        assert_eq!(state.dlq_committed().unwrap()[name], complete);
+        assert_eq!(index::committed(&state).unwrap()[name], complete);
         let key =
             |n: u64, raw: &str| crate::parse::line_key(n, &crate::parse::digest(raw.as_bytes()));
-        assert!(state.dlq_key_known(&key(1, "{bad")).unwrap());
-        assert!(!state.dlq_key_known(&key(2, "{cu")).unwrap());
+        assert!(index::key_known(&state, &key(1, "{bad")).unwrap());
+        assert!(!index::key_known(&state, &key(2, "{cu")).unwrap());
         // Adopted once: a second recover cuts the torn line like any uncommitted tail.
         let cut_files = recover(&dlq, &state).unwrap();
         assert_eq!(cut_files, vec![(dlq.join(name), bytes.len() as u64, complete)]);
@@ -572,9 +574,9 @@ mod tests {
         recover(&dlq, &state).unwrap();
         assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
         assert!(!dlq.join(temp_name(name)).exists());
-        assert_eq!(state.dlq_committed().unwrap()[name], new.len() as u64);
+        assert_eq!(index::committed(&state).unwrap()[name], new.len() as u64);
         let tx = state.transaction_shared().unwrap();
-        assert!(StateDb::dlq_rewrites(&tx).unwrap().is_empty());
+        assert!(index::rewrites(&tx).unwrap().is_empty());
         drop(tx);
         // Killed after the rename, before the final commit: only the length is recorded.
         let (_d, state, dlq) = setup(old);
@@ -582,13 +584,13 @@ mod tests {
         intent(&state, new.len() as u64);
         assert!(recover(&dlq, &state).unwrap().is_empty(), "nothing to cut");
         assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
-        assert_eq!(state.dlq_committed().unwrap()[name], new.len() as u64);
+        assert_eq!(index::committed(&state).unwrap()[name], new.len() as u64);
         // Killed before the intent: the temp file is dropped, the file stays whole.
         let (_d, state, dlq) = setup(old);
         std::fs::write(dlq.join(temp_name(name)), new).unwrap();
         recover(&dlq, &state).unwrap();
         assert_eq!(std::fs::read(dlq.join(name)).unwrap(), old);
         assert!(!dlq.join(temp_name(name)).exists());
-        assert_eq!(state.dlq_committed().unwrap()[name], old.len() as u64);
+        assert_eq!(index::committed(&state).unwrap()[name], old.len() as u64);
     }
 }

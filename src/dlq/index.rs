@@ -1,0 +1,128 @@
+//! The DLQ's index in the state DB: the key of every dead letter (`dlq_keys`), the committed
+//! length of every DLQ file (`dlq_files`) and the intents of replay rewrites (`dlq_rewrites`).
+//! The tables are created by the state DB's migrations (`checkpoint`); the protocol that uses
+//! them is in the [`crate::dlq`] docs.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use crate::checkpoint::StateDb;
+
+/// Whether a dead letter with this key is already in the DLQ.
+pub(super) fn has_key(tx: &Transaction<'_>, key: &[u8]) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM dlq_keys WHERE key = ?1")?
+        .query_row([key], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
+pub(super) fn add_key(
+    tx: &Transaction<'_>,
+    key: &[u8],
+    file: &str,
+    reason: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR IGNORE INTO dlq_keys (key, file, reason) VALUES (?1, ?2, ?3)")?
+        .execute(params![key, file, reason])?;
+    Ok(())
+}
+
+/// The committed length of each DLQ file: bytes past it were appended by a process that
+/// died before committing, and are cut off before the next append.
+pub(super) fn committed(state: &StateDb) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut stmt = state.conn().prepare("SELECT name, committed_len FROM dlq_files")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect()
+}
+
+/// Records a DLQ file (length 0) in its own committed transaction, before the file is
+/// created, so that `dlq::recover` knows every file this state DB's processes write.
+pub fn ensure_file(state: &mut StateDb, name: &str) -> rusqlite::Result<()> {
+    let tx = state.transaction()?;
+    tx.prepare_cached("INSERT OR IGNORE INTO dlq_files (name, committed_len) VALUES (?1, 0)")?
+        .execute([name])?;
+    tx.commit()
+}
+
+pub(super) fn committed_len(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<u64>> {
+    tx.prepare_cached("SELECT committed_len FROM dlq_files WHERE name = ?1")?
+        .query_row([name], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|o| o.map(|v| v as u64))
+}
+
+/// Pending DLQ rewrites: `(name, tmp, new_len)`.
+pub(super) fn rewrites(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    let mut stmt = tx.prepare_cached("SELECT name, tmp, new_len FROM dlq_rewrites")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+    rows.collect()
+}
+
+/// Records the intent to replace DLQ file `name` by `tmp` (`new_len` bytes).
+pub(super) fn add_rewrite(
+    tx: &Transaction<'_>,
+    name: &str,
+    tmp: &str,
+    new_len: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO dlq_rewrites (name, tmp, new_len) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET tmp = excluded.tmp, new_len = excluded.new_len",
+    )?
+    .execute(params![name, tmp, new_len as i64])?;
+    Ok(())
+}
+
+/// A rewrite is done (the rename happened): the file's committed length is its new length.
+pub(super) fn finish_rewrite(
+    tx: &Transaction<'_>,
+    name: &str,
+    new_len: u64,
+) -> rusqlite::Result<()> {
+    set_committed_len(tx, name, new_len)?;
+    tx.prepare_cached("DELETE FROM dlq_rewrites WHERE name = ?1")?.execute([name])?;
+    Ok(())
+}
+
+/// Marks a dead letter as shipped by `dlq replay`. The key stays: its line's fate is
+/// decided (it is in a run DB now), so a later re-read of the same line under a mapping
+/// that rejects it must not dead-letter it a second time.
+pub(super) fn mark_replayed(tx: &Transaction<'_>, key: &[u8], file: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO dlq_keys (key, file, reason) VALUES (?1, ?2, 'replayed')
+         ON CONFLICT (key) DO UPDATE SET reason = 'replayed'",
+    )?
+    .execute(params![key, file])?;
+    Ok(())
+}
+
+/// Whether a key is recorded (outside a write transaction).
+pub(super) fn key_known(state: &StateDb, key: &[u8]) -> rusqlite::Result<bool> {
+    state
+        .conn()
+        .prepare_cached("SELECT 1 FROM dlq_keys WHERE key = ?1")?
+        .query_row([key], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
+/// Forgets a DLQ file deleted by retention (its keys stay: those lines' fate was decided).
+pub(super) fn forget_file(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM dlq_files WHERE name = ?1")?.execute([name])?;
+    tx.prepare_cached("DELETE FROM dlq_rewrites WHERE name = ?1")?.execute([name])?;
+    Ok(())
+}
+
+pub(super) fn set_committed_len(
+    tx: &Transaction<'_>,
+    name: &str,
+    len: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO dlq_files (name, committed_len) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET committed_len = excluded.committed_len",
+    )?
+    .execute(params![name, len as i64])?;
+    Ok(())
+}

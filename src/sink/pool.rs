@@ -1,0 +1,175 @@
+//! A writer's open run-DB connections: least recently used closed first, one page-cache
+//! budget split over them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::wal::{checkpoint_wal, checkpoint_wal_and_close, close, note_wal_pages};
+use super::{run_db, run_path};
+use crate::config::SqliteConfig;
+use crate::metrics::Counters;
+
+/// Page cache per writer, shared by its open connections (see `Pool::share_cache`).
+const CACHE_BUDGET: usize = 16 << 20;
+
+/// An open connection of the pool.
+struct Open {
+    conn: Connection,
+    /// `Pool::tick` at its last use: the least recently used is closed first.
+    tick: u64,
+    /// When it was last used, for `idle_close_after`.
+    used: Instant,
+}
+
+/// Open run-DB connections of one writer, least recently used closed first.
+pub(super) struct Pool {
+    counters: Arc<Counters>,
+    dir: PathBuf,
+    sqlite: SqliteConfig,
+    cap: usize,
+    /// By run_id.
+    conns: HashMap<String, Open>,
+    tick: u64,
+    /// Runs closed without a WAL checkpoint since (their WAL may hold commits).
+    uncheckpointed: HashSet<String>,
+    /// The page cache each connection currently gets (see `share_cache`).
+    cache_share: usize,
+}
+
+impl Pool {
+    pub(super) fn new(
+        dir: PathBuf,
+        sqlite: SqliteConfig,
+        cap: usize,
+        counters: Arc<Counters>,
+    ) -> Pool {
+        Pool {
+            counters,
+            dir,
+            sqlite,
+            cap: cap.max(1),
+            conns: HashMap::new(),
+            tick: 0,
+            uncheckpointed: HashSet::new(),
+            cache_share: 0,
+        }
+    }
+
+    pub(super) fn path_of(&self, run_id: &str) -> PathBuf {
+        self.dir.join(run_path::db_file_name(run_id))
+    }
+
+    pub(super) fn get(&mut self, run_id: &str) -> rusqlite::Result<&mut Connection> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.conns.contains_key(run_id) {
+            if self.conns.len() >= self.cap {
+                let lru =
+                    self.conns.iter().min_by_key(|(_, open)| open.tick).map(|(k, _)| k.clone());
+                if let Some(lru) = lru {
+                    self.evict(&lru);
+                }
+            }
+            let conn = run_db::open(&self.path_of(run_id), &self.sqlite)?;
+            if self.sqlite.wal_autocheckpoint > 0 {
+                conn.wal_hook(Some(note_wal_pages));
+            }
+            self.conns.insert(run_id.to_string(), Open { conn, tick, used: Instant::now() });
+            self.counters.open_run_dbs.inc();
+            self.share_cache();
+        }
+        let entry = self.conns.get_mut(run_id).expect("inserted above");
+        entry.tick = tick;
+        entry.used = Instant::now();
+        Ok(&mut entry.conn)
+    }
+
+    /// Splits `CACHE_BUDGET` over the open connections (never below `sqlite.cache_size`): one
+    /// big run gets a cache that holds its random-key index (measured: with 512KiB, a 1M-row
+    /// run spends a third of its time spilling and re-reading pages), many runs get little
+    /// each. Re-applied only when the share changes by 2x, so opens stay cheap.
+    fn share_cache(&mut self) {
+        let share = (CACHE_BUDGET / self.conns.len().max(1)).max(self.sqlite.cache_size);
+        let share = share.next_power_of_two();
+        if share == self.cache_share {
+            return;
+        }
+        self.cache_share = share;
+        for Open { conn, .. } in self.conns.values() {
+            if let Err(error) = conn.pragma_update(None, "cache_size", -((share / 1024) as i64)) {
+                tracing::debug!(%error, "cannot resize the page cache");
+            }
+        }
+    }
+
+    /// The connection of `run_id` if it is open; does not count as a use.
+    pub(super) fn open_conn(&self, run_id: &str) -> Option<&Connection> {
+        self.conns.get(run_id).map(|open| &open.conn)
+    }
+
+    pub(super) fn is_open(&self, run_id: &str) -> bool {
+        self.conns.contains_key(run_id)
+    }
+
+    /// Closes a DB without checkpointing; it is remembered and checkpointed by `close_all`.
+    pub(super) fn evict(&mut self, run_id: &str) {
+        if let Some(Open { conn, .. }) = self.conns.remove(run_id) {
+            self.counters.open_run_dbs.dec();
+            close(conn, &self.path_of(run_id));
+            self.uncheckpointed.insert(run_id.to_string());
+        }
+    }
+
+    /// Checkpoints (TRUNCATE) and closes every DB this pool wrote, open or not, so that a
+    /// finished writer leaves each run as one file.
+    pub(super) fn close_all(&mut self, counters: &Counters) {
+        for (run_id, Open { conn, .. }) in std::mem::take(&mut self.conns) {
+            counters.open_run_dbs.dec();
+            // Cheap unless the query planner's statistics are stale; helps analysts' queries.
+            if let Err(error) = conn.execute_batch("PRAGMA optimize") {
+                tracing::debug!(run_id, %error, "PRAGMA optimize failed");
+            }
+            checkpoint_wal_and_close(conn, &self.path_of(&run_id), counters);
+            self.uncheckpointed.remove(&run_id);
+        }
+        self.checkpoint_wal_of_closed(counters);
+    }
+
+    /// The WAL checkpoint loop's work: PASSIVE for DBs written recently, TRUNCATE and close for
+    /// DBs idle for `idle_close_after`, TRUNCATE for DBs closed without a checkpoint.
+    pub(super) fn maintain(&mut self, idle_close_after: Duration, counters: &Counters) {
+        let idle: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, open)| open.used.elapsed() >= idle_close_after)
+            .map(|(run_id, _)| run_id.clone())
+            .collect();
+        for run_id in idle {
+            if let Some(Open { conn, .. }) = self.conns.remove(&run_id) {
+                counters.open_run_dbs.dec();
+                checkpoint_wal_and_close(conn, &self.path_of(&run_id), counters);
+                self.uncheckpointed.remove(&run_id);
+            }
+        }
+        for (run_id, Open { conn, .. }) in &self.conns {
+            checkpoint_wal(conn, "PASSIVE", &self.path_of(run_id), counters, false);
+        }
+        self.checkpoint_wal_of_closed(counters);
+    }
+
+    fn checkpoint_wal_of_closed(&mut self, counters: &Counters) {
+        for run_id in std::mem::take(&mut self.uncheckpointed) {
+            let path = self.path_of(&run_id);
+            match run_db::open(&path, &self.sqlite) {
+                Ok(conn) => checkpoint_wal_and_close(conn, &path, counters),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot open run DB to checkpoint it")
+                }
+            }
+        }
+    }
+}

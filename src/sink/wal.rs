@@ -1,0 +1,163 @@
+//! WAL checkpoints of run DBs (not to be confused with `checkpoint`, the file offsets): the
+//! WAL hook that counts pages, a writer's background checkpoint thread, and the checkpoint and
+//! close helpers the writer and its pool share.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use rusqlite::Connection;
+
+use crate::config::SqliteConfig;
+use crate::metrics::Counters;
+use crate::sqlite::{wal_checkpoint, WalCheckpoint};
+
+thread_local! {
+    /// Pages in the WAL after this thread's last commit (see `note_wal_pages`).
+    pub(super) static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The WAL hook of writer connections: SQLite calls it on the committing thread after each
+/// commit. Installing it replaces SQLite's own autocheckpoint, which would checkpoint inline.
+pub(super) fn note_wal_pages(
+    _: &rusqlite::hooks::Wal,
+    pages: std::ffi::c_int,
+) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// A writer's background checkpoint thread: PASSIVE checkpoints of the DBs whose WAL passed
+/// `sqlite.wal_autocheckpoint`, each through a short-lived connection of its own, so that on a
+/// single hot run the copy into the DB and its fsync use the other core.
+pub(super) struct WalCheckpointer {
+    requests: Option<Sender<PathBuf>>,
+    /// Held while the thread has a DB open; see `pause`.
+    busy: Arc<std::sync::Mutex<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WalCheckpointer {
+    pub(super) fn spawn(
+        shard: usize,
+        sqlite: &SqliteConfig,
+        counters: &Arc<Counters>,
+    ) -> WalCheckpointer {
+        let (tx, rx) = crossbeam_channel::bounded::<PathBuf>(16);
+        let busy = Arc::new(std::sync::Mutex::new(()));
+        let (sqlite, counters, held) = (sqlite.clone(), counters.clone(), busy.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("checkpoint-{shard}"))
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Requests repeat while a checkpoint runs: do each DB once.
+                    let mut paths = vec![first];
+                    paths.extend(rx.try_iter());
+                    paths.sort();
+                    paths.dedup();
+                    for path in paths {
+                        let _held = held.lock().unwrap_or_else(|e| e.into_inner());
+                        checkpoint_wal_in_background(&path, &sqlite, &counters);
+                    }
+                }
+            })
+            .map_err(|error| tracing::warn!(%error, "no checkpoint thread; writers checkpoint"))
+            .ok();
+        WalCheckpointer { requests: thread.is_some().then_some(tx), busy, thread }
+    }
+
+    /// Asks for a checkpoint of `path`; dropped if requests are queued already (the next
+    /// commit asks again). Without the thread, the writer's 4x fallback does the work.
+    pub(super) fn request(&self, path: PathBuf) {
+        if let Some(tx) = &self.requests {
+            let _ = tx.try_send(path);
+        }
+    }
+
+    /// Keeps the thread from opening a DB while the guard lives.
+    pub(super) fn pause(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finishes the queued checkpoints and joins the thread.
+    pub(super) fn stop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the checkpoint thread panicked");
+            }
+        }
+    }
+}
+
+fn checkpoint_wal_in_background(path: &Path, sqlite: &SqliteConfig, counters: &Counters) {
+    use rusqlite::OpenFlags;
+    // Never creates: a DB retention deleted meanwhile is simply skipped.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let result = Connection::open_with_flags(path, flags).and_then(|conn| {
+        // The checkpoint's fsyncs follow this connection's `synchronous`; and closing it must
+        // not checkpoint again or delete the writer's WAL.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        conn.execute_batch(&format!("PRAGMA synchronous = {}", sqlite.synchronous.as_pragma()))?;
+        Ok(conn)
+    });
+    match result {
+        Ok(conn) => {
+            checkpoint_wal(&conn, "PASSIVE", path, counters, true);
+            close(conn, path);
+        }
+        Err(error) => tracing::debug!(path = %path.display(), %error, "no background checkpoint"),
+    }
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)`; reports a checkpoint that readers kept from finishing
+/// (an analyst's long read transaction pins the WAL, which then keeps growing).
+/// With `busy_ok`, another checkpoint running (ours, on another connection) is no failure: it
+/// is skipped without a word.
+pub(super) fn checkpoint_wal(
+    conn: &Connection,
+    mode: &str,
+    path: &Path,
+    counters: &Counters,
+    busy_ok: bool,
+) -> bool {
+    match wal_checkpoint(conn, mode) {
+        Ok(c) if c.busy && busy_ok => false,
+        Ok(WalCheckpoint { busy, wal_frames: log, checkpointed: done }) => {
+            counters.wal_checkpoints.add(1);
+            if busy || done < log {
+                counters.checkpoints_blocked.add(1);
+                tracing::warn!(
+                    path = %path.display(),
+                    wal_frames = log,
+                    checkpointed = done,
+                    "WAL checkpoint blocked by a reader; the WAL grows until the reader finishes"
+                );
+                return false;
+            }
+            true
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+            false
+        }
+    }
+}
+
+pub(super) fn checkpoint_wal_and_close(conn: Connection, path: &Path, counters: &Counters) {
+    checkpoint_wal(&conn, "TRUNCATE", path, counters, false);
+    // Let SQLite remove the (now empty) WAL and shm files when this last connection closes.
+    if let Err(error) =
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+    {
+        tracing::debug!(path = %path.display(), %error, "cannot re-enable checkpoint on close");
+    }
+    close(conn, path);
+}
+
+pub(super) fn close(conn: Connection, path: &Path) {
+    if let Err((_, error)) = conn.close() {
+        tracing::warn!(path = %path.display(), %error, "closing run DB failed");
+    }
+}
