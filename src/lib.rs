@@ -4,10 +4,10 @@
 //! The modules are listed in the order data flows through them:
 //!
 //! ```text
-//! discover ─▶ tail ─▶ parse ─▶ route ──Batch──▶ sink (writer threads, one per shard of runs)
-//!                                  └─DeadLetter─▶ dlq ─┐          │ spans acked
-//!                                                      ▼          ▼
-//!                                              checkpoint (state DB: offsets, DLQ index)
+//! discover ─▶ follow ─▶ tail ─▶ parse ─▶ route ──Batch──▶ sink (writers, one per shard of runs)
+//!                                            └─DeadLetter─▶ dlq ─┐          │ spans acked
+//!                                                                ▼          ▼
+//!                                                        checkpoint (state DB: offsets, DLQ index)
 //! ```
 //!
 //! See `ARCHITECTURE.md` for the threads, the commit protocol and the invariants.
@@ -16,13 +16,13 @@ pub mod cli;
 pub mod config;
 
 pub mod discover;
+pub mod follow;
 pub mod tail;
 pub mod parse;
 pub mod route;
 pub mod sink;
 pub mod checkpoint;
 pub mod dlq;
-pub mod follow;
 pub mod pipeline;
 pub mod maintain;
 
