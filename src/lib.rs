@@ -23,6 +23,7 @@ pub mod route;
 pub mod sink;
 pub mod checkpoint;
 pub mod dlq;
+pub mod state;
 pub mod pipeline;
 pub mod maintain;
 

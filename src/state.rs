@@ -1,0 +1,205 @@
+//! The state thread: the only writer of the state DB and the DLQ files while a pipeline runs.
+//!
+//! It receives what readers opened and sealed ([`StateMsg`]) and what writers could not store,
+//! and every `PASS_INTERVAL`, in one state transaction, registers newly opened files, appends
+//! the dead letters it holds (see `dlq` for why that makes the DLQ exactly-once) and advances
+//! the checkpoint of each file over its longest prefix of fully durable spans. In-memory state
+//! changes only after that transaction commits, so a failed pass is simply tried again.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::checkpoint::{Advance, StateDb};
+use crate::dlq::{self, DeadLetter, DlqLock};
+use crate::metrics::Counters;
+use crate::route::{FileEntry, Span, StateMsg};
+
+/// How often the state thread persists progress. Checkpoints trail the data by about this much,
+/// which only costs a little re-reading (a no-op) after a crash.
+const PASS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Runs the state thread until every sender of `inbox` is gone, then makes its last pass.
+pub(crate) fn run(
+    db: StateDb,
+    dlq_dir: PathBuf,
+    counters: Arc<Counters>,
+    inbox: Receiver<StateMsg>,
+) -> anyhow::Result<()> {
+    StateThread::new(db, dlq_dir, counters).run(inbox)
+}
+
+/// Owns the state DB and the DLQ files; see the module docs.
+struct StateThread {
+    db: StateDb,
+    dlq_dir: PathBuf,
+    counters: Arc<Counters>,
+    opens: Vec<(Arc<FileEntry>, u64, u64, bool)>,
+    queues: HashMap<(u64, u64), VecDeque<Arc<Span>>>,
+    dead: Vec<(DeadLetter, Arc<Span>)>,
+    last_error_log: Option<Instant>,
+}
+
+impl StateThread {
+    fn new(db: StateDb, dlq_dir: PathBuf, counters: Arc<Counters>) -> StateThread {
+        StateThread {
+            db,
+            dlq_dir,
+            counters,
+            opens: Vec::new(),
+            queues: HashMap::new(),
+            dead: Vec::new(),
+            last_error_log: None,
+        }
+    }
+
+    fn run(mut self, inbox: Receiver<StateMsg>) -> anyhow::Result<()> {
+        let mut last_pass = Instant::now();
+        loop {
+            // Idle (nothing queued): sleep until a message, so an idle daemon costs no CPU here.
+            let idle = self.queues.is_empty() && self.dead.is_empty() && self.opens.is_empty();
+            let received = if idle {
+                inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                inbox.recv_timeout(PASS_INTERVAL)
+            };
+            match received {
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_pass.elapsed() >= PASS_INTERVAL {
+                last_pass = Instant::now();
+                if let Err(error) = self.pass() {
+                    self.log_error(&error);
+                }
+                // ops: the pipeline's share of "oldest unshipped byte" (read, not yet durable).
+                let oldest = self.queues.values().filter_map(|q| q.front()).map(|s| s.sealed_at);
+                self.counters.oldest_pending.set_since(oldest.min());
+            }
+        }
+        // Everything upstream is durable or dead-lettered: persist the final positions. Retry
+        // a few times (a locked state DB); what is not persisted is re-read next start.
+        let mut result = self.pass();
+        for _ in 0..50 {
+            if result.is_ok() {
+                break;
+            }
+            std::thread::sleep(PASS_INTERVAL);
+            result = self.pass();
+        }
+        result.context("persisting the final checkpoints")
+    }
+
+    fn handle(&mut self, msg: StateMsg) {
+        match msg {
+            StateMsg::Open { file, offset, line_no, reset } => {
+                if reset {
+                    // Spans of an earlier generation of this inode (before a truncation) must
+                    // not move the new checkpoint; their data is shipped either way.
+                    self.queues.remove(&(file.dev, file.ino));
+                }
+                self.opens.push((file, offset, line_no, reset));
+            }
+            StateMsg::Span { span, dead } => {
+                self.dead.extend(dead.into_iter().map(|d| (d, span.clone())));
+                let key = (span.file.dev, span.file.ino);
+                self.queues.entry(key).or_default().push_back(span);
+            }
+            StateMsg::Dead(letters) => self.dead.extend(letters),
+        }
+    }
+
+    fn log_error(&mut self, error: &anyhow::Error) {
+        if self.last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            self.last_error_log = Some(Instant::now());
+            tracing::error!(
+                state_db = %self.db.path().display(),
+                dlq_dir = %self.dlq_dir.display(),
+                error = format!("{error:#}"),
+                "cannot persist checkpoints or dead letters; retrying (nothing is lost, progress is not saved meanwhile)"
+            );
+        }
+    }
+
+    /// One state transaction: registrations, dead letters, checkpoint advances. In-memory
+    /// state changes only after it commits, so a failed pass is simply tried again.
+    fn pass(&mut self) -> anyhow::Result<()> {
+        let has_advance =
+            self.queues.values().any(|q| q.front().is_some_and(|s| done(s, &HashMap::new())));
+        if self.opens.is_empty() && self.dead.is_empty() && !has_advance {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now();
+        let _lock = if self.dead.is_empty() {
+            None
+        } else {
+            let lock = DlqLock::acquire(&self.dlq_dir).context("locking the DLQ")?;
+            dlq::index::ensure_file(&mut self.db, &dlq::file_name_for(now))
+                .context("recording the DLQ file in the state DB")?;
+            Some(lock)
+        };
+        let tx = self.db.transaction().context("starting state transaction")?;
+        for (file, offset, line_no, reset) in &self.opens {
+            StateDb::register(&tx, file, *offset, *line_no, *reset)
+                .with_context(|| format!("registering {}", file.path.display()))?;
+        }
+        let new_dead =
+            dlq::append(&self.dlq_dir, &tx, &self.dead, now).context("appending to the DLQ")?;
+        // Dead letters appended in this transaction count as durable for this pass.
+        let mut dead_per_span: HashMap<*const Span, usize> = HashMap::new();
+        for (_, span) in &self.dead {
+            *dead_per_span.entry(Arc::as_ptr(span)).or_default() += 1;
+        }
+        let mut advanced = Vec::new();
+        for (key, queue) in &self.queues {
+            let n_done = queue.iter().take_while(|s| done(s, &dead_per_span)).count();
+            if n_done == 0 {
+                continue;
+            }
+            let span = &queue[n_done - 1];
+            let file = &span.file;
+            let fingerprint = span.fingerprint.clone();
+            let size = span.size;
+            let advance = Advance {
+                dev: file.dev,
+                ino: file.ino,
+                offset: span.end_offset,
+                line_no: span.end_line_no,
+                fingerprint,
+                size,
+            };
+            StateDb::advance(&tx, &advance)
+                .with_context(|| format!("advancing checkpoint of {}", file.path.display()))?;
+            advanced.push((*key, n_done));
+        }
+        tx.commit().context("committing state transaction")?;
+        // Committed: now reflect it in memory.
+        for (_, span) in self.dead.drain(..) {
+            span.ack(1);
+        }
+        for (reason, n) in new_dead {
+            self.counters.dlq(reason).add(n);
+        }
+        for (key, n_done) in advanced {
+            if let Some(queue) = self.queues.get_mut(&key) {
+                queue.drain(..n_done);
+                if queue.is_empty() {
+                    self.queues.remove(&key);
+                }
+            }
+        }
+        self.opens.clear();
+        Ok(())
+    }
+}
+
+/// Whether a span is durable, counting the dead letters appended in the current pass.
+fn done(span: &Arc<Span>, dead_now: &HashMap<*const Span, usize>) -> bool {
+    let pending = span.pending();
+    pending == 0 || dead_now.get(&Arc::as_ptr(span)).is_some_and(|&n| n == pending)
+}
