@@ -4,32 +4,24 @@
 //! tables in these migrations, so that an append commits with the offsets it covers; its
 //! queries are in `dlq::index`.
 //!
-//! Files are identified by `(dev, inode)` plus fingerprints: a hash of the first bytes and a
-//! hash of the bytes just before the saved offset. A checkpoint is resumed only when both still
-//! match, so inode reuse, a replaced file or a truncate-and-regrow is read from 0 instead of
-//! from a stale offset (re-reading is safe: event keys make it a no-op; resuming wrongly would
-//! lose data).
+//! A checkpoint is keyed by [`FileId`] and resumed only while its [`Fingerprint`] still
+//! matches the file (see [`crate::identity`]).
 //!
 //! Only the state thread writes here, and only after the data a checkpoint covers is durable.
 //! `status` opens it read-only.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, Transaction};
-use sha2::{Digest, Sha256};
 
 use crate::config::SqliteConfig;
+use crate::identity::{FileId, Fingerprint, Mismatch};
 use crate::sqlite::{
     apply_pragmas, create_private_file, is_corrupt, migrate, unix_millis, wal_checkpoint,
 };
-
-/// Bytes hashed at the head and before the offset. Enough to tell files apart in practice,
-/// small enough to read for 10,000 files at startup.
-pub const FINGERPRINT_BYTES: u64 = 1024;
 
 /// Migrations by version; entry N brings a DB from version N to N+1. Never edit or remove one.
 const MIGRATIONS: &[&str] = &[
@@ -69,15 +61,13 @@ const MIGRATIONS: &[&str] = &[
 /// A saved position in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
-    pub dev: u64,
-    pub ino: u64,
+    pub id: FileId,
     pub path: PathBuf,
     pub gzip: bool,
     pub offset: u64,
     pub line_no: u64,
-    pub head_len: u64,
-    pub head_hash: Option<Vec<u8>>,
-    pub tail_hash: Option<Vec<u8>>,
+    /// The content `offset` was read from.
+    pub fingerprint: Fingerprint,
     pub size: Option<u64>,
     pub last_read_at: Option<i64>,
 }
@@ -85,112 +75,39 @@ pub struct Checkpoint {
 /// A checkpoint advance, computed by the state thread once its span is durable.
 #[derive(Debug, Clone)]
 pub struct Advance {
-    pub dev: u64,
-    pub ino: u64,
+    pub id: FileId,
     pub offset: u64,
     pub line_no: u64,
     pub fingerprint: Fingerprint,
     pub size: Option<u64>,
 }
 
-/// Hashes that tie a checkpoint to the content it was taken on.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint {
-    pub head_len: u64,
-    pub head_hash: Option<Vec<u8>>,
-    pub tail_hash: Option<Vec<u8>>,
-}
-
-impl Fingerprint {
-    /// Fingerprints `file` as of `offset`. For gzip files `offset` is in the decompressed
-    /// stream, so only the compressed head is hashed: a `.gz` is immutable once written.
-    pub fn compute(file: &File, gzip: bool, offset: u64) -> std::io::Result<Fingerprint> {
-        if gzip {
-            let len = file.metadata()?.len().min(FINGERPRINT_BYTES);
-            return Ok(Fingerprint {
-                head_len: len,
-                head_hash: hash_range(file, 0, len)?,
-                tail_hash: None,
-            });
-        }
-        let head_len = offset.min(FINGERPRINT_BYTES);
-        let tail_len = offset.min(FINGERPRINT_BYTES);
-        Ok(Fingerprint {
-            head_len,
-            head_hash: hash_range(file, 0, head_len)?,
-            tail_hash: hash_range(file, offset - tail_len, tail_len)?,
-        })
-    }
-}
-
-/// Why a checkpoint was not resumed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mismatch {
-    /// The file is shorter than the saved offset.
-    Truncated,
-    /// The first bytes differ: another file got this inode.
-    HeadChanged,
-    /// The bytes before the offset differ: rewritten in place (e.g. truncated and regrown).
-    TailChanged,
-}
-
 impl Checkpoint {
     /// A position in a plain file, as of `fingerprint` taken there (not yet saved: no size or
     /// read time).
     pub fn at(
-        (dev, ino): (u64, u64),
+        id: FileId,
         path: &Path,
         offset: u64,
         line_no: u64,
         fingerprint: Fingerprint,
     ) -> Checkpoint {
         Checkpoint {
-            dev,
-            ino,
+            id,
             path: path.to_path_buf(),
             gzip: false,
             offset,
             line_no,
-            head_len: fingerprint.head_len,
-            head_hash: fingerprint.head_hash,
-            tail_hash: fingerprint.tail_hash,
+            fingerprint,
             size: None,
             last_read_at: None,
         }
     }
 
-    /// Whether this checkpoint still describes `file` (see the module docs).
+    /// Whether this checkpoint still describes `file` (see [`crate::identity`]).
     pub fn verify(&self, file: &File, gzip: bool) -> std::io::Result<Result<(), Mismatch>> {
-        let len = file.metadata()?.len();
-        if !gzip && len < self.offset {
-            return Ok(Err(Mismatch::Truncated));
-        }
-        if self.head_hash.is_some() && hash_range(file, 0, self.head_len)? != self.head_hash {
-            return Ok(Err(Mismatch::HeadChanged));
-        }
-        if !gzip && self.tail_hash.is_some() {
-            let tail_len = self.offset.min(FINGERPRINT_BYTES);
-            if hash_range(file, self.offset - tail_len, tail_len)? != self.tail_hash {
-                return Ok(Err(Mismatch::TailChanged));
-            }
-        }
-        Ok(Ok(()))
+        self.fingerprint.verify(file, gzip, self.offset)
     }
-}
-
-/// SHA-256 of `len` bytes at `start`, or None if the file is shorter.
-fn hash_range(file: &File, start: u64, len: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; len as usize];
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], start + done as u64) {
-            Ok(0) => return Ok(None),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Some(Sha256::digest(&buf).to_vec()))
 }
 
 /// Why the state DB could not be opened.
@@ -280,8 +197,8 @@ impl StateDb {
         Ok(!wal_checkpoint(&self.conn, "TRUNCATE")?.busy)
     }
 
-    /// Every checkpoint, keyed by `(dev, ino)`.
-    pub fn load(&self) -> rusqlite::Result<HashMap<(u64, u64), Checkpoint>> {
+    /// Every checkpoint, by file.
+    pub fn load(&self) -> rusqlite::Result<HashMap<FileId, Checkpoint>> {
         let mut stmt = self.conn.prepare(
             "SELECT dev, ino, path, gzip, offset, line_no, head_len, head_hash, tail_hash, size,
                     last_read_at
@@ -289,20 +206,21 @@ impl StateDb {
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(Checkpoint {
-                dev: r.get::<_, i64>(0)? as u64,
-                ino: r.get::<_, i64>(1)? as u64,
+                id: FileId { dev: r.get::<_, i64>(0)? as u64, ino: r.get::<_, i64>(1)? as u64 },
                 path: PathBuf::from(r.get::<_, String>(2)?),
                 gzip: r.get(3)?,
                 offset: r.get::<_, i64>(4)? as u64,
                 line_no: r.get::<_, i64>(5)? as u64,
-                head_len: r.get::<_, i64>(6)? as u64,
-                head_hash: r.get(7)?,
-                tail_hash: r.get(8)?,
+                fingerprint: Fingerprint {
+                    head_len: r.get::<_, i64>(6)? as u64,
+                    head_hash: r.get(7)?,
+                    tail_hash: r.get(8)?,
+                },
                 size: r.get::<_, Option<i64>>(9)?.map(|s| s as u64),
                 last_read_at: r.get(10)?,
             })
         })?;
-        rows.map(|r| r.map(|c| ((c.dev, c.ino), c))).collect()
+        rows.map(|r| r.map(|c| (c.id, c))).collect()
     }
 
     /// Starts a write transaction (IMMEDIATE: the lock is taken up front, so a busy DB shows
@@ -316,7 +234,7 @@ impl StateDb {
     /// updated (a rename keeps the inode).
     pub fn register(
         tx: &Transaction<'_>,
-        file: &crate::route::FileEntry,
+        file: &crate::flow::FileEntry,
         offset: u64,
         line_no: u64,
         reset: bool,
@@ -332,8 +250,8 @@ impl StateDb {
                     first_seen_at = excluded.first_seen_at, last_read_at = NULL",
             )?
             .execute(params![
-                file.dev as i64,
-                file.ino as i64,
+                file.id.dev as i64,
+                file.id.ino as i64,
                 &*file.source,
                 file.gzip,
                 offset as i64,
@@ -342,7 +260,7 @@ impl StateDb {
             ])?;
         } else {
             tx.prepare_cached("UPDATE files SET path = ?3 WHERE dev = ?1 AND ino = ?2")?
-                .execute(params![file.dev as i64, file.ino as i64, &*file.source])?;
+                .execute(params![file.id.dev as i64, file.id.ino as i64, &*file.source])?;
         }
         Ok(())
     }
@@ -356,8 +274,8 @@ impl StateDb {
              WHERE dev = ?1 AND ino = ?2 AND offset <= ?3",
         )?
         .execute(params![
-            a.dev as i64,
-            a.ino as i64,
+            a.id.dev as i64,
+            a.id.ino as i64,
             a.offset as i64,
             a.line_no as i64,
             a.fingerprint.head_len as i64,
@@ -373,13 +291,11 @@ impl StateDb {
     /// inode) and were last read before `cutoff_ms`. Safe: if such a file comes back it is read
     /// from 0, and its lines' keys make that a no-op. Returns the pruned paths.
     pub fn prune_gone(&mut self, cutoff_ms: i64) -> rusqlite::Result<Vec<PathBuf>> {
-        use std::os::unix::fs::MetadataExt;
         let gone: Vec<Checkpoint> = self
             .load()?
             .into_values()
             .filter(|cp| {
-                let here = std::fs::metadata(&cp.path)
-                    .is_ok_and(|m| (m.dev(), m.ino()) == (cp.dev, cp.ino));
+                let here = std::fs::metadata(&cp.path).is_ok_and(|m| FileId::of(&m) == cp.id);
                 !here && cp.last_read_at.unwrap_or(0) < cutoff_ms
             })
             .collect();
@@ -389,7 +305,7 @@ impl StateDb {
         let tx = self.transaction()?;
         for cp in &gone {
             tx.prepare_cached("DELETE FROM files WHERE dev = ?1 AND ino = ?2")?
-                .execute(params![cp.dev as i64, cp.ino as i64])?;
+                .execute(params![cp.id.dev as i64, cp.id.ino as i64])?;
         }
         tx.commit()?;
         Ok(gone.into_iter().map(|cp| cp.path).collect())
@@ -418,39 +334,6 @@ fn check_readable(conn: &Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn fingerprint_detects_replacement_and_regrowth() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"line one\nline two\n").unwrap();
-        let file = File::open(&path).unwrap();
-        let fp = Fingerprint::compute(&file, false, 9).unwrap();
-        let cp = Checkpoint::at((0, 0), &path, 9, 1, fp);
-        assert_eq!(cp.verify(&file, false).unwrap(), Ok(()));
-        // Appends keep it valid.
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"3\n").unwrap();
-        assert_eq!(cp.verify(&file, false).unwrap(), Ok(()));
-        std::fs::write(&path, b"line").unwrap();
-        assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::Truncated));
-        std::fs::write(&path, b"LINE one\nline two\n").unwrap();
-        assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::HeadChanged));
-    }
-
-    #[test]
-    fn tail_hash_catches_regrowth_past_a_long_head() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let head = "h".repeat(2000);
-        std::fs::write(&path, format!("{head}\nAAAA\n")).unwrap();
-        let file = File::open(&path).unwrap();
-        let offset = 2006;
-        let fp = Fingerprint::compute(&file, false, offset).unwrap();
-        let cp = Checkpoint::at((0, 0), &path, offset, 2, fp);
-        std::fs::write(&path, format!("{head}\nBBBB\nmore\n")).unwrap();
-        assert_eq!(cp.verify(&file, false).unwrap(), Err(Mismatch::TailChanged));
-    }
 
     #[test]
     fn prune_forgets_only_files_gone_for_longer_than_the_cutoff() {
@@ -478,7 +361,7 @@ mod tests {
         let mut pruned = db.prune_gone(5_000).unwrap();
         pruned.sort();
         assert_eq!(pruned, vec![dir.path().join("gone-long-ago.ndjson"), present.clone()]);
-        let left: Vec<u64> = db.load().unwrap().keys().map(|&(_, ino)| ino).collect();
+        let left: Vec<u64> = db.load().unwrap().keys().map(|id| id.ino).collect();
         assert_eq!(left.len(), 2);
         assert!(left.contains(&meta.ino()) && left.contains(&2));
     }

@@ -21,9 +21,11 @@ use crossbeam_channel::{bounded, Sender};
 use crate::checkpoint::{Checkpoint, StateDb};
 use crate::config::Config;
 use crate::dlq::{self, DlqLock};
+use crate::flow::{Batch, StateMsg};
 use crate::follow::Opener;
+use crate::identity::FileId;
 use crate::metrics::Counters;
-use crate::route::{Batch, Router, StateMsg};
+use crate::route::Router;
 use crate::sink::{self, WriterConfig};
 
 /// Checkpoints of files that are gone are kept this long after their last read (a file
@@ -53,7 +55,7 @@ pub struct Pipeline {
     state_tx: Sender<StateMsg>,
     writers: Vec<JoinHandle<()>>,
     state: JoinHandle<anyhow::Result<()>>,
-    checkpoints: Arc<HashMap<(u64, u64), Checkpoint>>,
+    checkpoints: Arc<HashMap<FileId, Checkpoint>>,
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
     pub disk_bytes: Arc<crate::metrics::Counter>,
 }

@@ -5,253 +5,31 @@
 //! A span is sealed (its record count fixed) *before* any of its records leaves the reader, and
 //! registered with the state thread before that too; writers and the DLQ ack it as they make its
 //! records durable. The checkpoint moves past a span only when its count reaches zero, so it
-//! never moves past a line that is not durable. This module does no IO of its own: it only
-//! sends on bounded channels, which is where backpressure reaches the reader.
+//! never moves past a line that is not durable. Its IO: reading lines through the reader it is
+//! given, and at each seal the file's fingerprint and size (two small preads and an fstat,
+//! through the reader's descriptor) and the clock (when the span was sealed); it sends on
+//! bounded channels, which is where backpressure reaches the reader.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 
-use crate::checkpoint::Fingerprint;
 use crate::config::Mapping;
-use crate::dlq::DeadLetter;
+use crate::flow::{Batch, BatchBuilder, DeadLetter, FileEntry, Span, StateMsg};
+use crate::identity::Fingerprint;
 use crate::metrics::Counters;
-use crate::parse::{self, DeadReason, Kind, Outcome, Scalar};
-use crate::tail::{Line, LineMeta, LineReader};
+use crate::parse::{self, DeadReason, Outcome};
+use crate::tail::{Line, LineReader};
 
 /// Records per span: small enough that a checkpoint trails the data by little, large enough
 /// that span bookkeeping stays off the profile.
 const SPAN_MAX_RECORDS: usize = 4096;
-
-/// A source file as the pipeline knows it. Shared by the reader, the batches and the state
-/// thread; immutable once created.
-#[derive(Debug)]
-pub struct FileEntry {
-    pub path: PathBuf,
-    /// `path` as text, for the `events.source` column and dead letters.
-    pub source: Arc<str>,
-    pub dev: u64,
-    pub ino: u64,
-    pub gzip: bool,
-    /// The `YYYYMMDD` of the file name (0 if none): orders records across files.
-    pub day: u32,
-}
-
-/// A contiguous run of lines of one file, ending at `end_offset`.
-#[derive(Debug)]
-pub struct Span {
-    pub file: Arc<FileEntry>,
-    pub end_offset: u64,
-    pub end_line_no: u64,
-    /// The file's fingerprint as of `end_offset`, taken by the reader when it sealed the span
-    /// (through its open descriptor: right even after a rename; the span holds no descriptor).
-    pub fingerprint: Fingerprint,
-    /// The file's size then (None for `.gz`).
-    pub size: Option<u64>,
-    /// When the reader sealed it: the age of the oldest span not yet checkpointed is the
-    /// "oldest unshipped byte" an operator alerts on.
-    pub sealed_at: Instant,
-    /// Records and dead letters of this span not yet durable.
-    pending: AtomicUsize,
-}
-
-impl Span {
-    pub fn new(
-        file: Arc<FileEntry>,
-        end_offset: u64,
-        end_line_no: u64,
-        pending: usize,
-        fingerprint: Fingerprint,
-        size: Option<u64>,
-    ) -> Span {
-        Span {
-            file,
-            end_offset,
-            end_line_no,
-            fingerprint,
-            size,
-            sealed_at: Instant::now(),
-            pending: AtomicUsize::new(pending),
-        }
-    }
-
-    /// Marks `n` of this span's records durable.
-    pub fn ack(&self, n: usize) {
-        if n > 0 {
-            let before = self.pending.fetch_sub(n, Ordering::AcqRel);
-            debug_assert!(before >= n, "span acked more than it holds");
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.pending() == 0
-    }
-
-    /// Records and dead letters of this span not yet durable.
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
-    }
-}
-
-/// A text range inside a batch's arena.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Text {
-    start: u32,
-    end: u32,
-}
-
-/// A record's identity: the producer's `event_id` (TEXT) or the line's identity (BLOB).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Key {
-    EventId(Text),
-    Line([u8; 24]),
-}
-
-/// A column value inside a batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value {
-    Null,
-    Int(i64),
-    Real(f64),
-    Text(Text),
-}
-
-/// One record, its strings living in the batch arena.
-#[derive(Debug, Clone)]
-pub struct Rec {
-    pub kind: Kind,
-    pub run_id: Text,
-    /// `event_key` for events, `record_key` for run records.
-    pub key: Key,
-    pub data: Text,
-    pub event_type: Value,
-    pub ts: Value,
-    pub offset: u64,
-    pub line_no: u64,
-    pub pos: i64,
-    /// Index into the owning batch's spans.
-    span: u32,
-}
-
-/// Records with their strings packed in one arena, so a batch is a handful of allocations
-/// whatever its size. Readers send one per span and writer shard; writers keep one per run,
-/// filled from many incoming batches (`push_from`), so each record knows its span.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// The spans the records belong to, with how many records of each are here, in order.
-    spans: Vec<(Arc<Span>, usize)>,
-    arena: String,
-    pub recs: Vec<Rec>,
-}
-
-impl Batch {
-    pub fn text(&self, t: Text) -> &str {
-        &self.arena[t.start as usize..t.end as usize]
-    }
-
-    pub fn value(&self, v: Value) -> rusqlite::types::ToSqlOutput<'_> {
-        use rusqlite::types::{ToSqlOutput, ValueRef};
-        ToSqlOutput::Borrowed(match v {
-            Value::Null => ValueRef::Null,
-            Value::Int(i) => ValueRef::Integer(i),
-            Value::Real(r) => ValueRef::Real(r),
-            Value::Text(t) => ValueRef::Text(self.text(t).as_bytes()),
-        })
-    }
-
-    pub fn key<'a>(&'a self, key: &'a Key) -> rusqlite::types::ToSqlOutput<'a> {
-        use rusqlite::types::{ToSqlOutput, ValueRef};
-        ToSqlOutput::Borrowed(match key {
-            Key::EventId(t) => ValueRef::Text(self.text(*t).as_bytes()),
-            Key::Line(bytes) => ValueRef::Blob(bytes),
-        })
-    }
-
-    /// The span a record belongs to.
-    pub fn span_of(&self, rec: &Rec) -> &Arc<Span> {
-        &self.spans[rec.span as usize].0
-    }
-
-    /// The path a record was read from.
-    pub fn source(&self, rec: &Rec) -> &str {
-        &self.span_of(rec).file.source
-    }
-
-    /// The spans of these records with their record counts.
-    pub fn spans(&self) -> &[(Arc<Span>, usize)] {
-        &self.spans
-    }
-
-    /// Roughly what this batch holds in memory.
-    pub fn memory_bytes(&self) -> usize {
-        self.arena.capacity() + self.recs.capacity() * std::mem::size_of::<Rec>()
-    }
-
-    /// Copies `rec` of `from` into this batch.
-    pub fn push_from(&mut self, from: &Batch, rec: &Rec) {
-        let span = from.span_of(rec);
-        match self.spans.last_mut() {
-            Some((last, n)) if Arc::ptr_eq(last, span) => *n += 1,
-            _ => self.spans.push((span.clone(), 1)),
-        }
-        let arena = &mut self.arena;
-        let mut copy = |t: Text| push_text(arena, from.text(t));
-        let copied = Rec {
-            run_id: copy(rec.run_id),
-            key: match rec.key {
-                Key::EventId(t) => Key::EventId(copy(t)),
-                line @ Key::Line(_) => line,
-            },
-            data: copy(rec.data),
-            span: (self.spans.len() - 1) as u32,
-            ..rec.clone()
-        };
-        let event_type = copy_value(&mut self.arena, from, rec.event_type);
-        let ts = copy_value(&mut self.arena, from, rec.ts);
-        self.recs.push(Rec { event_type, ts, ..copied });
-    }
-}
-
-fn copy_value(arena: &mut String, from: &Batch, v: Value) -> Value {
-    match v {
-        Value::Text(t) => Value::Text(push_text(arena, from.text(t))),
-        other => other,
-    }
-}
-
-fn push_text(arena: &mut String, s: &str) -> Text {
-    let start = arena.len() as u32;
-    arena.push_str(s);
-    Text { start, end: arena.len() as u32 }
-}
-
-fn push_value(arena: &mut String, s: &Scalar<'_>) -> Value {
-    match s {
-        Scalar::Null => Value::Null,
-        Scalar::Int(i) => Value::Int(*i),
-        Scalar::Real(r) => Value::Real(*r),
-        Scalar::Text(t) => Value::Text(push_text(arena, t)),
-    }
-}
-
-/// What the state thread receives from readers and writers.
-#[derive(Debug)]
-pub enum StateMsg {
-    /// A reader started on a file at `offset`; `reset` replaces a stale checkpoint.
-    Open { file: Arc<FileEntry>, offset: u64, line_no: u64, reset: bool },
-    /// A sealed span, with its dead letters (they count in its pending total).
-    Span { span: Arc<Span>, dead: Vec<DeadLetter> },
-    /// Records a writer could not store (`write_failed`), still pending in their spans.
-    Dead(Vec<(DeadLetter, Arc<Span>)>),
-}
 
 /// Which writer shard owns a run. Stable within a process, which is all it needs: shards only
 /// split work, the run DB file name does not depend on them.
@@ -489,6 +267,7 @@ impl Router {
             pending.n_records + n_dead,
             fingerprint,
             size,
+            Instant::now(),
         ));
         self.counters.dead_letters_routed.add(n_dead as u64);
         let msg = StateMsg::Span { span: span.clone(), dead: std::mem::take(&mut pending.dead) };
@@ -514,50 +293,6 @@ impl Router {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
-/// A batch being filled, before its span exists. Public for `dlq replay`, which must give a
-/// replayed line exactly the identity (`key`, `pos`) it gets when read from its file.
-#[derive(Default)]
-pub struct BatchBuilder {
-    arena: String,
-    recs: Vec<Rec>,
-}
-
-impl BatchBuilder {
-    /// Adds a parsed line; `bytes` is the whole line (valid UTF-8: `parse_line` accepted it),
-    /// `day` its file's [`parse::file_day`].
-    pub fn push(&mut self, record: &parse::Parsed<'_>, meta: LineMeta, bytes: &[u8], day: u32) {
-        // parse_line only returns records for valid UTF-8.
-        let data = std::str::from_utf8(bytes).expect("parsed lines are UTF-8");
-        let arena = &mut self.arena;
-        let run_id = push_text(arena, &record.run_id);
-        let key = match (&record.event_id, record.kind) {
-            (Some(id), Kind::Event) => Key::EventId(push_text(arena, id)),
-            _ => Key::Line(parse::line_key(meta.line_no, &parse::digest(bytes))),
-        };
-        let data = push_text(arena, data);
-        let event_type = push_value(arena, &record.event_type);
-        let ts = push_value(arena, &record.ts);
-        self.recs.push(Rec {
-            kind: record.kind,
-            run_id,
-            key,
-            data,
-            event_type,
-            ts,
-            offset: meta.offset,
-            line_no: meta.line_no,
-            pos: parse::stream_pos(day, meta.line_no),
-            span: 0,
-        });
-    }
-
-    /// The records so far, all belonging to `span`.
-    pub fn into_batch(self, span: Arc<Span>) -> Batch {
-        let n = self.recs.len();
-        Batch { spans: vec![(span, n)], arena: self.arena, recs: self.recs }
-    }
-}
-
 struct Pending {
     batches: Vec<Option<BatchBuilder>>,
     dead: Vec<DeadLetter>,
@@ -582,6 +317,8 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::flow::Key;
+    use crate::identity::FileId;
 
     fn event(i: usize) -> String {
         format!("{{\"run_id\":\"r\",\"event_id\":\"{i}\"}}\n")
@@ -599,8 +336,7 @@ mod tests {
         let file = Arc::new(FileEntry {
             path: source.path().to_path_buf(),
             source: "events.ndjson".into(),
-            dev: 1,
-            ino: 2,
+            id: FileId { dev: 1, ino: 2 },
             gzip: false,
             day: 0,
         });

@@ -15,9 +15,10 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::checkpoint::{Advance, StateDb};
-use crate::dlq::{self, DeadLetter, DlqLock};
+use crate::dlq::{self, DlqLock};
+use crate::flow::{DeadLetter, Opening, Span, StateMsg};
+use crate::identity::FileId;
 use crate::metrics::Counters;
-use crate::route::{FileEntry, Span, StateMsg};
 
 /// How often the state thread persists progress. Checkpoints trail the data by about this much,
 /// which only costs a little re-reading (a no-op) after a crash.
@@ -38,8 +39,8 @@ struct StateThread {
     db: StateDb,
     dlq_dir: PathBuf,
     counters: Arc<Counters>,
-    opens: Vec<(Arc<FileEntry>, u64, u64, bool)>,
-    queues: HashMap<(u64, u64), VecDeque<Arc<Span>>>,
+    opens: Vec<Opening>,
+    queues: HashMap<FileId, VecDeque<Arc<Span>>>,
     dead: Vec<(DeadLetter, Arc<Span>)>,
     last_error_log: Option<Instant>,
 }
@@ -97,17 +98,17 @@ impl StateThread {
 
     fn handle(&mut self, msg: StateMsg) {
         match msg {
-            StateMsg::Open { file, offset, line_no, reset } => {
-                if reset {
+            StateMsg::Open(opening) => {
+                if opening.reset {
                     // Spans of an earlier generation of this inode (before a truncation) must
                     // not move the new checkpoint; their data is shipped either way.
-                    self.queues.remove(&(file.dev, file.ino));
+                    self.queues.remove(&opening.file.id);
                 }
-                self.opens.push((file, offset, line_no, reset));
+                self.opens.push(opening);
             }
             StateMsg::Span { span, dead } => {
                 self.dead.extend(dead.into_iter().map(|d| (d, span.clone())));
-                let key = (span.file.dev, span.file.ino);
+                let key = span.file.id;
                 self.queues.entry(key).or_default().push_back(span);
             }
             StateMsg::Dead(letters) => self.dead.extend(letters),
@@ -144,7 +145,7 @@ impl StateThread {
             Some(lock)
         };
         let tx = self.db.transaction().context("starting state transaction")?;
-        for (file, offset, line_no, reset) in &self.opens {
+        for Opening { file, offset, line_no, reset } in &self.opens {
             StateDb::register(&tx, file, *offset, *line_no, *reset)
                 .with_context(|| format!("registering {}", file.path.display()))?;
         }
@@ -166,8 +167,7 @@ impl StateThread {
             let fingerprint = span.fingerprint.clone();
             let size = span.size;
             let advance = Advance {
-                dev: file.dev,
-                ino: file.ino,
+                id: file.id,
                 offset: span.end_offset,
                 line_no: span.end_line_no,
                 fingerprint,

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +15,7 @@ use serde::Serialize;
 
 use crate::checkpoint::StateDb;
 use crate::config::Config;
+use crate::identity::FileId;
 
 /// What the human table fits in: the narrowest usual terminal, and what a pipe or a ticket
 /// paste gets. The exact values are in `--json`.
@@ -81,8 +81,7 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut files: Vec<FileStatus> = checkpoints
         .into_values()
         .map(|cp| {
-            let current =
-                std::fs::metadata(&cp.path).ok().filter(|m| m.dev() == cp.dev && m.ino() == cp.ino);
+            let current = std::fs::metadata(&cp.path).ok().filter(|m| FileId::of(m) == cp.id);
             let size =
                 if cp.gzip { cp.size } else { current.as_ref().map(|m| m.len()).or(cp.size) };
             let last_read = cp

@@ -47,54 +47,8 @@ use rusqlite::Transaction;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::StateDb;
+use crate::flow::{DeadLetter, Span};
 use crate::parse::DeadReason;
-use crate::route::{FileEntry, Span};
-use crate::tail::LineMeta;
-
-/// One dead letter before it is written (`at` is stamped at write time).
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub source: Arc<str>,
-    pub offset: u64,
-    pub line_no: u64,
-    pub reason: DeadReason,
-    pub error: String,
-    pub raw: String,
-    pub raw_len: u64,
-    /// Identity of the line (line number + content hash), as for events without `event_id`.
-    pub key: Vec<u8>,
-}
-
-impl DeadLetter {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        file: &FileEntry,
-        meta: LineMeta,
-        reason: DeadReason,
-        error: String,
-        raw: &[u8],
-        raw_len: u64,
-        digest: &[u8; 32],
-        max_raw_bytes: usize,
-    ) -> DeadLetter {
-        // Cut after the lossy conversion, at a character boundary: each invalid byte becomes a
-        // 3-byte U+FFFD, so cutting the input instead could triple `raw`.
-        let mut lossy =
-            String::from_utf8_lossy(&raw[..raw.len().min(max_raw_bytes + 3)]).into_owned();
-        lossy.truncate(crate::parse::floor_char_boundary(&lossy, max_raw_bytes));
-        let key = crate::parse::line_key(meta.line_no, digest).to_vec();
-        DeadLetter {
-            source: file.source.clone(),
-            offset: meta.offset,
-            line_no: meta.line_no,
-            reason,
-            error,
-            raw: lossy,
-            raw_len,
-            key,
-        }
-    }
-}
 
 /// The on-disk form (the contract's fields, in its order).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 pub use open::{Opened, Opener};
 pub use watch::Watch;
 
-use crate::checkpoint::{Checkpoint, Fingerprint};
+use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ReadFrom};
 use crate::discover;
+use crate::identity::{FileId, Fingerprint};
 use crate::metrics::Counters;
 use crate::route::{Routed, Router};
 
@@ -127,7 +128,7 @@ impl Tailed {
 
 /// Fingerprints what `opened` has taken from the file so far, a partial line in its buffer
 /// included (None for `.gz` or nothing read yet).
-fn content_seen(opened: &Opened, key: (u64, u64), path: &Path) -> Option<Checkpoint> {
+fn content_seen(opened: &Opened, key: FileId, path: &Path) -> Option<Checkpoint> {
     let offset = opened.reader.offset() + opened.reader.pending_bytes();
     if opened.file.gzip || offset == 0 {
         return None;
@@ -164,11 +165,7 @@ impl Parked {
         Parked {
             offset: cp.offset,
             line_no: cp.line_no,
-            fingerprint: Fingerprint {
-                head_len: cp.head_len,
-                head_hash: cp.head_hash.clone(),
-                tail_hash: cp.tail_hash.clone(),
-            },
+            fingerprint: cp.fingerprint.clone(),
             size_seen: cp.offset,
             path: cp.path.clone(),
             parked_at: now,
@@ -201,7 +198,7 @@ struct Changed {
     /// None for a file not parked (new to this process).
     parked_at: Option<Instant>,
     path: PathBuf,
-    key: (u64, u64),
+    key: FileId,
 }
 
 /// The daemon's reader: follows every file the globs match. See the module docs.
@@ -211,21 +208,21 @@ pub struct Tailer<'a> {
     config: &'a Config,
     counters: &'a Counters,
     clock: &'a dyn Clock,
-    open: HashMap<(u64, u64), Tailed>,
-    parked: HashMap<(u64, u64), Parked>,
+    open: HashMap<FileId, Tailed>,
+    parked: HashMap<FileId, Parked>,
     /// The last rescan found more new or changed files than `max_open_files`: rescan again
     /// as soon as the ones it opened are read.
     backlog: bool,
     /// The last rescan reopened parked files that had grown.
     parked_grew: bool,
     /// Files seen by the first scan with `read_from = "end"` but left for a later one.
-    from_end_deferred: HashSet<(u64, u64)>,
+    from_end_deferred: HashSet<FileId>,
     from_end_at_first_scan: bool,
     /// Where the last read pass stopped because the pipeline was held up: the next pass
     /// starts there, so every file gets its turn under sustained backpressure.
-    resume_at: Option<(u64, u64)>,
+    resume_at: Option<FileId>,
     /// The open files' keys, sorted: the order of read passes (rebuilt when `open` changes).
-    order: Vec<(u64, u64)>,
+    order: Vec<FileId>,
     order_stale: bool,
     /// When `note_unread` last looked (it fstats every open file: not on every held-up pass).
     unread_noted: Option<Instant>,
@@ -358,10 +355,10 @@ impl<'a> Tailer<'a> {
             for path in paths.filter_map(Result::ok) {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
                 // A file matched twice (two globs, hard links) is one file.
-                if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
+                if !meta.is_file() || !seen.insert(FileId::of(&meta)) {
                     continue;
                 }
-                let key = (meta.dev(), meta.ino());
+                let key = FileId::of(&meta);
                 if let Some(tailed) = self.open.get_mut(&key) {
                     tailed.size = meta.len();
                     tailed.in_glob = true;
@@ -476,12 +473,12 @@ impl<'a> Tailer<'a> {
     /// no longer match were rotated away (or deleted) while this process, or the one before,
     /// followed them. They are taken as parked where their checkpoint is, so that one still
     /// there with bytes past it is found by inode and read to its end like any rotated file.
-    fn adopt_rotated_checkpointed(&mut self, seen: &HashSet<(u64, u64)>) {
+    fn adopt_rotated_checkpointed(&mut self, seen: &HashSet<FileId>) {
         let dirs: HashSet<PathBuf> =
             self.config.sources.paths.iter().map(|p| discover::glob_base(p)).collect();
         let now = self.clock.now();
         for cp in self.opener.checkpoints() {
-            let key = (cp.dev, cp.ino);
+            let key = cp.id;
             let in_our_dirs = cp.path.parent().is_some_and(|dir| dirs.contains(dir));
             if cp.gzip || !in_our_dirs || seen.contains(&key) || self.open.contains_key(&key) {
                 continue;
@@ -495,21 +492,21 @@ impl<'a> Tailer<'a> {
     /// up by inode in the globs' directories: with new bytes it is reopened as a rotated file
     /// (read to its end, finished after `close_inactive`); otherwise, and if gone, forgotten
     /// (its checkpoint row stays in the state DB).
-    fn follow_renamed_parked(&mut self, seen: &HashSet<(u64, u64)>) {
+    fn follow_renamed_parked(&mut self, seen: &HashSet<FileId>) {
         // A set: it is probed once per directory entry, and thousands of files can go at once.
-        let missing: HashSet<(u64, u64)> =
+        let missing: HashSet<FileId> =
             self.parked.keys().filter(|key| !seen.contains(key)).copied().collect();
         if missing.is_empty() {
             return;
         }
-        let mut found: HashMap<(u64, u64), (PathBuf, u64)> = HashMap::new();
+        let mut found: HashMap<FileId, (PathBuf, u64)> = HashMap::new();
         let dirs: HashSet<PathBuf> =
             self.config.sources.paths.iter().map(|p| discover::glob_base(p)).collect();
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
                 let Ok(meta) = entry.metadata() else { continue };
-                let key = (meta.dev(), meta.ino());
+                let key = FileId::of(&meta);
                 if meta.is_file() && missing.contains(&key) {
                     found.insert(key, (entry.path(), meta.len()));
                 }
@@ -558,7 +555,7 @@ impl<'a> Tailer<'a> {
     ) -> bool {
         match open(&self.opener) {
             Ok(Some(opened)) => {
-                let key = (opened.file.dev, opened.file.ino);
+                let key = opened.file.id;
                 tracing::debug!(path = %path.display(), offset = opened.start_offset, "following file");
                 self.make_room();
                 let meta = opened.handle.metadata().ok();
@@ -609,12 +606,12 @@ impl<'a> Tailer<'a> {
     }
 
     /// Stops following a file (the read order is rebuilt for the next pass).
-    fn unfollow(&mut self, key: (u64, u64)) -> Option<Tailed> {
+    fn unfollow(&mut self, key: FileId) -> Option<Tailed> {
         self.order_stale = true;
         self.open.remove(&key)
     }
 
-    fn park(&mut self, key: (u64, u64)) {
+    fn park(&mut self, key: FileId) {
         if let Some(tailed) = self.unfollow(key) {
             let reader = &tailed.opened.reader;
             let file = &tailed.opened.file;
@@ -772,7 +769,7 @@ impl<'a> Tailer<'a> {
     }
 
     /// A file truncated or rewritten under us: its new content is read from 0.
-    fn restart_from_zero(&mut self, key: (u64, u64), path: &Path, why: &str) {
+    fn restart_from_zero(&mut self, key: FileId, path: &Path, why: &str) {
         let Some(old) = self.unfollow(key) else { return };
         let (offset, handle) = (old.opened.reader.offset(), old.opened.handle.try_clone());
         drop(old);
@@ -792,7 +789,7 @@ impl<'a> Tailer<'a> {
         let now = self.clock.now();
         self.last_close = now;
         let close_inactive = self.config.sources.close_inactive;
-        let idle: Vec<(u64, u64)> = self
+        let idle: Vec<FileId> = self
             .open
             .iter()
             .filter(|(_, t)| {
@@ -801,9 +798,10 @@ impl<'a> Tailer<'a> {
             .map(|(key, _)| *key)
             .collect();
         for key in idle {
-            let still_there = self.open.get(&key).is_some_and(|t| {
-                std::fs::metadata(&t.path).is_ok_and(|m| (m.dev(), m.ino()) == key)
-            });
+            let still_there = self
+                .open
+                .get(&key)
+                .is_some_and(|t| std::fs::metadata(&t.path).is_ok_and(|m| FileId::of(&m) == key));
             if still_there {
                 // A partial line stays open: if the file is deleted or rotated next, its tail
                 // must still be shippable through this descriptor.

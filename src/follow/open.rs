@@ -4,16 +4,16 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use crossbeam_channel::Sender;
 
-use crate::checkpoint::{Checkpoint, Fingerprint};
+use crate::checkpoint::Checkpoint;
+use crate::flow::{FileEntry, Opening, StateMsg};
+use crate::identity::{FileId, Fingerprint};
 use crate::metrics::Counter;
-use crate::route::{FileEntry, StateMsg};
 use crate::tail::{LineReader, Source};
 
 /// Where reading a file starts.
@@ -41,7 +41,7 @@ pub struct Opened {
 #[derive(Clone)]
 pub struct Opener {
     /// The checkpoints saved when the pipeline started.
-    checkpoints: Arc<HashMap<(u64, u64), Checkpoint>>,
+    checkpoints: Arc<HashMap<FileId, Checkpoint>>,
     state: Sender<StateMsg>,
     max_line_bytes: usize,
     max_raw_bytes: usize,
@@ -51,7 +51,7 @@ pub struct Opener {
 
 impl Opener {
     pub fn new(
-        checkpoints: Arc<HashMap<(u64, u64), Checkpoint>>,
+        checkpoints: Arc<HashMap<FileId, Checkpoint>>,
         state: Sender<StateMsg>,
         max_line_bytes: usize,
         max_raw_bytes: usize,
@@ -61,7 +61,7 @@ impl Opener {
     }
 
     /// The checkpoint saved for a file identity when the pipeline started.
-    pub fn checkpoint(&self, key: (u64, u64)) -> Option<&Checkpoint> {
+    pub fn checkpoint(&self, key: FileId) -> Option<&Checkpoint> {
         self.checkpoints.get(&key)
     }
 
@@ -89,7 +89,7 @@ impl Opener {
         &self,
         path: &Path,
         known_as: &Path,
-        key: (u64, u64),
+        key: FileId,
         offset: u64,
         line_no: u64,
         fingerprint: Fingerprint,
@@ -111,10 +111,10 @@ impl Opener {
         let gzip =
             crate::tail::is_gzip(&handle).with_context(|| format!("reading {}", path.display()))?;
         let (mut offset, mut line_no, mut reset) = (0, 0, true);
-        let key = (meta.dev(), meta.ino());
+        let key = FileId::of(&meta);
         let checkpoint = match &start {
             Start::Zero => None,
-            Start::At(cp) if (cp.dev, cp.ino) == key => Some(&**cp),
+            Start::At(cp) if cp.id == key => Some(&**cp),
             Start::Checkpoint | Start::End | Start::At(_) => self.checkpoints.get(&key),
         };
         if let Some(cp) = checkpoint {
@@ -137,21 +137,20 @@ impl Opener {
             .with_context(|| format!("{}: opening at offset {offset}", path.display()))?;
         // A file reopened after a rename keeps the name its earlier lines were shipped under.
         let known_as = match &start {
-            Start::At(cp) if (cp.dev, cp.ino) == key => cp.path.clone(),
+            Start::At(cp) if cp.id == key => cp.path.clone(),
             _ => path.to_path_buf(),
         };
         let file_name = known_as.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
         let file = Arc::new(FileEntry {
             path: known_as.clone(),
             source: Arc::from(known_as.to_string_lossy().as_ref()),
-            dev: meta.dev(),
-            ino: meta.ino(),
+            id: key,
             gzip,
             day: crate::parse::file_day(&file_name),
         });
         let reader =
             LineReader::new(source, offset, line_no, self.max_line_bytes, self.max_raw_bytes);
-        let msg = StateMsg::Open { file: file.clone(), offset, line_no, reset };
+        let msg = StateMsg::Open(Opening { file: file.clone(), offset, line_no, reset });
         if self.state.send(msg).is_err() {
             anyhow::bail!("state thread stopped");
         }

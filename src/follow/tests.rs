@@ -16,7 +16,6 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +26,11 @@ use proptest::prelude::*;
 use super::{Clock, Opener, Tailer};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
+use crate::flow::{Batch, Opening, Span, StateMsg};
+use crate::identity::FileId;
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
-use crate::route::{Batch, Router, Span, StateMsg};
+use crate::route::Router;
 
 const CLOSE_INACTIVE: Duration = Duration::from_secs(5);
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,7 +112,7 @@ struct ModelFile {
     id: usize,
     /// Where it is now; None once deleted.
     path: Option<PathBuf>,
-    key: (u64, u64),
+    key: FileId,
     /// Generation: bumped by each truncation (line numbers start again).
     gen: u32,
     /// Complete lines of the current generation.
@@ -150,8 +151,8 @@ struct Downstream {
     state_tx: Sender<StateMsg>,
     state_rx: Receiver<StateMsg>,
     held: bool,
-    queues: HashMap<(u64, u64), VecDeque<Arc<Span>>>,
-    checkpoints: HashMap<(u64, u64), Checkpoint>,
+    queues: HashMap<FileId, VecDeque<Arc<Span>>>,
+    checkpoints: HashMap<FileId, Checkpoint>,
     /// Per (file id, generation): the last line number delivered.
     delivered: HashMap<(usize, u32), u64>,
     /// Per (file id, generation): its unterminated tail was shipped as a dead letter.
@@ -179,8 +180,8 @@ impl Downstream {
     fn drain(&mut self, files: &[ModelFile]) -> Result<(), TestCaseError> {
         while let Ok(msg) = self.state_rx.try_recv() {
             match msg {
-                StateMsg::Open { file, offset, line_no, reset } => {
-                    let key = (file.dev, file.ino);
+                StateMsg::Open(Opening { file, offset, line_no, reset }) => {
+                    let key = file.id;
                     if reset {
                         self.queues.remove(&key);
                         let fp = Default::default();
@@ -195,7 +196,7 @@ impl Downstream {
                         self.dead_letter(&span, &letter, files)?;
                         span.ack(1);
                     }
-                    let key = (span.file.dev, span.file.ino);
+                    let key = span.file.id;
                     self.queues.entry(key).or_default().push_back(span);
                 }
                 StateMsg::Dead(_) => prop_assert!(false, "writers of the model reject nothing"),
@@ -255,11 +256,11 @@ impl Downstream {
     fn dead_letter(
         &mut self,
         span: &Span,
-        letter: &crate::dlq::DeadLetter,
+        letter: &crate::flow::DeadLetter,
         files: &[ModelFile],
     ) -> Result<(), TestCaseError> {
         prop_assert_eq!(letter.reason, DeadReason::IncompleteLine, "{:?}", letter);
-        let key = (span.file.dev, span.file.ino);
+        let key = span.file.id;
         // The newest file of that inode: a deleted one's inode may have been reused.
         let file = files.iter().rev().find(|f| f.key == key);
         let Some(file) = file else {
@@ -303,9 +304,8 @@ fn event_id(data: &str) -> (usize, u32, u64) {
     (f.parse().unwrap(), g.parse().unwrap(), n.parse().unwrap())
 }
 
-fn key_of(path: &Path) -> (u64, u64) {
-    let meta = std::fs::metadata(path).expect("model files exist");
-    (meta.dev(), meta.ino())
+fn key_of(path: &Path) -> FileId {
+    FileId::of(&std::fs::metadata(path).expect("model files exist"))
 }
 
 /// Appends, then stamps the file with the model's next modification time: distinct for every

@@ -10,15 +10,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::checkpoint::StateDb;
 use crate::config::Config;
 use crate::dlq::{self, DlqLock};
+use crate::flow::{BatchBuilder, FileEntry, Span};
 use crate::parse::{self, DeadReason, Outcome};
-use crate::route::{BatchBuilder, FileEntry, Span};
 use crate::sink::{run_db, run_path};
 use crate::tail::LineMeta;
 
@@ -120,12 +120,12 @@ fn ship_run(
         let file = Arc::new(FileEntry {
             path: source.clone().into(),
             source: Arc::from(source.as_str()),
-            dev: 0,
-            ino: 0,
+            id: crate::identity::FileId { dev: 0, ino: 0 },
             gzip: false,
             day: file_day(&source),
         });
-        let span = Arc::new(Span::new(file, 0, 0, keys.len(), Default::default(), None));
+        let span =
+            Arc::new(Span::new(file, 0, 0, keys.len(), Default::default(), None, Instant::now()));
         batches.push((builder.into_batch(span), keys));
     }
     // The daemon may be committing to the same DB: busy_timeout waits, a few retries cover

@@ -15,12 +15,12 @@
 //! from under it; and `run_db::open` reopens a DB whose file vanished while it waited.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::StateDb;
 use crate::config::Config;
+use crate::identity::FileId;
 
 /// A run DB as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +236,7 @@ pub fn gather(
                     bytes: meta.len(),
                     modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     gzip,
-                    shipped_to: checkpoints.get(&(meta.dev(), meta.ino())).map(|cp| cp.offset),
+                    shipped_to: checkpoints.get(&FileId::of(&meta)).map(|cp| cp.offset),
                     path,
                 });
             }

@@ -28,8 +28,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Mapping, SqliteConfig};
+use crate::flow::{Batch, StateMsg};
 use crate::metrics::Counters;
-use crate::route::{Batch, StateMsg};
 
 /// When writers checkpoint their databases' WALs.
 #[derive(Debug, Clone, Copy)]

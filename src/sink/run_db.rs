@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use crate::config::{Mapping, SqliteConfig};
+use crate::flow::Batch;
 use crate::parse::Kind;
-use crate::route::Batch;
 use crate::sink::merge::fold_run_record;
 use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate, quarantine};
 

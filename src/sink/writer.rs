@@ -10,10 +10,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::pool::Pool;
 use super::wal::{self, WalCheckpointer};
 use super::{run_db, WriterConfig};
-use crate::dlq::DeadLetter;
+use crate::flow::{Batch, DeadLetter, Span, StateMsg};
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
-use crate::route::{Batch, Span, StateMsg};
 use crate::tail::LineMeta;
 
 pub(super) struct Writer {
