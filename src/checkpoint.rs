@@ -60,7 +60,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// A saved position in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     pub id: FileId,
     pub path: PathBuf,
     pub gzip: bool,
@@ -74,7 +74,7 @@ pub struct Checkpoint {
 
 /// A checkpoint advance, computed by the state thread once its span is durable.
 #[derive(Debug, Clone)]
-pub struct Advance {
+pub(crate) struct Advance {
     pub id: FileId,
     pub offset: u64,
     pub line_no: u64,
@@ -85,7 +85,7 @@ pub struct Advance {
 impl Checkpoint {
     /// A position in a plain file, as of `fingerprint` taken there (not yet saved: no size or
     /// read time).
-    pub fn at(
+    pub(crate) fn at(
         id: FileId,
         path: &Path,
         offset: u64,
@@ -105,14 +105,14 @@ impl Checkpoint {
     }
 
     /// Whether this checkpoint still describes `file` (see [`crate::identity`]).
-    pub fn verify(&self, file: &File, gzip: bool) -> std::io::Result<Result<(), Mismatch>> {
+    pub(crate) fn verify(&self, file: &File, gzip: bool) -> std::io::Result<Result<(), Mismatch>> {
         self.fingerprint.verify(file, gzip, self.offset)
     }
 }
 
 /// Why the state DB could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     /// SQLite reports the file corrupt or not a database: the operator's to fix (see the
     /// message), never retried, never deleted or moved by us. Only the state DB knows what was
     /// shipped, so we must not silently start a fresh one over it.
@@ -140,14 +140,14 @@ impl OpenError {
 }
 
 /// The state DB connection.
-pub struct StateDb {
+pub(crate) struct StateDb {
     conn: Connection,
     path: PathBuf,
 }
 
 impl StateDb {
     /// Opens (creating and migrating) the state DB for writing.
-    pub fn open(path: &Path, sqlite: &SqliteConfig) -> Result<StateDb, OpenError> {
+    pub(crate) fn open(path: &Path, sqlite: &SqliteConfig) -> Result<StateDb, OpenError> {
         create_private_file(path).map_err(|e| {
             OpenError::new(path, rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
         })?;
@@ -163,7 +163,7 @@ impl StateDb {
     }
 
     /// Opens an existing state DB read-only (for `status`); None if it does not exist.
-    pub fn open_read_only(path: &Path) -> Result<Option<StateDb>, OpenError> {
+    pub(crate) fn open_read_only(path: &Path) -> Result<Option<StateDb>, OpenError> {
         if !path.exists() {
             return Ok(None);
         }
@@ -185,20 +185,20 @@ impl StateDb {
         Ok(conn.map(|conn| StateDb { conn, path: path.to_path_buf() }))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// `wal_checkpoint(TRUNCATE)` and `PRAGMA optimize`, for `maintain`. Returns false when a
     /// reader or writer kept the checkpoint from completing (the daemon keeps shipping).
-    pub fn checkpoint_and_optimize(&self) -> rusqlite::Result<bool> {
+    pub(crate) fn checkpoint_and_optimize(&self) -> rusqlite::Result<bool> {
         // Optimize first: it may write (ANALYZE), and those frames belong in the checkpoint.
         self.conn.execute_batch("PRAGMA optimize")?;
         Ok(!wal_checkpoint(&self.conn, "TRUNCATE")?.busy)
     }
 
     /// Every checkpoint, by file.
-    pub fn load(&self) -> rusqlite::Result<HashMap<FileId, Checkpoint>> {
+    pub(crate) fn load(&self) -> rusqlite::Result<HashMap<FileId, Checkpoint>> {
         let mut stmt = self.conn.prepare(
             "SELECT dev, ino, path, gzip, offset, line_no, head_len, head_hash, tail_hash, size,
                     last_read_at
@@ -225,14 +225,14 @@ impl StateDb {
 
     /// Starts a write transaction (IMMEDIATE: the lock is taken up front, so a busy DB shows
     /// up here and not halfway through).
-    pub fn transaction(&mut self) -> rusqlite::Result<Transaction<'_>> {
+    pub(crate) fn transaction(&mut self) -> rusqlite::Result<Transaction<'_>> {
         self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
     }
 
     /// Records a file the pipeline started reading. With `reset`, the saved position is
     /// replaced (new file, or the old checkpoint did not verify); otherwise only the path is
     /// updated (a rename keeps the inode).
-    pub fn register(
+    pub(crate) fn register(
         tx: &Transaction<'_>,
         file: &crate::flow::FileEntry,
         offset: u64,
@@ -267,7 +267,7 @@ impl StateDb {
 
     /// Moves a checkpoint forward. Never backwards: a concurrent `backfill` and daemon may both
     /// ship the same file, and the furthest durable position wins.
-    pub fn advance(tx: &Transaction<'_>, a: &Advance) -> rusqlite::Result<()> {
+    pub(crate) fn advance(tx: &Transaction<'_>, a: &Advance) -> rusqlite::Result<()> {
         tx.prepare_cached(
             "UPDATE files SET offset = ?3, line_no = ?4, head_len = ?5, head_hash = ?6,
                 tail_hash = ?7, size = coalesce(?8, size), last_read_at = ?9
@@ -290,7 +290,7 @@ impl StateDb {
     /// Deletes the checkpoints of files that are gone (their path is missing or holds another
     /// inode) and were last read before `cutoff_ms`. Safe: if such a file comes back it is read
     /// from 0, and its lines' keys make that a no-op. Returns the pruned paths.
-    pub fn prune_gone(&mut self, cutoff_ms: i64) -> rusqlite::Result<Vec<PathBuf>> {
+    pub(crate) fn prune_gone(&mut self, cutoff_ms: i64) -> rusqlite::Result<Vec<PathBuf>> {
         let gone: Vec<Checkpoint> = self
             .load()?
             .into_values()
@@ -314,7 +314,7 @@ impl StateDb {
     /// An IMMEDIATE transaction through a shared reference, for the DLQ maintenance paths
     /// (`dlq::recover`, replay, retention) that get the state DB by `&`. The caller must not
     /// nest it in another transaction on this connection.
-    pub fn transaction_shared(&self) -> rusqlite::Result<Transaction<'_>> {
+    pub(crate) fn transaction_shared(&self) -> rusqlite::Result<Transaction<'_>> {
         Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
     }
 

@@ -21,68 +21,68 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// The systemd `StateDirectory`, used as `base` when a config file does not set it.
-pub const DEFAULT_BASE: &str = "/var/lib/jsonl-shipper";
+pub(crate) const DEFAULT_BASE: &str = "/var/lib/jsonl-shipper";
 /// Files that already exist are usually what the operator wants shipped.
-pub const DEFAULT_READ_FROM: ReadFrom = ReadFrom::Beginning;
+pub(crate) const DEFAULT_READ_FROM: ReadFrom = ReadFrom::Beginning;
 /// The glob rescan is the source of truth; 1s bounds discovery latency at negligible cost.
-pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Daily files go quiet after midnight; 5m frees their descriptors without closing busy ones.
-pub const DEFAULT_CLOSE_INACTIVE: Duration = Duration::from_secs(5 * 60);
+pub(crate) const DEFAULT_CLOSE_INACTIVE: Duration = Duration::from_secs(5 * 60);
 /// Far above a sane telemetry record, small enough that one line never threatens RSS.
-pub const DEFAULT_MAX_LINE_BYTES: usize = MIB as usize;
+pub(crate) const DEFAULT_MAX_LINE_BYTES: usize = MIB as usize;
 /// Well under a typical `LimitNOFILE`, leaving room for run DBs and sockets.
-pub const DEFAULT_MAX_OPEN_FILES: usize = 1024;
+pub(crate) const DEFAULT_MAX_OPEN_FILES: usize = 1024;
 /// Rows of one run committed together: amortises the commit (an fsync, and rewriting the
 /// pages it touches) while keeping what each run buffers small (measured at 50 runs: 1024 to
 /// 4096 within a few percent in speed; 1024 keeps peak RSS under 100 MiB).
-pub const DEFAULT_BATCH_MAX_EVENTS: usize = 1024;
+pub(crate) const DEFAULT_BATCH_MAX_EVENTS: usize = 1024;
 /// Bounds the memory buffered records hold (all writers together), whatever the line sizes and
 /// the number of runs; with thousands of interleaved runs batches grow to this to amortise
 /// one commit per run.
-pub const DEFAULT_BATCH_MAX_BYTES: usize = 64 * MIB as usize;
+pub(crate) const DEFAULT_BATCH_MAX_BYTES: usize = 64 * MIB as usize;
 /// A trickle of events still lands within a tenth of a second.
-pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(100);
 /// Enough for every concurrently active run on a busy host; each open DB costs fds and cache.
-pub const DEFAULT_MAX_OPEN_DBS: usize = 256;
+pub(crate) const DEFAULT_MAX_OPEN_DBS: usize = 256;
 /// A finished run's DB is checkpointed and closed a minute after its last write.
-pub const DEFAULT_IDLE_CLOSE_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_IDLE_CLOSE_AFTER: Duration = Duration::from_secs(60);
 /// Two writers overlap one DB's fsync with another's inserts; more rarely helps one disk.
-pub const DEFAULT_WRITER_THREADS: usize = 2;
+pub(crate) const DEFAULT_WRITER_THREADS: usize = 2;
 /// A committed batch survives power loss, which the checkpoint protocol relies on.
-pub const DEFAULT_SYNCHRONOUS: Synchronous = Synchronous::Full;
+pub(crate) const DEFAULT_SYNCHRONOUS: Synchronous = Synchronous::Full;
 /// Rides out a concurrent reader or `backfill` holding a lock, then the writer retries.
-pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite's own default (pages, ~4MiB of WAL); the checkpoint loop does the rest.
-pub const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 1000;
+pub(crate) const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 1000;
 /// Keeps WAL files small even for DBs that never reach the auto-checkpoint threshold.
-pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// A WAL that once grew large is truncated back to this after a checkpoint.
-pub const DEFAULT_JOURNAL_SIZE_LIMIT: usize = 64 * MIB as usize;
+pub(crate) const DEFAULT_JOURNAL_SIZE_LIMIT: usize = 64 * MIB as usize;
 /// Upserts touch few pages (measured: 512KiB is as fast as 2MiB at 50 runs and halves RSS);
 /// a small cache keeps 256 open DBs cheap.
-pub const DEFAULT_CACHE_SIZE: usize = 512 * KIB as usize;
+pub(crate) const DEFAULT_CACHE_SIZE: usize = 512 * KIB as usize;
 /// Deleting data is opt-in.
-pub const DEFAULT_RETENTION_MAX_AGE: Option<Duration> = None;
+pub(crate) const DEFAULT_RETENTION_MAX_AGE: Option<Duration> = None;
 /// Deleting data is opt-in.
-pub const DEFAULT_RETENTION_MAX_TOTAL_SIZE: Option<u64> = None;
+pub(crate) const DEFAULT_RETENTION_MAX_TOTAL_SIZE: Option<u64> = None;
 /// Retention is a directory scan; once a minute is cheap and timely (contract default).
-pub const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// Source files belong to the producers; deleting them is opt-in.
-pub const DEFAULT_DELETE_SOURCES_AFTER: Option<Duration> = None;
+pub(crate) const DEFAULT_DELETE_SOURCES_AFTER: Option<Duration> = None;
 /// A flood of bad lines must not fill the disk the run DBs need.
-pub const DEFAULT_DLQ_MAX_TOTAL_SIZE: Option<u64> = Some(GIB);
+pub(crate) const DEFAULT_DLQ_MAX_TOTAL_SIZE: Option<u64> = Some(GIB);
 /// Enough of a bad line to diagnose it without copying megabytes per entry.
-pub const DEFAULT_DLQ_MAX_RAW_BYTES: usize = 64 * KIB as usize;
+pub(crate) const DEFAULT_DLQ_MAX_RAW_BYTES: usize = 64 * KIB as usize;
 /// No listening socket unless asked for.
-pub const DEFAULT_METRICS_LISTEN: Option<SocketAddr> = None;
+pub(crate) const DEFAULT_METRICS_LISTEN: Option<SocketAddr> = None;
 /// Far above any healthy commit gap, short enough for a watchdog to act on.
-pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(120);
 /// A commit slower than this usually means a saturated or failing disk; it is logged.
-pub const DEFAULT_SLOW_COMMIT_THRESHOLD: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_SLOW_COMMIT_THRESHOLD: Duration = Duration::from_secs(1);
 /// Lifecycle events without per-batch noise.
-pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
 /// journald adds its own timestamps and metadata to plain lines.
-pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+pub(crate) const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// A path or glob given by the user that names nothing usable.
 #[derive(Debug, thiserror::Error)]
-pub enum DiscoverError {
+pub(crate) enum DiscoverError {
     #[error("{0}: the glob matches no file")]
     NoMatch(String),
     #[error("{0}: no such file or directory")]
@@ -19,7 +19,10 @@ pub enum DiscoverError {
 /// The files to ship, oldest day first. Without arguments: the configured globs and their
 /// `.gz` twins. Arguments may be files, directories (their `*.ndjson` and `*.ndjson.gz`) or
 /// globs; one that matches nothing is a usage error.
-pub fn backfill_files(patterns: &[String], args: &[String]) -> Result<Vec<PathBuf>, DiscoverError> {
+pub(crate) fn backfill_files(
+    patterns: &[String],
+    args: &[String],
+) -> Result<Vec<PathBuf>, DiscoverError> {
     let mut files = Vec::new();
     if args.is_empty() {
         for pattern in patterns {
@@ -56,14 +59,14 @@ pub fn backfill_files(patterns: &[String], args: &[String]) -> Result<Vec<PathBu
     Ok(files)
 }
 
-pub fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, DiscoverError> {
+pub(crate) fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, DiscoverError> {
     let paths = glob::glob(pattern)
         .map_err(|error| DiscoverError::BadGlob { pattern: pattern.to_string(), error })?;
     Ok(paths.filter_map(Result::ok).filter(|p| p.is_file()).collect())
 }
 
 /// The directory part of a glob before its first wildcard: what inotify watches.
-pub fn glob_base(pattern: &str) -> PathBuf {
+pub(crate) fn glob_base(pattern: &str) -> PathBuf {
     let mut base = PathBuf::new();
     for part in Path::new(pattern).components() {
         let text = part.as_os_str().to_string_lossy();

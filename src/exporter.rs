@@ -35,8 +35,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The running endpoint; dropping it stops the server and joins its thread.
-pub struct Exporter {
-    pub addr: SocketAddr,
+pub(crate) struct Exporter {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -44,7 +43,7 @@ pub struct Exporter {
 impl Exporter {
     /// Binds `listen` now (so a taken port fails `run` at startup, naming the address) and
     /// serves from a new `metrics` thread.
-    pub fn start(
+    pub(crate) fn start(
         listen: SocketAddr,
         counters: Arc<Counters>,
         unhealthy_after: Duration,
@@ -73,7 +72,7 @@ impl Exporter {
             });
         })?;
         tracing::info!(%addr, "serving /metrics and /healthz");
-        Ok(Exporter { addr, stop: Some(stop), thread: Some(thread) })
+        Ok(Exporter { stop: Some(stop), thread: Some(thread) })
     }
 }
 

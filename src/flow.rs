@@ -15,7 +15,7 @@ use crate::tail::LineMeta;
 /// A source file as the pipeline knows it. Shared by the reader, the batches and the state
 /// thread; immutable once created.
 #[derive(Debug)]
-pub struct FileEntry {
+pub(crate) struct FileEntry {
     pub path: PathBuf,
     /// `path` as text, for the `events.source` column and dead letters.
     pub source: Arc<str>,
@@ -27,7 +27,7 @@ pub struct FileEntry {
 
 /// A contiguous run of lines of one file, ending at `end_offset`.
 #[derive(Debug)]
-pub struct Span {
+pub(crate) struct Span {
     pub file: Arc<FileEntry>,
     pub end_offset: u64,
     pub end_line_no: u64,
@@ -44,7 +44,7 @@ pub struct Span {
 }
 
 impl Span {
-    pub fn new(
+    pub(crate) fn new(
         file: Arc<FileEntry>,
         end_offset: u64,
         end_line_no: u64,
@@ -65,40 +65,36 @@ impl Span {
     }
 
     /// Marks `n` of this span's records durable.
-    pub fn ack(&self, n: usize) {
+    pub(crate) fn ack(&self, n: usize) {
         if n > 0 {
             let before = self.pending.fetch_sub(n, Ordering::AcqRel);
             debug_assert!(before >= n, "span acked more than it holds");
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.pending() == 0
-    }
-
     /// Records and dead letters of this span not yet durable.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
     }
 }
 
 /// A text range inside a batch's arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Text {
+pub(crate) struct Text {
     start: u32,
     end: u32,
 }
 
 /// A record's identity: the producer's `event_id` (TEXT) or the line's identity (BLOB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Key {
+pub(crate) enum Key {
     EventId(Text),
     Line([u8; 24]),
 }
 
 /// A column value inside a batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     Null,
     Int(i64),
     Real(f64),
@@ -107,7 +103,7 @@ pub enum Value {
 
 /// One record, its strings living in the batch arena.
 #[derive(Debug, Clone)]
-pub struct Rec {
+pub(crate) struct Rec {
     pub kind: Kind,
     pub run_id: Text,
     /// `event_key` for events, `record_key` for run records.
@@ -126,7 +122,7 @@ pub struct Rec {
 /// whatever its size. Readers send one per span and writer shard; writers keep one per run,
 /// filled from many incoming batches (`push_from`), so each record knows its span.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The spans the records belong to, with how many records of each are here, in order.
     spans: Vec<(Arc<Span>, usize)>,
     arena: String,
@@ -134,11 +130,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn text(&self, t: Text) -> &str {
+    pub(crate) fn text(&self, t: Text) -> &str {
         &self.arena[t.start as usize..t.end as usize]
     }
 
-    pub fn value(&self, v: Value) -> rusqlite::types::ToSqlOutput<'_> {
+    pub(crate) fn value(&self, v: Value) -> rusqlite::types::ToSqlOutput<'_> {
         use rusqlite::types::{ToSqlOutput, ValueRef};
         ToSqlOutput::Borrowed(match v {
             Value::Null => ValueRef::Null,
@@ -148,7 +144,7 @@ impl Batch {
         })
     }
 
-    pub fn key<'a>(&'a self, key: &'a Key) -> rusqlite::types::ToSqlOutput<'a> {
+    pub(crate) fn key<'a>(&'a self, key: &'a Key) -> rusqlite::types::ToSqlOutput<'a> {
         use rusqlite::types::{ToSqlOutput, ValueRef};
         ToSqlOutput::Borrowed(match key {
             Key::EventId(t) => ValueRef::Text(self.text(*t).as_bytes()),
@@ -157,27 +153,27 @@ impl Batch {
     }
 
     /// The span a record belongs to.
-    pub fn span_of(&self, rec: &Rec) -> &Arc<Span> {
+    pub(crate) fn span_of(&self, rec: &Rec) -> &Arc<Span> {
         &self.spans[rec.span as usize].0
     }
 
     /// The path a record was read from.
-    pub fn source(&self, rec: &Rec) -> &str {
+    pub(crate) fn source(&self, rec: &Rec) -> &str {
         &self.span_of(rec).file.source
     }
 
     /// The spans of these records with their record counts.
-    pub fn spans(&self) -> &[(Arc<Span>, usize)] {
+    pub(crate) fn spans(&self) -> &[(Arc<Span>, usize)] {
         &self.spans
     }
 
     /// Roughly what this batch holds in memory.
-    pub fn memory_bytes(&self) -> usize {
+    pub(crate) fn memory_bytes(&self) -> usize {
         self.arena.capacity() + self.recs.capacity() * std::mem::size_of::<Rec>()
     }
 
     /// Copies `rec` of `from` into this batch.
-    pub fn push_from(&mut self, from: &Batch, rec: &Rec) {
+    pub(crate) fn push_from(&mut self, from: &Batch, rec: &Rec) {
         let span = from.span_of(rec);
         match self.spans.last_mut() {
             Some((last, n)) if Arc::ptr_eq(last, span) => *n += 1,
@@ -226,7 +222,7 @@ fn push_value(arena: &mut String, s: &Scalar<'_>) -> Value {
 /// A reader started on a file at `offset` (`line_no` lines before it); `reset` replaces a
 /// stale checkpoint (a new file, or one whose content changed).
 #[derive(Debug)]
-pub struct Opening {
+pub(crate) struct Opening {
     pub file: Arc<FileEntry>,
     pub offset: u64,
     pub line_no: u64,
@@ -235,7 +231,7 @@ pub struct Opening {
 
 /// What the state thread receives from readers and writers.
 #[derive(Debug)]
-pub enum StateMsg {
+pub(crate) enum StateMsg {
     /// A reader started on a file.
     Open(Opening),
     /// A sealed span, with its dead letters (they count in its pending total).
@@ -247,7 +243,7 @@ pub enum StateMsg {
 /// A batch being filled, before its span exists. Public for `dlq replay`, which must give a
 /// replayed line exactly the identity (`key`, `pos`) it gets when read from its file.
 #[derive(Default)]
-pub struct BatchBuilder {
+pub(crate) struct BatchBuilder {
     arena: String,
     recs: Vec<Rec>,
 }
@@ -255,7 +251,13 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// Adds a parsed line; `bytes` is the whole line (valid UTF-8: `parse_line` accepted it),
     /// `day` its file's [`parse::file_day`].
-    pub fn push(&mut self, record: &parse::Parsed<'_>, meta: LineMeta, bytes: &[u8], day: u32) {
+    pub(crate) fn push(
+        &mut self,
+        record: &parse::Parsed<'_>,
+        meta: LineMeta,
+        bytes: &[u8],
+        day: u32,
+    ) {
         // parse_line only returns records for valid UTF-8.
         let data = std::str::from_utf8(bytes).expect("parsed lines are UTF-8");
         let arena = &mut self.arena;
@@ -282,7 +284,7 @@ impl BatchBuilder {
     }
 
     /// The records so far, all belonging to `span`.
-    pub fn into_batch(self, span: Arc<Span>) -> Batch {
+    pub(crate) fn into_batch(self, span: Arc<Span>) -> Batch {
         let n = self.recs.len();
         Batch { spans: vec![(span, n)], arena: self.arena, recs: self.recs }
     }
@@ -290,7 +292,7 @@ impl BatchBuilder {
 
 /// One dead letter before it is written (`at` is stamped at write time).
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub source: Arc<str>,
     pub offset: u64,
     pub line_no: u64,
@@ -304,7 +306,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         file: &FileEntry,
         meta: LineMeta,
         reason: DeadReason,

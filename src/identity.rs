@@ -17,20 +17,20 @@ pub(crate) const FINGERPRINT_BYTES: u64 = 1024;
 /// A file's device and inode: what a rename keeps and a new file gets anew (or reuses, which
 /// the [`Fingerprint`] catches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileId {
+pub(crate) struct FileId {
     pub dev: u64,
     pub ino: u64,
 }
 
 impl FileId {
-    pub fn of(meta: &Metadata) -> FileId {
+    pub(crate) fn of(meta: &Metadata) -> FileId {
         FileId { dev: meta.dev(), ino: meta.ino() }
     }
 }
 
 /// Hashes that tie a position to the content it was taken on.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint {
+pub(crate) struct Fingerprint {
     pub head_len: u64,
     pub head_hash: Option<Vec<u8>>,
     pub tail_hash: Option<Vec<u8>>,
@@ -38,7 +38,7 @@ pub struct Fingerprint {
 
 /// Why a position does not describe a file any more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mismatch {
+pub(crate) enum Mismatch {
     /// The file is shorter than the saved offset.
     Truncated,
     /// The first bytes differ: another file got this inode.
@@ -50,7 +50,7 @@ pub enum Mismatch {
 impl Fingerprint {
     /// Fingerprints `file` as of `offset`. For gzip files `offset` is in the decompressed
     /// stream, so only the compressed head is hashed: a `.gz` is immutable once written.
-    pub fn compute(file: &File, gzip: bool, offset: u64) -> std::io::Result<Fingerprint> {
+    pub(crate) fn compute(file: &File, gzip: bool, offset: u64) -> std::io::Result<Fingerprint> {
         if gzip {
             let len = file.metadata()?.len().min(FINGERPRINT_BYTES);
             return Ok(Fingerprint {
@@ -69,7 +69,7 @@ impl Fingerprint {
     }
 
     /// Whether `file` still holds, up to `offset`, the content this was taken on.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         file: &File,
         gzip: bool,

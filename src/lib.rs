@@ -5,36 +5,36 @@
 //!
 //! ```text
 //! discover ─▶ follow ─▶ tail ─▶ parse ─▶ route ──Batch──▶ sink (writers, one per shard of runs)
-//!                                            └─DeadLetter─▶ dlq ─┐          │ spans acked
-//!                                                                ▼          ▼
-//!                                                        checkpoint (state DB: offsets, DLQ index)
+//!                                          │                 │ spans acked
+//!                                          └─StateMsg─▶ state ◀┘ (the state thread writes
+//!                                                              checkpoint offsets and dlq files)
 //! ```
 //!
 //! See `ARCHITECTURE.md` for the threads, the commit protocol and the invariants.
 
 pub mod cli;
-pub mod config;
+mod config;
 
-pub mod identity;
-pub mod flow;
-pub mod discover;
-pub mod follow;
-pub mod tail;
-pub mod parse;
-pub mod route;
-pub mod sink;
-pub mod checkpoint;
-pub mod dlq;
-pub mod state;
-pub mod pipeline;
-pub mod maintain;
+mod identity;
+mod flow;
+mod discover;
+mod follow;
+mod tail;
+mod parse;
+mod route;
+mod sink;
+mod checkpoint;
+mod dlq;
+mod state;
+mod pipeline;
+mod maintain;
 
-pub mod sqlite;
-pub mod metrics;
-pub mod shutdown;
-pub mod exporter;
-pub mod monitor;
-pub mod systemd;
+mod sqlite;
+mod metrics;
+mod shutdown;
+mod exporter;
+mod monitor;
+mod systemd;
 
 pub mod commands;
 

@@ -23,39 +23,39 @@ use crate::parse::DeadReason;
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         if n > 0 {
             self.0.fetch_add(n, Ordering::Relaxed);
         }
     }
 
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 /// A value that goes up and down.
 #[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
+pub(crate) struct Gauge(AtomicU64);
 
 impl Gauge {
-    pub fn set(&self, v: u64) {
+    pub(crate) fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
     }
 
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 
     /// For gauges several threads contribute to (e.g. open DBs across writers).
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn dec(&self) {
+    pub(crate) fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -63,7 +63,7 @@ impl Gauge {
 /// A monotonic moment, or none: when something that may be overdue started. Lock-free, so the
 /// reader and the state thread publish theirs for free and the scrape reads the age.
 #[derive(Debug)]
-pub struct Since(AtomicU64);
+pub(crate) struct Since(AtomicU64);
 
 /// The zero of every [`Since`] (milliseconds after it, plus one; 0 = none).
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -76,17 +76,17 @@ impl Default for Since {
 }
 
 impl Since {
-    pub fn set_since(&self, t: Option<Instant>) {
+    pub(crate) fn set_since(&self, t: Option<Instant>) {
         let ms = t.map_or(0, |t| t.saturating_duration_since(*EPOCH).as_millis() as u64 + 1);
         self.0.store(ms, Ordering::Relaxed);
     }
 
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.set_since(Some(Instant::now()));
     }
 
     /// How long ago the moment was; None if unset.
-    pub fn age(&self) -> Option<Duration> {
+    pub(crate) fn age(&self) -> Option<Duration> {
         let ms = self.0.load(Ordering::Relaxed).checked_sub(1)?;
         Some(EPOCH.elapsed().saturating_sub(Duration::from_millis(ms)))
     }
@@ -94,7 +94,7 @@ impl Since {
 
 /// Everything the pipeline counts.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// `jsonl_shipper_lines_read_total`
     pub lines_read: Counter,
     /// `jsonl_shipper_bytes_read_total`
@@ -152,35 +152,35 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn dlq(&self, reason: DeadReason) -> &Counter {
+    pub(crate) fn dlq(&self, reason: DeadReason) -> &Counter {
         &self.dlq_lines[reason as usize]
     }
 
-    pub fn dlq_total(&self) -> u64 {
+    pub(crate) fn dlq_total(&self) -> u64 {
         self.dlq_lines.iter().map(Counter::get).sum()
     }
 
     /// Marks a run-DB write (all its retries included) as in progress until the guard drops:
     /// a writer that holds data it cannot commit shows up here, however it is stuck (retry
     /// loop on a locked DB, full disk, or a hung fsync).
-    pub fn write_started(&self) -> WriteGuard<'_> {
+    pub(crate) fn write_started(&self) -> WriteGuard<'_> {
         self.writes.start()
     }
 
     /// Called by the daemon's reader loop on every turn.
-    pub fn reader_alive(&self) {
+    pub(crate) fn reader_alive(&self) {
         self.reader_heartbeat.touch();
     }
 
     /// `jsonl_shipper_oldest_unshipped_age_seconds`: how long the oldest byte the agent has
     /// seen but not yet made durable has waited (zero when caught up).
-    pub fn oldest_unshipped_age(&self) -> Duration {
+    pub(crate) fn oldest_unshipped_age(&self) -> Duration {
         let unread = self.oldest_unread.age().unwrap_or_default();
         unread.max(self.oldest_pending.age().unwrap_or_default())
     }
 
     /// Records a successful run-DB commit that took `took`.
-    pub fn commit_succeeded(&self, took: Duration) {
+    pub(crate) fn commit_succeeded(&self, took: Duration) {
         self.commits.add(1);
         self.commit_seconds.observe(took);
         self.last_commit_unix_ms.set(unix_ms(SystemTime::now()));
@@ -188,7 +188,7 @@ impl Counters {
 
     /// `Ok` while the writers make progress or have nothing to do; otherwise a one-line reason.
     /// Unhealthy = some write has been pending, uncommitted, for longer than `unhealthy_after`.
-    pub fn health(&self, unhealthy_after: Duration) -> Result<(), String> {
+    pub(crate) fn health(&self, unhealthy_after: Duration) -> Result<(), String> {
         // The daemon's reader loop turns at least every rescan interval, even when held up.
         if let Some(stuck) = self.reader_heartbeat.age().filter(|age| *age > unhealthy_after) {
             return Err(format!(
@@ -222,27 +222,27 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// Upper bounds (seconds) of the commit-time histogram: 1 ms (page cache, `synchronous =
 /// normal`) to 30 s (a saturated disk), dense around the usual fsync costs.
-pub const COMMIT_BUCKETS: [f64; 14] =
+pub(crate) const COMMIT_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// A fixed-bucket histogram of durations: one atomic per bucket, no lock, so writers can
 /// observe every commit for free.
 #[derive(Debug, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Per-bucket (not cumulative) counts; the last one is `+Inf`.
     buckets: [AtomicU64; COMMIT_BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
 impl Histogram {
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = COMMIT_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(COMMIT_BUCKETS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> HistogramSnapshot {
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             counts: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
             sum_micros: self.sum_micros.load(Ordering::Relaxed),
@@ -252,18 +252,18 @@ impl Histogram {
 
 /// The counts of a [`Histogram`] at one moment; subtract two to get a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HistogramSnapshot {
+pub(crate) struct HistogramSnapshot {
     pub counts: [u64; COMMIT_BUCKETS.len() + 1],
     pub sum_micros: u64,
 }
 
 impl HistogramSnapshot {
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
 
     /// What happened between `earlier` and `self`.
-    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+    pub(crate) fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
         HistogramSnapshot {
             counts: std::array::from_fn(|i| self.counts[i].saturating_sub(earlier.counts[i])),
             sum_micros: self.sum_micros.saturating_sub(earlier.sum_micros),
@@ -273,7 +273,7 @@ impl HistogramSnapshot {
     /// The `q` quantile in seconds, interpolated linearly inside its bucket the way
     /// Prometheus' `histogram_quantile` does (observations past the last bound count as the
     /// last bound). None without observations.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.count();
         if total == 0 {
             return None;
@@ -334,7 +334,7 @@ impl InFlight {
 
 /// A write in progress; dropping it (commit done, or the writer unwinding) frees its slot.
 #[must_use = "the write counts as pending only while the guard lives"]
-pub struct WriteGuard<'a> {
+pub(crate) struct WriteGuard<'a> {
     slot: Option<&'a AtomicU64>,
 }
 
@@ -348,11 +348,11 @@ impl Drop for WriteGuard<'_> {
 
 /// The Prometheus view of [`Counters`]: read at scrape time, never updated itself.
 #[derive(Debug)]
-pub struct Exposition(pub std::sync::Arc<Counters>);
+pub(crate) struct Exposition(pub std::sync::Arc<Counters>);
 
 impl Exposition {
     /// A registry whose only collector is this one, for the exporter to encode on each scrape.
-    pub fn registry(counters: std::sync::Arc<Counters>) -> Registry {
+    pub(crate) fn registry(counters: std::sync::Arc<Counters>) -> Registry {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Exposition(counters)));
         registry

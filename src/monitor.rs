@@ -24,19 +24,20 @@ use crate::systemd;
 /// Window of the slow-commit p95.
 const SLOW_WINDOW: Duration = Duration::from_secs(60);
 /// One slow-commit warning per this long at most: a slow disk stays slow for a while.
-pub const SLOW_WARN_EVERY: Duration = Duration::from_secs(10 * 60);
+pub(crate) const SLOW_WARN_EVERY: Duration = Duration::from_secs(10 * 60);
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_secs(1);
 
 /// The monitor thread and, with `metrics.listen`, the HTTP endpoint. Dropping it stops both.
-pub struct Ops {
-    pub exporter: Option<Exporter>,
+pub(crate) struct Ops {
+    /// Held for its `Drop`: the endpoint stops with the monitor.
+    _exporter: Option<Exporter>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Ops {
-    pub fn start(config: &Arc<Config>, counters: Arc<Counters>) -> anyhow::Result<Ops> {
+    pub(crate) fn start(config: &Arc<Config>, counters: Arc<Counters>) -> anyhow::Result<Ops> {
         let exporter = match config.metrics.listen {
             Some(listen) => {
                 Some(Exporter::start(listen, counters.clone(), config.metrics.unhealthy_after)?)
@@ -48,7 +49,7 @@ impl Ops {
         let thread = std::thread::Builder::new()
             .name("monitor".into())
             .spawn(move || monitor.run(&stopped))?;
-        Ok(Ops { exporter, stop: Some(stop), thread: Some(thread) })
+        Ok(Ops { _exporter: exporter, stop: Some(stop), thread: Some(thread) })
     }
 }
 

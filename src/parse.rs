@@ -15,14 +15,14 @@ use crate::config::Mapping;
 
 /// Longest run_id accepted. File names stay short through hashing, but a megabyte run_id is
 /// not an id; it is better dead-lettered where an operator sees it.
-pub const MAX_RUN_ID_BYTES: usize = 4096;
+pub(crate) const MAX_RUN_ID_BYTES: usize = 4096;
 
 /// SQLite's JSON_MAX_DEPTH: deeper documents are rejected by json_extract() and friends.
-pub const MAX_JSON_DEPTH: usize = 1000;
+pub(crate) const MAX_JSON_DEPTH: usize = 1000;
 
 /// Why a line went to the dead-letter queue (the contract's closed set of reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DeadReason {
+pub(crate) enum DeadReason {
     InvalidJson,
     NotObject,
     MissingRunId,
@@ -33,7 +33,7 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 7] = [
+    pub(crate) const ALL: [DeadReason; 7] = [
         DeadReason::InvalidJson,
         DeadReason::NotObject,
         DeadReason::MissingRunId,
@@ -43,7 +43,7 @@ impl DeadReason {
         DeadReason::WriteFailed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeadReason::InvalidJson => "invalid_json",
             DeadReason::NotObject => "not_object",
@@ -55,7 +55,7 @@ impl DeadReason {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<DeadReason> {
+    pub(crate) fn from_name(name: &str) -> Option<DeadReason> {
         DeadReason::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
@@ -68,7 +68,7 @@ impl fmt::Display for DeadReason {
 
 /// A scalar as stored in an SQLite column.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Null,
     Int(i64),
     Real(f64),
@@ -77,14 +77,14 @@ pub enum Scalar<'a> {
 
 /// Whether a record describes the run or is an event of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Event,
     Run,
 }
 
 /// A valid record, borrowing from its line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Parsed<'a> {
+pub(crate) struct Parsed<'a> {
     pub run_id: Cow<'a, str>,
     pub kind: Kind,
     /// The producer's idempotency key, canonicalised (an integer and its decimal string agree).
@@ -95,7 +95,7 @@ pub struct Parsed<'a> {
 
 /// The outcome for one line.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome<'a> {
+pub(crate) enum Outcome<'a> {
     Record(Parsed<'a>),
     /// Empty or whitespace-only: counted, not stored, not dead-lettered.
     Blank,
@@ -103,7 +103,7 @@ pub enum Outcome<'a> {
 }
 
 /// Parses one line (without its newline).
-pub fn parse_line<'a>(line: &'a [u8], mapping: &Mapping) -> Outcome<'a> {
+pub(crate) fn parse_line<'a>(line: &'a [u8], mapping: &Mapping) -> Outcome<'a> {
     let text = match std::str::from_utf8(line) {
         Ok(text) => text,
         Err(e) => {
@@ -189,7 +189,7 @@ pub fn parse_line<'a>(line: &'a [u8], mapping: &Mapping) -> Outcome<'a> {
 /// SQLite never considers a BLOB equal to TEXT, so it cannot collide with any producer
 /// `event_id` (always TEXT); line numbers first keep one file's keys ascending, which keeps
 /// the primary-key index append-mostly.
-pub fn line_key(line_no: u64, digest: &[u8; 32]) -> [u8; 24] {
+pub(crate) fn line_key(line_no: u64, digest: &[u8; 32]) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..8].copy_from_slice(&line_no.to_be_bytes());
     key[8..].copy_from_slice(&digest[..16]);
@@ -197,20 +197,20 @@ pub fn line_key(line_no: u64, digest: &[u8; 32]) -> [u8; 24] {
 }
 
 /// SHA-256 of a line's bytes (without newline).
-pub fn digest(line: &[u8]) -> [u8; 32] {
+pub(crate) fn digest(line: &[u8]) -> [u8; 32] {
     Sha256::digest(line).into()
 }
 
 /// Orders records of the same run or event across files: the `YYYYMMDD` in the file name
 /// (producers write daily files), then the line number. Pure so that every reader of every
 /// copy of a file computes the same order.
-pub fn stream_pos(file_day: u32, line_no: u64) -> i64 {
+pub(crate) fn stream_pos(file_day: u32, line_no: u64) -> i64 {
     (file_day as i64) * 10_000_000_000 + (line_no.min(9_999_999_999) as i64)
 }
 
 /// The last `YYYYMMDD` (eight digits, plausible date, not part of a longer number) in a file
 /// name, or 0 when there is none.
-pub fn file_day(file_name: &str) -> u32 {
+pub(crate) fn file_day(file_name: &str) -> u32 {
     let bytes = file_name.as_bytes();
     let mut best = 0;
     let mut i = 0;
@@ -284,7 +284,7 @@ fn cut(s: &str, max: usize) -> &str {
 
 /// The largest char boundary of `s` at or below `index` (`str::floor_char_boundary` is newer
 /// than our MSRV).
-pub fn floor_char_boundary(s: &str, index: usize) -> usize {
+pub(crate) fn floor_char_boundary(s: &str, index: usize) -> usize {
     let mut end = index.min(s.len());
     while !s.is_char_boundary(end) {
         end -= 1;

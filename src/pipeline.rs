@@ -38,7 +38,7 @@ const WRITER_INBOX: usize = 4;
 
 /// How the writers batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Latency matters: flush after `batch_max_delay`.
     Daemon,
     /// Throughput matters: flush by size only.
@@ -47,7 +47,7 @@ pub enum Mode {
 
 /// A running pipeline. Dropping the routers it hands out and calling [`Pipeline::finish`]
 /// drains it.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     config: Arc<Config>,
     mode: Mode,
     counters: Arc<Counters>,
@@ -62,7 +62,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Opens the state DB, recovers the DLQ and starts the writer and state threads.
-    pub fn start(config: Arc<Config>, mode: Mode, counters: Arc<Counters>) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        config: Arc<Config>,
+        mode: Mode,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<Self> {
         let state_path = &config.output.state_db;
         let db = StateDb::open(state_path, &config.sqlite)
             .with_context(|| format!("opening state DB {}", state_path.display()))?;
@@ -132,13 +136,9 @@ impl Pipeline {
         })
     }
 
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
-    }
-
     /// A router for one reader thread. The daemon's never blocks on a full channel (see
     /// [`Router::unstall`]); backfill's simply waits.
-    pub fn router(&self) -> Router {
+    pub(crate) fn router(&self) -> Router {
         Router::new(
             self.config.mapping.clone(),
             self.config.dlq.max_raw_bytes,
@@ -150,7 +150,7 @@ impl Pipeline {
     }
 
     /// Opens source files at their resume points for one reader thread.
-    pub fn opener(&self) -> Opener {
+    pub(crate) fn opener(&self) -> Opener {
         Opener::new(
             self.checkpoints.clone(),
             self.state_tx.clone(),
@@ -161,7 +161,7 @@ impl Pipeline {
     }
 
     /// Drains: closes the channels in flow order and joins every thread.
-    pub fn finish(self) -> anyhow::Result<()> {
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
         drop(self.writer_txs);
         drop(self.state_tx);
         for writer in self.writers {

@@ -33,14 +33,14 @@ const SPAN_MAX_RECORDS: usize = 4096;
 
 /// Which writer shard owns a run. Stable within a process, which is all it needs: shards only
 /// split work, the run DB file name does not depend on them.
-pub fn shard_of(run_id: &str, n_shards: usize) -> usize {
+pub(crate) fn shard_of(run_id: &str, n_shards: usize) -> usize {
     let mut h = DefaultHasher::new();
     run_id.hash(&mut h);
     (h.finish() % n_shards as u64) as usize
 }
 
 /// Per-reader routing state: turns lines of one file at a time into sealed spans.
-pub struct Router {
+pub(crate) struct Router {
     mapping: Mapping,
     max_raw_bytes: usize,
     writers: Vec<Sender<Batch>>,
@@ -61,7 +61,7 @@ enum Stalled {
 
 /// Tells the reader loop why routing stopped.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Routed {
+pub(crate) enum Routed {
     /// No complete line is available right now.
     Drained,
     /// A channel closed: the pipeline is shutting down.
@@ -79,7 +79,7 @@ enum Sealed {
 }
 
 impl Router {
-    pub fn new(
+    pub(crate) fn new(
         mapping: Mapping,
         max_raw_bytes: usize,
         writers: Vec<Sender<Batch>>,
@@ -101,7 +101,7 @@ impl Router {
     /// Hands the stalled messages on, in order, waiting up to `wait` for room (a zero wait only
     /// tries; `Duration::MAX` waits as long as it takes). Ok(true) once none is left; Err if a
     /// channel closed.
-    pub fn unstall(&mut self, wait: Duration) -> Result<bool, Closed> {
+    pub(crate) fn unstall(&mut self, wait: Duration) -> Result<bool, Closed> {
         let deadline = Instant::now().checked_add(wait);
         while let Some(msg) = self.stalled.pop_front() {
             let left =
@@ -125,13 +125,14 @@ impl Router {
     }
 
     /// Whether sealed messages are waiting for room (see [`Routed::Blocked`]).
-    pub fn is_stalled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_stalled(&self) -> bool {
         !self.stalled.is_empty()
     }
 
     /// Routes every complete line `reader` has now. With `finished`, also the unterminated tail
     /// of the stream (the file is known to be complete). `stop` is polled between spans.
-    pub fn route<R: Read>(
+    pub(crate) fn route<R: Read>(
         &mut self,
         file: &Arc<FileEntry>,
         handle: &File,
@@ -291,7 +292,7 @@ impl Router {
 
 /// A channel of the pipeline closed: it is shutting down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closed;
+pub(crate) struct Closed;
 
 struct Pending {
     batches: Vec<Option<BatchBuilder>>,

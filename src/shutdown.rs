@@ -16,7 +16,7 @@ use signal_hook::iterator::{Handle, Signals as SignalIter};
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     Shutdown,
     Reload,
 }
@@ -25,7 +25,7 @@ pub enum Signal {
 const FORCED_EXIT: i32 = 130;
 
 /// The installed handlers; dropping it stops the forwarding thread.
-pub struct Signals {
+pub(crate) struct Signals {
     pub rx: Receiver<Signal>,
     /// Set once a shutdown was requested (also read by readers between spans).
     pub stopping: Arc<AtomicBool>,
@@ -35,7 +35,7 @@ pub struct Signals {
 
 impl Signals {
     /// Installs handlers for SIGTERM, SIGINT and SIGHUP.
-    pub fn install() -> std::io::Result<Signals> {
+    pub(crate) fn install() -> std::io::Result<Signals> {
         let stopping = Arc::new(AtomicBool::new(false));
         for sig in [SIGTERM, SIGINT] {
             // Runs before `stopping` is set by the forwarder, so it fires on the second signal.
@@ -63,7 +63,7 @@ impl Signals {
         Ok(Signals { rx, stopping, handle, thread: Some(thread) })
     }
 
-    pub fn is_stopping(&self) -> bool {
+    pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
 }

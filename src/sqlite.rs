@@ -17,7 +17,7 @@ use crate::config::SqliteConfig;
 
 /// Creates `path` with mode 0640 if it does not exist, so SQLite (which copies the DB file's
 /// mode to its `-wal` and `-shm`) never creates world-readable files whatever the umask.
-pub fn create_private_file(path: &Path) -> io::Result<()> {
+pub(crate) fn create_private_file(path: &Path) -> io::Result<()> {
     match OpenOptions::new().write(true).create_new(true).mode(0o640).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -26,7 +26,7 @@ pub fn create_private_file(path: &Path) -> io::Result<()> {
 }
 
 /// The pragmas every connection of ours gets, from `[sqlite]`.
-pub fn apply_pragmas(conn: &Connection, sqlite: &SqliteConfig) -> rusqlite::Result<()> {
+pub(crate) fn apply_pragmas(conn: &Connection, sqlite: &SqliteConfig) -> rusqlite::Result<()> {
     conn.busy_timeout(sqlite.busy_timeout)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -49,7 +49,7 @@ pub fn apply_pragmas(conn: &Connection, sqlite: &SqliteConfig) -> rusqlite::Resu
 
 /// Brings a DB to the newest schema, in one transaction, idempotently (cargo's scheme:
 /// `user_version` counts the migrations applied).
-pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
+pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version as usize >= migrations.len() {
         return Ok(());
@@ -66,7 +66,7 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<(
 
 /// What `PRAGMA wal_checkpoint` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalCheckpoint {
+pub(crate) struct WalCheckpoint {
     /// Another connection kept it from completing (a reader or writer; for PASSIVE, also
     /// another checkpoint running).
     pub busy: bool,
@@ -77,7 +77,7 @@ pub struct WalCheckpoint {
 }
 
 /// Runs `PRAGMA wal_checkpoint(mode)`: `PASSIVE`, `FULL`, `RESTART` or `TRUNCATE`.
-pub fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<WalCheckpoint> {
+pub(crate) fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<WalCheckpoint> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
         Ok(WalCheckpoint {
             busy: r.get::<_, i64>(0)? != 0,
@@ -98,7 +98,7 @@ pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
 /// Moves a corrupt DB to `<name>.corrupt-<unix seconds>` (never deletes it), with its `-wal`
 /// (which must not be replayed into the fresh DB) and `-shm`. Returns the new path of the DB
 /// file; the caller logs, since only it knows what takes the DB's place.
-pub fn quarantine(path: &Path) -> io::Result<std::path::PathBuf> {
+pub(crate) fn quarantine(path: &Path) -> io::Result<std::path::PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -136,6 +136,6 @@ pub fn quarantine(path: &Path) -> io::Result<std::path::PathBuf> {
 }
 
 /// Now, in milliseconds since the epoch: the timestamps our DBs store.
-pub fn unix_millis() -> i64 {
+pub(crate) fn unix_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

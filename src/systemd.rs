@@ -18,33 +18,33 @@ fn notify(states: &[NotifyState]) {
 }
 
 /// State loaded, sources discovered: systemd may consider the unit started.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// SIGHUP received; [`ready`] follows once the reload is done.
-pub fn reloading() {
+pub(crate) fn reloading() {
     notify(&[NotifyState::Reloading, NotifyState::Status("reloading configuration")]);
 }
 
 /// The graceful drain has started.
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("draining: committing buffered records")]);
 }
 
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     notify(&[NotifyState::Status(status)]);
 }
 
 /// Tells systemd the service is alive and making progress.
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     notify(&[NotifyState::Watchdog]);
 }
 
 /// `WatchdogSec=` of the unit, if set: `WATCHDOG_USEC`, unless `WATCHDOG_PID` names another
 /// process. Parsed here rather than with `sd_notify::watchdog_enabled`, which also rejects an
 /// absent `WATCHDOG_PID`; libsystemd's `sd_watchdog_enabled` accepts it, and so do we.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
@@ -55,7 +55,12 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 
 /// The one-line STATUS= text: what `systemctl status` shows under the unit.
-pub fn status_line(files: u64, lag_bytes: u64, events_per_sec: f64, dead_letters: u64) -> String {
+pub(crate) fn status_line(
+    files: u64,
+    lag_bytes: u64,
+    events_per_sec: f64,
+    dead_letters: u64,
+) -> String {
     format!(
         "{files} files, lag {}, {events_per_sec:.0} events/s, {dead_letters} dead letters",
         bytesize::ByteSize(lag_bytes).display().iec()

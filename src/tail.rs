@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
 use std::sync::Arc;
 
 use flate2::bufread::MultiGzDecoder;
@@ -29,7 +28,7 @@ const MIN_CHUNK: usize = 4 * 1024;
 
 /// One unit the reader hands out.
 #[derive(Debug, PartialEq)]
-pub enum Line<'a> {
+pub(crate) enum Line<'a> {
     /// A complete line, without its `\n` (a trailing `\r` is kept: it is JSON whitespace).
     Complete(LineMeta, &'a [u8]),
     /// A line longer than `max_line_bytes`: only `prefix` was kept; `digest` covers all of it.
@@ -38,7 +37,7 @@ pub enum Line<'a> {
 
 /// Where a line sits in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LineMeta {
+pub(crate) struct LineMeta {
     /// 0-based byte offset of the line start (in the decompressed stream for `.gz`).
     pub offset: u64,
     /// 1-based line number.
@@ -49,7 +48,7 @@ pub struct LineMeta {
 
 /// What is left of an over-long line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TooLong {
+pub(crate) struct TooLong {
     pub prefix: Vec<u8>,
     /// Length of the whole line without its newline.
     pub len: u64,
@@ -66,7 +65,7 @@ struct Skipping {
 }
 
 /// Splits a byte stream into lines. See the module docs for the guarantees.
-pub struct LineReader<R> {
+pub(crate) struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
     /// Unconsumed bytes are `buf[start..end]`; `buf[start]` is at stream offset `offset`.
@@ -87,7 +86,13 @@ pub struct LineReader<R> {
 
 impl<R: Read> LineReader<R> {
     /// A reader whose stream starts at `offset` with `line_no` lines already before it.
-    pub fn new(inner: R, offset: u64, line_no: u64, max_line: usize, max_prefix: usize) -> Self {
+    pub(crate) fn new(
+        inner: R,
+        offset: u64,
+        line_no: u64,
+        max_line: usize,
+        max_prefix: usize,
+    ) -> Self {
         LineReader {
             inner,
             buf: Vec::new(),
@@ -105,28 +110,28 @@ impl<R: Read> LineReader<R> {
     }
 
     /// Offset just past the last line handed out.
-    pub fn offset(&self) -> u64 {
+    pub(crate) fn offset(&self) -> u64 {
         self.offset
     }
 
     /// Number of lines handed out so far, including those before the start offset.
-    pub fn line_no(&self) -> u64 {
+    pub(crate) fn line_no(&self) -> u64 {
         self.line_no
     }
 
     /// True once the source returned end-of-file on the last read attempt.
-    pub fn at_eof(&self) -> bool {
+    pub(crate) fn at_eof(&self) -> bool {
         self.eof
     }
 
     /// Bytes read from the source but not yet handed out as a line (a partial line).
-    pub fn pending_bytes(&self) -> u64 {
+    pub(crate) fn pending_bytes(&self) -> u64 {
         (self.end - self.start) as u64 + self.skipping.as_ref().map_or(0, |s| s.len)
     }
 
     /// The next complete line, or `None` when the source has no complete line right now.
     /// A later call may return more (a live file grew); the partial tail stays buffered.
-    pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+    pub(crate) fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
         loop {
             let unscanned = &self.buf[self.start + self.scanned..self.end];
             if let Some(pos) = memchr::memchr(b'\n', unscanned) {
@@ -144,7 +149,7 @@ impl<R: Read> LineReader<R> {
 
     /// Hands out the unterminated bytes at the end of a finished stream, if any. Reads the
     /// source to its end first. Only for files known to be complete.
-    pub fn finish(&mut self) -> io::Result<Option<Line<'_>>> {
+    pub(crate) fn finish(&mut self) -> io::Result<Option<Line<'_>>> {
         while self.fill()? {
             if memchr::memchr(b'\n', &self.buf[self.start..self.end]).is_some() {
                 // More complete lines arrived; the caller should call next_line again.
@@ -262,20 +267,6 @@ impl<R: Read> LineReader<R> {
             }
         }
     }
-
-    /// Gives back the source, e.g. to check whether the file was truncated.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    /// Drops the buffer's capacity (for idle files kept open).
-    pub fn shrink(&mut self) {
-        if self.start == self.end {
-            self.buf = Vec::new();
-            self.start = 0;
-            self.end = 0;
-        }
-    }
 }
 
 fn finish_skip(skip: Skipping) -> TooLong {
@@ -283,7 +274,7 @@ fn finish_skip(skip: Skipping) -> TooLong {
 }
 
 /// A source: a plain file or a gzip stream, chosen by content (the magic bytes), not by name.
-pub enum Source {
+pub(crate) enum Source {
     Plain(Counted),
     Gzip(Box<MultiGzDecoder<BufReader<Counted>>>),
 }
@@ -299,7 +290,7 @@ impl Read for Source {
 
 /// A file that counts the bytes read from disk (compressed bytes for `.gz`), for progress.
 /// Shares its descriptor with the caller's handle, so a followed file costs one descriptor.
-pub struct Counted {
+pub(crate) struct Counted {
     file: Arc<File>,
     disk_bytes: Option<Arc<Counter>>,
 }
@@ -315,19 +306,22 @@ impl Read for Counted {
 }
 
 impl Source {
-    /// Opens `path` and positions it at decompressed `offset`. Gzip offsets are reached by
-    /// decompressing and discarding, so resuming a `.gz` costs a re-read of its prefix.
-    pub fn open(
-        path: &Path,
+    /// Opens `path` and positions it at decompressed `offset` (tests; the pipeline opens
+    /// through [`Source::from_file`]).
+    #[cfg(test)]
+    pub(crate) fn open(
+        path: &std::path::Path,
         offset: u64,
         disk_bytes: Option<Arc<Counter>>,
     ) -> io::Result<(Source, Arc<File>)> {
         Source::from_file(File::open(path)?, offset, disk_bytes)
     }
 
-    /// Like [`Source::open`] on a file the caller already opened (and identified): reading
-    /// through the same descriptor means a path replaced in between cannot be read instead.
-    pub fn from_file(
+    /// Positions a file the caller already opened (and identified) at decompressed `offset`:
+    /// reading through the same descriptor means a path replaced in between cannot be read
+    /// instead. Gzip offsets are reached by decompressing and discarding, so resuming a `.gz`
+    /// costs a re-read of its prefix.
+    pub(crate) fn from_file(
         file: File,
         offset: u64,
         disk_bytes: Option<Arc<Counter>>,
@@ -353,13 +347,14 @@ impl Source {
         }
     }
 
-    pub fn is_gzip(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_gzip(&self) -> bool {
         matches!(self, Source::Gzip(_))
     }
 }
 
 /// Whether `file` starts with the gzip magic bytes (read at 0, the file position is left alone).
-pub fn is_gzip(file: &File) -> io::Result<bool> {
+pub(crate) fn is_gzip(file: &File) -> io::Result<bool> {
     use std::os::unix::fs::FileExt;
     let mut magic = [0u8; 2];
     let mut n = 0;

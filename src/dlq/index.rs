@@ -38,7 +38,7 @@ pub(super) fn committed(state: &StateDb) -> rusqlite::Result<HashMap<String, u64
 
 /// Records a DLQ file (length 0) in its own committed transaction, before the file is
 /// created, so that `dlq::recover` knows every file this state DB's processes write.
-pub fn ensure_file(state: &mut StateDb, name: &str) -> rusqlite::Result<()> {
+pub(crate) fn ensure_file(state: &mut StateDb, name: &str) -> rusqlite::Result<()> {
     let tx = state.transaction()?;
     tx.prepare_cached("INSERT OR IGNORE INTO dlq_files (name, committed_len) VALUES (?1, 0)")?
         .execute([name])?;

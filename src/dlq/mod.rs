@@ -33,7 +33,7 @@
 //! forward before any append matters: the daemon must never append to the old file and then have
 //! a stale `new_len` cut its letters off.
 
-pub mod index;
+pub(crate) mod index;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -52,7 +52,7 @@ use crate::parse::DeadReason;
 
 /// The on-disk form (the contract's fields, in its order).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DlqLine {
+pub(crate) struct DlqLine {
     pub at: String,
     pub source: String,
     pub offset: u64,
@@ -64,19 +64,19 @@ pub struct DlqLine {
 }
 
 /// Name of the DLQ file for a moment: `dlq_YYYYMMDD.ndjson` (UTC).
-pub fn file_name_for(at: SystemTime) -> String {
+pub(crate) fn file_name_for(at: SystemTime) -> String {
     let stamp = humantime::format_rfc3339_seconds(at).to_string();
     format!("dlq_{}{}{}.ndjson", &stamp[0..4], &stamp[5..7], &stamp[8..10])
 }
 
 /// Holds the cross-process DLQ lock while it lives.
-pub struct DlqLock {
+pub(crate) struct DlqLock {
     file: File,
 }
 
 impl DlqLock {
     /// Takes the exclusive lock, waiting for other processes.
-    pub fn acquire(dir: &Path) -> io::Result<DlqLock> {
+    pub(crate) fn acquire(dir: &Path) -> io::Result<DlqLock> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -97,7 +97,7 @@ impl Drop for DlqLock {
 /// Appends dead letters per the protocol in the module docs. Call with the lock held and a
 /// state transaction open; the caller commits (together with the checkpoints) and then drops
 /// the lock. Returns how many were new, by reason.
-pub fn append(
+pub(crate) fn append(
     dir: &Path,
     tx: &Transaction<'_>,
     letters: &[(DeadLetter, Arc<Span>)],
@@ -165,7 +165,7 @@ pub fn append(
 /// DB was replaced, e.g. after it was found corrupt; `append` records a file before creating
 /// it, and retention forgets one only after deleting it): they are adopted as they are (see
 /// [`adopt`]), never cut to 0 by the next append. Returns the files cut: `(path, from, to)`.
-pub fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64)>> {
+pub(crate) fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64)>> {
     let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
     let rolled = roll_forward(dir, &tx)?;
     tx.commit().map_err(|e| state_error(state, e))?;
@@ -299,7 +299,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// under, which is also the identity its line has in a run DB. None when `raw` was cut, or
 /// when it holds U+FFFD that may stand for invalid bytes and the state DB does not know the
 /// key (the line cannot be reproduced, so it must stay in the DLQ).
-pub fn faithful_key(letter: &DlqLine, state: &StateDb) -> io::Result<Option<[u8; 24]>> {
+pub(crate) fn faithful_key(letter: &DlqLine, state: &StateDb) -> io::Result<Option<[u8; 24]>> {
     if letter.raw.len() as u64 != letter.raw_len {
         return Ok(None);
     }
@@ -314,14 +314,14 @@ pub fn faithful_key(letter: &DlqLine, state: &StateDb) -> io::Result<Option<[u8;
 
 /// What [`remove_letters`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Removed {
+pub(crate) struct Removed {
     pub letters: u64,
     pub files: Vec<String>,
 }
 
 /// Removes from the DLQ every letter whose key is in `keys`, by the rewrite protocol in the
 /// module docs. Call with the lock held; the letters must be durably shipped already.
-pub fn remove_letters(
+pub(crate) fn remove_letters(
     dir: &Path,
     state: &StateDb,
     keys: &HashSet<[u8; 24]>,
@@ -390,7 +390,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Deletes whole DLQ files (retention), under the lock, and forgets their committed lengths.
 /// Their keys stay recorded: those lines' fate was decided. Returns the bytes deleted.
-pub fn delete_files(dir: &Path, state: &StateDb, names: &[String]) -> io::Result<u64> {
+pub(crate) fn delete_files(dir: &Path, state: &StateDb, names: &[String]) -> io::Result<u64> {
     recover(dir, state)?;
     let mut bytes = 0;
     for name in names {
@@ -413,7 +413,7 @@ pub fn delete_files(dir: &Path, state: &StateDb, names: &[String]) -> io::Result
 }
 
 /// The DLQ files in `dir` with their sizes, oldest first.
-pub fn dlq_files(dir: &Path) -> io::Result<Vec<(String, u64)>> {
+pub(crate) fn dlq_files(dir: &Path) -> io::Result<Vec<(String, u64)>> {
     let mut files = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -433,7 +433,7 @@ pub fn dlq_files(dir: &Path) -> io::Result<Vec<(String, u64)>> {
 
 /// Reads every dead letter in `dir` (for `status` and `dlq list`), skipping lines that do not
 /// parse (there should be none).
-pub fn read_all(dir: &Path) -> io::Result<Vec<DlqLine>> {
+pub(crate) fn read_all(dir: &Path) -> io::Result<Vec<DlqLine>> {
     use std::io::BufRead;
     let mut out = Vec::new();
     for (name, _) in dlq_files(dir)? {

@@ -23,8 +23,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use open::{Opened, Opener};
-pub use watch::Watch;
+pub(crate) use open::{Opened, Opener};
+pub(crate) use watch::Watch;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ReadFrom};
@@ -45,12 +45,12 @@ const HELD_UP_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 const UNSTALL_WAIT: Duration = Duration::from_millis(100);
 
 /// Where the tailer reads the time: the system's, or a test's.
-pub trait Clock {
+pub(crate) trait Clock {
     fn now(&self) -> Instant;
 }
 
 /// The monotonic system clock.
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
@@ -202,7 +202,7 @@ struct Changed {
 }
 
 /// The daemon's reader: follows every file the globs match. See the module docs.
-pub struct Tailer<'a> {
+pub(crate) struct Tailer<'a> {
     opener: Opener,
     router: Router,
     config: &'a Config,
@@ -241,7 +241,7 @@ impl<'a> Tailer<'a> {
     /// A tailer that has opened nothing yet: call [`Tailer::rescan`] first. With
     /// `first_start`, `read_from = "end"` applies to the files the first scan finds (not to
     /// those found after a reload).
-    pub fn new(
+    pub(crate) fn new(
         opener: Opener,
         router: Router,
         config: &'a Config,
@@ -275,19 +275,23 @@ impl<'a> Tailer<'a> {
     }
 
     /// Files known: followed or parked.
-    pub fn files(&self) -> usize {
+    pub(crate) fn files(&self) -> usize {
         self.open.len() + self.parked.len()
     }
 
     /// An inotify event arrived: the next pass visits every open file.
-    pub fn woken(&mut self) {
+    pub(crate) fn woken(&mut self) {
         self.full_pass = true;
     }
 
     /// One turn of the daemon's loop: a read pass, then a rescan or the closing of inactive
     /// files when due. Returns how long the caller may wait (for a signal or an inotify
     /// wake-up, see [`Tailer::woken`]) before the next turn.
-    pub fn turn(&mut self, mut watch: Option<&mut Watch>, stop: &dyn Fn() -> bool) -> Duration {
+    pub(crate) fn turn(
+        &mut self,
+        mut watch: Option<&mut Watch>,
+        stop: &dyn Fn() -> bool,
+    ) -> Duration {
         let rescan_interval = self.config.sources.rescan_interval;
         let full = self.full_pass || watch.is_none();
         let blocked = self.read_all(stop, full);
@@ -336,7 +340,7 @@ impl<'a> Tailer<'a> {
 
     /// Finds files matching the globs: opens new ones, reopens parked ones that changed.
     /// Returns whether it opened any file.
-    pub fn rescan(&mut self, mut watch: Option<&mut Watch>) -> bool {
+    pub(crate) fn rescan(&mut self, mut watch: Option<&mut Watch>) -> bool {
         self.last_rescan = self.clock.now();
         if let Some(w) = watch.as_deref_mut() {
             w.clear_appended();
@@ -764,7 +768,7 @@ impl<'a> Tailer<'a> {
 
     /// Hands on what a held-up pipeline left in the router, waiting as long as it takes (the
     /// drain at shutdown or reload must not drop data that was already read).
-    pub fn flush_stalled(&mut self) {
+    pub(crate) fn flush_stalled(&mut self) {
         while let Ok(false) = self.router.unstall(Duration::from_secs(1)) {}
     }
 

@@ -28,7 +28,7 @@ enum Start {
 }
 
 /// A source file opened at its resume point.
-pub struct Opened {
+pub(crate) struct Opened {
     pub file: Arc<FileEntry>,
     pub reader: LineReader<Source>,
     /// Where reading starts (the checkpoint, or 0).
@@ -39,7 +39,7 @@ pub struct Opened {
 
 /// Opens files at their resume points. Cheap to clone: one per reader thread.
 #[derive(Clone)]
-pub struct Opener {
+pub(crate) struct Opener {
     /// The checkpoints saved when the pipeline started.
     checkpoints: Arc<HashMap<FileId, Checkpoint>>,
     state: Sender<StateMsg>,
@@ -50,7 +50,7 @@ pub struct Opener {
 }
 
 impl Opener {
-    pub fn new(
+    pub(crate) fn new(
         checkpoints: Arc<HashMap<FileId, Checkpoint>>,
         state: Sender<StateMsg>,
         max_line_bytes: usize,
@@ -61,31 +61,35 @@ impl Opener {
     }
 
     /// The checkpoint saved for a file identity when the pipeline started.
-    pub fn checkpoint(&self, key: FileId) -> Option<&Checkpoint> {
+    pub(crate) fn checkpoint(&self, key: FileId) -> Option<&Checkpoint> {
         self.checkpoints.get(&key)
     }
 
     /// Every checkpoint saved when the pipeline started.
-    pub fn checkpoints(&self) -> impl Iterator<Item = &Checkpoint> {
+    pub(crate) fn checkpoints(&self) -> impl Iterator<Item = &Checkpoint> {
         self.checkpoints.values()
     }
 
     /// Opens `path` at its checkpoint (or at 0, or at the end of its last complete line with
     /// `from_end`), and registers it with the state thread. None if the file vanished.
-    pub fn open(&self, path: &Path, from_end: bool) -> anyhow::Result<Option<Opened>> {
+    pub(crate) fn open(&self, path: &Path, from_end: bool) -> anyhow::Result<Option<Opened>> {
         self.open_with(path, if from_end { Start::End } else { Start::Checkpoint })
     }
 
     /// Reads an open file again from 0 whatever its checkpoint says (it was truncated or
     /// rewritten under us), through `file`, a descriptor of it: its name may be gone already
     /// (rotated away or deleted), its content is still to be read.
-    pub fn open_from_start(&self, file: File, path: &Path) -> anyhow::Result<Option<Opened>> {
+    pub(crate) fn open_from_start(
+        &self,
+        file: File,
+        path: &Path,
+    ) -> anyhow::Result<Option<Opened>> {
         self.open_file(file, path, Start::Zero).map(Some)
     }
 
     /// Reopens a file this process already read up to `offset` (it was closed while idle).
     /// Falls back to the saved checkpoint if `path` is now another file, and to 0 if it shrank.
-    pub fn reopen(
+    pub(crate) fn reopen(
         &self,
         path: &Path,
         known_as: &Path,

@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, Receiver};
 use notify::Watcher;
 
 /// The inotify watcher, the directories it watches and what its events said since last asked.
-pub struct Watch {
+pub(crate) struct Watch {
     watcher: notify::RecommendedWatcher,
     dirs: Vec<PathBuf>,
     /// One pending wake-up (coalesced): the reader looks at every file anyway.
@@ -21,7 +21,7 @@ pub struct Watch {
 
 impl Watch {
     /// None (with a WARN) where inotify is unavailable: the daemon then relies on rescans.
-    pub fn start() -> Option<Watch> {
+    pub(crate) fn start() -> Option<Watch> {
         let (wake_tx, wake) = bounded::<()>(1);
         // Starts true: the first turn rescans at once.
         let structural = Arc::new(AtomicBool::new(true));
@@ -53,7 +53,7 @@ impl Watch {
     }
 
     /// Watches `dir` (not recursively) if it exists and is not watched yet.
-    pub fn watch(&mut self, dir: PathBuf) {
+    pub(crate) fn watch(&mut self, dir: PathBuf) {
         if !self.dirs.contains(&dir)
             && dir.is_dir()
             && self.watcher.watch(&dir, notify::RecursiveMode::NonRecursive).is_ok()
@@ -63,21 +63,21 @@ impl Watch {
     }
 
     /// A name changed since the last [`Watch::take_structural`].
-    pub fn structural(&self) -> bool {
+    pub(crate) fn structural(&self) -> bool {
         self.structural.load(Ordering::Relaxed)
     }
 
     /// Whether a name changed, clearing the flag.
-    pub fn take_structural(&self) -> bool {
+    pub(crate) fn take_structural(&self) -> bool {
         self.structural.swap(false, Ordering::Relaxed)
     }
 
     /// A file was appended to since the last rescan.
-    pub fn appended(&self) -> bool {
+    pub(crate) fn appended(&self) -> bool {
         self.appended.load(Ordering::Relaxed)
     }
 
-    pub fn clear_appended(&self) {
+    pub(crate) fn clear_appended(&self) {
         self.appended.store(false, Ordering::Relaxed);
     }
 }

@@ -6,8 +6,8 @@
 //! `retention.check_interval`, passing the run DB paths the writers have open as `busy`, and add
 //! [`Report::deleted`] to `jsonl_shipper_retention_deleted_total`.
 
-pub mod replay;
-pub mod retention;
+pub(crate) mod replay;
+pub(crate) mod retention;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use crate::sink::run_db;
 
 /// What [`run_once`] does besides retention.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Options {
+pub(crate) struct Options {
     /// `wal_checkpoint(TRUNCATE)` and `PRAGMA optimize` on every run DB not in `busy`.
     pub checkpoint: bool,
     /// VACUUM every run DB not in `busy` (rewrites each file: slow, needs free space).
@@ -31,19 +31,19 @@ pub struct Options {
 impl Options {
     /// Retention only: what a daemon loop runs every `check_interval` (its writers checkpoint
     /// their own DBs).
-    pub fn periodic() -> Options {
+    pub(crate) fn periodic() -> Options {
         Options::default()
     }
 
     /// Everything, as `jsonl-shipper maintain` does.
-    pub fn full(vacuum: bool) -> Options {
+    pub(crate) fn full(vacuum: bool) -> Options {
         Options { checkpoint: true, vacuum }
     }
 }
 
 /// What [`run_once`] did.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub retention: retention::Applied,
     /// Run DBs checkpointed and optimized (and vacuumed with `vacuum`).
     pub maintained: u64,
@@ -56,7 +56,7 @@ pub struct Report {
 
 impl Report {
     /// Files deleted by retention (run DBs, DLQ files, sources).
-    pub fn deleted(&self) -> u64 {
+    pub(crate) fn deleted(&self) -> u64 {
         self.retention.deleted()
     }
 }
@@ -66,7 +66,7 @@ impl Report {
 /// written by the caller's process; they are neither deleted nor checkpointed. Errors are only
 /// returned for what stops the whole round (the state DB cannot be opened, a directory cannot
 /// be listed); a single file that cannot be handled is logged and reported.
-pub fn run_once(
+pub(crate) fn run_once(
     config: &Config,
     busy: &HashSet<PathBuf>,
     options: Options,
@@ -107,11 +107,6 @@ pub fn run_once(
         }
     }
     Ok(report)
-}
-
-/// The path of a run's DB, as `busy` expects it.
-pub fn run_db_path(config: &Config, run_id: &str) -> PathBuf {
-    config.output.dir.join(crate::sink::run_path::db_file_name(run_id))
 }
 
 fn maintain_db(path: &Path, config: &Config, options: Options) -> rusqlite::Result<()> {

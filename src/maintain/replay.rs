@@ -27,7 +27,7 @@ type BySource = BTreeMap<String, (BatchBuilder, Vec<[u8; 24]>)>;
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     /// Letters matching the reason filter.
     pub considered: u64,
     /// Shipped into run DBs and removed from the DLQ.
@@ -41,7 +41,7 @@ pub struct ReplayReport {
 }
 
 /// Replays the DLQ (only letters with `reason`, if given). See the module docs.
-pub fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Result<ReplayReport> {
+pub(crate) fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Result<ReplayReport> {
     let dir = &config.dlq.dir;
     let state_path = &config.output.state_db;
     let state = StateDb::open(state_path, &config.sqlite)

@@ -24,7 +24,7 @@ use crate::identity::FileId;
 
 /// A run DB as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunDb {
+pub(crate) struct RunDb {
     /// `<output.dir>/<name>.sqlite`.
     pub path: PathBuf,
     /// The DB, its `-wal` and `-shm` together.
@@ -35,14 +35,14 @@ pub struct RunDb {
 
 /// A DLQ file (`dlq_YYYYMMDD.ndjson`); names sort oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DlqFile {
+pub(crate) struct DlqFile {
     pub name: String,
     pub bytes: u64,
 }
 
 /// A source file matching the configured globs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceFile {
+pub(crate) struct SourceFile {
     pub path: PathBuf,
     pub bytes: u64,
     pub modified: SystemTime,
@@ -53,7 +53,7 @@ pub struct SourceFile {
 
 /// A snapshot of everything retention decides about.
 #[derive(Debug, Clone, Default)]
-pub struct Inputs {
+pub(crate) struct Inputs {
     pub runs: Vec<RunDb>,
     pub dlq: Vec<DlqFile>,
     pub sources: Vec<SourceFile>,
@@ -63,7 +63,7 @@ pub struct Inputs {
 
 /// The limits (`None` = off).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub max_age: Option<Duration>,
     pub max_total_size: Option<u64>,
     pub dlq_max_total_size: Option<u64>,
@@ -71,7 +71,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(config: &Config) -> Policy {
+    pub(crate) fn from_config(config: &Config) -> Policy {
         Policy {
             max_age: config.retention.max_age,
             max_total_size: config.retention.max_total_size,
@@ -83,21 +83,22 @@ impl Policy {
 
 /// Why a run DB is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
+pub(crate) enum Why {
     MaxAge,
     MaxTotalSize,
 }
 
 /// What to delete, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetentionPlan {
+pub(crate) struct RetentionPlan {
     pub runs: Vec<(RunDb, Why)>,
     pub dlq: Vec<DlqFile>,
     pub sources: Vec<SourceFile>,
 }
 
+#[cfg(test)]
 impl RetentionPlan {
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.runs.is_empty() && self.dlq.is_empty() && self.sources.is_empty()
     }
 }
@@ -108,7 +109,7 @@ fn age(t: SystemTime, now: SystemTime) -> Duration {
 }
 
 /// Decides what to delete. Pure: no IO, no clock.
-pub fn plan(inputs: &Inputs, policy: &Policy, now: SystemTime) -> RetentionPlan {
+pub(crate) fn plan(inputs: &Inputs, policy: &Policy, now: SystemTime) -> RetentionPlan {
     let mut out = RetentionPlan::default();
 
     let mut runs: Vec<&RunDb> = inputs.runs.iter().collect();
@@ -179,7 +180,7 @@ pub fn plan(inputs: &Inputs, policy: &Policy, now: SystemTime) -> RetentionPlan 
 
 /// Reads the snapshot [`plan`] needs: run DBs in `output.dir`, DLQ files, the configured
 /// sources with their checkpoints (when `state` is given).
-pub fn gather(
+pub(crate) fn gather(
     config: &Config,
     state: Option<&StateDb>,
     busy: &HashSet<PathBuf>,
@@ -258,7 +259,7 @@ fn stat(path: &Path) -> anyhow::Result<Option<std::fs::Metadata>> {
 }
 
 /// `X.sqlite` + `-wal` = `X.sqlite-wal`.
-pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -266,7 +267,7 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// What [`apply`] deleted (and what it could not).
 #[derive(Debug, Default, Clone)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub runs: Vec<PathBuf>,
     pub dlq: Vec<String>,
     pub sources: Vec<PathBuf>,
@@ -277,7 +278,7 @@ pub struct Applied {
 
 impl Applied {
     /// Files deleted: what `jsonl_shipper_retention_deleted_total` counts.
-    pub fn deleted(&self) -> u64 {
+    pub(crate) fn deleted(&self) -> u64 {
         (self.runs.len() + self.dlq.len() + self.sources.len()) as u64
     }
 }
@@ -285,7 +286,7 @@ impl Applied {
 /// Carries out a plan. Each deletion is logged; one that cannot be done is skipped and
 /// reported, never fatal (the next round tries again). DLQ files are deleted under the DLQ lock
 /// and need the state DB.
-pub fn apply(plan: &RetentionPlan, config: &Config, state: Option<&StateDb>) -> Applied {
+pub(crate) fn apply(plan: &RetentionPlan, config: &Config, state: Option<&StateDb>) -> Applied {
     let mut out = Applied::default();
     for (run, why) in &plan.runs {
         match delete_run_db(run) {

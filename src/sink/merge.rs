@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 /// RFC 7396 JSON merge patch (what SQLite's json_patch does): objects merge recursively, null deletes the key, anything else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(patch) => merge_object(target, patch, None),
         _ => *target = patch.clone(),
@@ -20,7 +20,7 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 ///
 /// A record that is not an object is ignored: `state` must stay an object (`runs.data` is one),
 /// and callers only pass objects (non-objects are dead-lettered as `not_object` upstream).
-pub fn fold_run_record(state: &mut Value, record: &Value, status_key: &str) {
+pub(crate) fn fold_run_record(state: &mut Value, record: &Value, status_key: &str) {
     let Value::Object(record) = record else {
         return;
     };

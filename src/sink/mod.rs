@@ -13,9 +13,9 @@
 //! run-DB connections), `wal` (WAL checkpoints of its DBs, on the `checkpoint-N` thread and
 //! inline), `run_db` (one run DB: schema and writes), `run_path` and `merge` (pure helpers).
 
-pub mod merge;
-pub mod run_db;
-pub mod run_path;
+pub(crate) mod merge;
+pub(crate) mod run_db;
+pub(crate) mod run_path;
 mod pool;
 mod wal;
 mod writer;
@@ -33,7 +33,7 @@ use crate::metrics::Counters;
 
 /// When writers checkpoint their databases' WALs.
 #[derive(Debug, Clone, Copy)]
-pub struct Maintenance {
+pub(crate) struct Maintenance {
     /// `sqlite.checkpoint_interval`: how often open DBs are checkpointed.
     pub interval: Duration,
     /// `output.idle_close_after`: DBs not written for this long are checkpointed (TRUNCATE)
@@ -43,7 +43,7 @@ pub struct Maintenance {
 
 /// What a writer needs to know; shared by all writers.
 #[derive(Debug, Clone)]
-pub struct WriterConfig {
+pub(crate) struct WriterConfig {
     pub output_dir: PathBuf,
     pub sqlite: SqliteConfig,
     pub mapping: Mapping,
@@ -59,7 +59,7 @@ pub struct WriterConfig {
 }
 
 /// Starts writer thread `shard`.
-pub fn spawn(
+pub(crate) fn spawn(
     shard: usize,
     config: Arc<WriterConfig>,
     inbox: Receiver<Batch>,

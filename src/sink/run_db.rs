@@ -20,10 +20,11 @@ use crate::parse::Kind;
 use crate::sink::merge::fold_run_record;
 use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate, quarantine};
 
-pub const SCHEMA_VERSION: i64 = 1;
+#[cfg(test)]
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 
 /// Migrations by version; entry N brings a DB from version N to N+1. Never edit or remove one.
-pub const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 0 → 1
     "CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,
@@ -63,7 +64,7 @@ pub const MIGRATIONS: &[&str] = &[
 /// aside (see [`quarantine`]) and a fresh one takes its place: the run keeps flowing, and the
 /// old file is kept for an operator. A DB unlinked while we opened it (retention deletes under
 /// an exclusive lock, which we waited for) is opened again, so no write lands in a deleted file.
-pub fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
+pub(crate) fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
     let mut quarantined = false;
     let mut attempts = 0;
     loop {
@@ -113,7 +114,7 @@ fn inode(path: &Path) -> Option<(u64, u64)> {
 
 /// What writing one run's records produced.
 #[derive(Debug, Default)]
-pub struct WriteOutcome {
+pub(crate) struct WriteOutcome {
     /// Rows inserted or replaced.
     pub written: u64,
     /// Records already stored (replays, re-reads).
@@ -132,7 +133,7 @@ fn is_record_error(e: &rusqlite::Error) -> bool {
 }
 
 /// Writes `batch`, the buffered records of `run_id`, in the caller's transaction.
-pub fn write_run(
+pub(crate) fn write_run(
     tx: &Transaction<'_>,
     run_id: &str,
     batch: &Batch,

@@ -50,7 +50,7 @@ fn escape(run_id: &str) -> String {
 /// The file name (no directory) of the run DB for `run_id`: an injective escaping + ".sqlite".
 ///
 /// At most `160 + 1 + 64 + 7 = 232` bytes, matching `^[A-Za-z0-9_%~-]+\.sqlite$`.
-pub fn db_file_name(run_id: &str) -> String {
+pub(crate) fn db_file_name(run_id: &str) -> String {
     if run_id.is_empty() {
         return format!("{EMPTY_STEM}{EXT}");
     }
@@ -76,7 +76,8 @@ pub fn db_file_name(run_id: &str) -> String {
 ///
 /// Only the exact canonical form is accepted (`%41.sqlite` or `%2e.sqlite` are foreign: no
 /// run_id produces them), so `Some(id)` implies `db_file_name(&id) == name`.
-pub fn run_id_from_file_name(name: &str) -> Option<String> {
+#[cfg(test)]
+pub(crate) fn run_id_from_file_name(name: &str) -> Option<String> {
     let stem = name.strip_suffix(EXT)?;
     if stem == EMPTY_STEM {
         return Some(String::new());
