@@ -520,7 +520,10 @@ impl<'a> Tailer<'a> {
         let close_inactive = self.config.sources.close_inactive;
         for key in missing {
             let Some(mut parked) = self.parked.remove(&key) else { continue };
-            let Some((new_path, size)) = found.remove(&key) else { continue };
+            let Some((new_path, size)) = found.remove(&key) else {
+                self.opener.let_go(key); // deleted
+                continue;
+            };
             if size == parked.size_seen {
                 // Its producer may still write through the descriptor it holds: watch it by
                 // inode for close_inactive, as a followed file would be, then let it go.
@@ -530,9 +533,19 @@ impl<'a> Tailer<'a> {
                     continue;
                 }
                 if size == parked.offset {
+                    self.opener.let_go(key);
                     continue; // read to its end: forgotten
                 }
                 // Its unterminated tail is still to be shipped: reopened, it is finished.
+            }
+            // A descriptor for it must not come from another rotated file, which would then be
+            // parked before it is finished, and so on in turn, for ever: it waits for one.
+            let max_open = self.config.sources.max_open_files.max(1);
+            let room = self.open.len() < max_open
+                || self.open.values().any(|t| t.in_glob && t.caught_up());
+            if !room {
+                self.parked.insert(key, parked);
+                continue;
             }
             tracing::info!(from = %parked.path.display(), to = %new_path.display(), "an idle file was renamed away with bytes left to ship; reading it to its end");
             let (offset, line_no, fingerprint) =
@@ -616,6 +629,16 @@ impl<'a> Tailer<'a> {
     }
 
     fn park(&mut self, key: FileId) {
+        // The position is saved with a fingerprint of the file as it is now: first make sure
+        // it still holds what was read (truncated and refilled since, it is read again).
+        if let Some(tailed) = self.open.get_mut(&key).filter(|t| !t.opened.file.gzip) {
+            let meta = tailed.opened.handle.metadata();
+            if let Some(why) = meta.ok().and_then(|m| tailed.changed_under_us(&m)) {
+                let path = tailed.path.clone();
+                self.restart_from_zero(key, &path, why);
+                return;
+            }
+        }
         if let Some(tailed) = self.unfollow(key) {
             let reader = &tailed.opened.reader;
             let file = &tailed.opened.file;
@@ -776,6 +799,7 @@ impl<'a> Tailer<'a> {
     fn restart_from_zero(&mut self, key: FileId, path: &Path, why: &str) {
         let Some(old) = self.unfollow(key) else { return };
         let (offset, handle) = (old.opened.reader.offset(), old.opened.handle.try_clone());
+        let (in_glob, gone_since) = (old.in_glob, old.gone_since);
         drop(old);
         self.counters.truncations.add(1);
         tracing::warn!(
@@ -785,6 +809,10 @@ impl<'a> Tailer<'a> {
             "file truncated or rewritten (copytruncate?); reading its new content from the start"
         );
         self.start(path, |opener| opener.open_from_start(handle?, path));
+        // Still rotated away (or not): it is finished as it would have been.
+        if let Some(tailed) = self.open.get_mut(&key) {
+            (tailed.in_glob, tailed.gone_since) = (in_glob, gone_since);
+        }
     }
 
     /// Handles files idle for `close_inactive`: rotated-away or deleted ones are finished
@@ -802,10 +830,17 @@ impl<'a> Tailer<'a> {
             .map(|(key, _)| *key)
             .collect();
         for key in idle {
-            let still_there = self
-                .open
-                .get(&key)
-                .is_some_and(|t| std::fs::metadata(&t.path).is_ok_and(|m| FileId::of(&m) == key));
+            let Some(tailed) = self.open.get(&key) else { continue };
+            let at_its_name =
+                || std::fs::metadata(&tailed.path).is_ok_and(|m| FileId::of(&m) == key);
+            let deleted = || tailed.opened.handle.metadata().is_ok_and(|m| m.nlink() == 0);
+            // The last rescan may be old (the writers hold the reader up): a file it matched
+            // that is not at its name any more was deleted (finish it now), or renamed, within
+            // the globs or out of them: the next rescan tells, and it waits until then.
+            if tailed.in_glob && !at_its_name() && !deleted() {
+                continue;
+            }
+            let still_there = tailed.in_glob && at_its_name();
             if still_there {
                 // A partial line stays open: if the file is deleted or rotated next, its tail
                 // must still be shippable through this descriptor.
@@ -857,6 +892,7 @@ impl<'a> Tailer<'a> {
                              sources.close_inactive; its unread bytes are not shipped"
                         );
                         self.unfollow(key);
+                        self.opener.let_go(key);
                         continue;
                     }
                 }
@@ -866,6 +902,7 @@ impl<'a> Tailer<'a> {
                 }
             }
             let Some(tailed) = self.unfollow(key) else { continue };
+            self.opener.let_go(key);
             self.counters.rotations.add(1);
             tracing::info!(
                 path = %tailed.path.display(),

@@ -2,7 +2,7 @@
 //! where this process left it, 0, or the end of its last complete line (`read_from = "end"`),
 //! and registering it with the state thread. Used by the daemon's tailer and by backfill.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +47,8 @@ pub(crate) struct Opener {
     max_raw_bytes: usize,
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
     disk_bytes: Arc<Counter>,
+    /// Files this reader let go of: their saved checkpoints are not used.
+    let_go: HashSet<FileId>,
 }
 
 impl Opener {
@@ -57,12 +59,27 @@ impl Opener {
         max_raw_bytes: usize,
         disk_bytes: Arc<Counter>,
     ) -> Opener {
-        Opener { checkpoints, state, max_line_bytes, max_raw_bytes, disk_bytes }
+        Opener {
+            checkpoints,
+            state,
+            max_line_bytes,
+            max_raw_bytes,
+            disk_bytes,
+            let_go: HashSet::new(),
+        }
     }
 
     /// The checkpoint saved for a file identity when the pipeline started.
     pub(crate) fn checkpoint(&self, key: FileId) -> Option<&Checkpoint> {
-        self.checkpoints.get(&key)
+        self.checkpoints.get(&key).filter(|_| !self.let_go.contains(&key))
+    }
+
+    /// The reader let go of this file for good (finished after a rotation or deletion): its
+    /// saved checkpoint no longer says where a file with this identity is. The inode of a
+    /// deleted file is reused by a new one, whose content may even share the first bytes the
+    /// fingerprint covers; such a file is read from 0 (a no-op downstream for one seen again).
+    pub(crate) fn let_go(&mut self, key: FileId) {
+        self.let_go.insert(key);
     }
 
     /// Every checkpoint saved when the pipeline started.
@@ -119,7 +136,7 @@ impl Opener {
         let checkpoint = match &start {
             Start::Zero => None,
             Start::At(cp) if cp.id == key => Some(&**cp),
-            Start::Checkpoint | Start::End | Start::At(_) => self.checkpoints.get(&key),
+            Start::Checkpoint | Start::End | Start::At(_) => self.checkpoint(key),
         };
         if let Some(cp) = checkpoint {
             match cp.verify(&handle, gzip).with_context(|| format!("reading {}", path.display()))? {

@@ -88,8 +88,7 @@ enum Op {
     Restart,
 }
 
-/// `truncate` and `restart` weigh those ops (0: never).
-fn op(truncate: u32, restart: u32, hold: u32) -> impl Strategy<Value = Op> {
+fn op() -> impl Strategy<Value = Op> {
     let file = 0usize..8;
     prop_oneof![
         6 => (file.clone(), 0usize..4, 0usize..600, any::<bool>())
@@ -97,13 +96,13 @@ fn op(truncate: u32, restart: u32, hold: u32) -> impl Strategy<Value = Op> {
         1 => Just(Op::NewFile),
         1 => file.clone().prop_map(|file| Op::RenameWithin { file }),
         1 => file.clone().prop_map(|file| Op::RotateOut { file }),
-        truncate => file.clone().prop_map(|file| Op::Truncate { file }),
+        1 => file.clone().prop_map(|file| Op::Truncate { file }),
         1 => file.clone().prop_map(|file| Op::Delete { file }),
         4 => prop_oneof![Just(0u64), Just(300), Just(1_000), Just(6_000)]
             .prop_map(|advance_ms| Op::Turn { advance_ms }),
         1 => Just(Op::Rescan),
-        hold => any::<bool>().prop_map(Op::Hold),
-        restart => Just(Op::Restart),
+        1 => any::<bool>().prop_map(Op::Hold),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -524,11 +523,14 @@ fn run_ops(world: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
         world.forget_unreachable(&tailer);
         check_bounds(&tailer)?;
     }
-    // Settle: writers free, the clock past close_inactive a few times (a rotated file is
+    // Settle: writers free, the clock past close_inactive many times (a rotated file is
     // finished once idle for that long; one parked for want of a descriptor waits that long
     // before it is reopened to be finished), every file read.
     world.down.held = false;
-    for advance in [0, 1, 6_000, 6_000, 6_000, 6_000, 6_000, 0] {
+    // With more rotated files than descriptors they are finished a few at a time, each
+    // close_inactive after it was reopened: enough rounds for every file of a case.
+    let rounds = [0, 1].into_iter().chain(std::iter::repeat_n(6_000, 20)).chain([0]);
+    for advance in rounds {
         clock.advance(Duration::from_millis(advance));
         world.down.drain(&world.files)?;
         tailer.turn(None, &|| false);
@@ -558,18 +560,18 @@ fn run_ops(world: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
             // Its checkpoint is saved, at the end of its last complete line.
             let size = std::fs::metadata(path).unwrap().len();
             let want = size - f.partial.as_ref().map_or(0, |(_, written)| *written as u64);
+            // (A file with no complete line may have none yet, or a stale one of a deleted
+            // file whose inode it reuses: it does not verify against it.)
             let saved = world.down.checkpoints.get(&f.key).map(|cp| cp.offset);
-            prop_assert_eq!(saved, Some(want), "file {}: checkpoint", f.id);
+            if want > 0 {
+                prop_assert_eq!(saved, Some(want), "file {}: checkpoint", f.id);
+            }
         }
         let tail_shipped = world.down.finished.contains_key(&(f.id, f.gen));
         let want_tail = f.partial.is_some() && !f.in_glob();
         prop_assert_eq!(tail_shipped, want_tail, "file {}: unterminated tail shipped", f.id);
     }
     Ok(())
-}
-
-fn env_weight(name: &str) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
 proptest! {
@@ -579,13 +581,9 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    // Not in the default run yet: with every op mixed in, it still finds (about once in a
-    // few thousand cases) a duplicate or a lost tail after a deletion and inode reuse, a
-    // truncation while the writers are held up, or a restart: issue 10's work. Run it with
-    // `cargo test --lib follow -- --ignored`.
+    // 1,000 cases take about 5 s; PROPTEST_CASES=20000 for a longer search.
     #[test]
-    #[ignore = "finds lifecycle faults not fixed yet (issue 10)"]
-    fn every_complete_line_is_delivered_once_in_order(ops in proptest::collection::vec(op(env_weight("MODEL_TRUNCATE"), env_weight("MODEL_RESTART"), env_weight("MODEL_HOLD")), 1..40)) {
+    fn every_complete_line_is_delivered_once_in_order(ops in proptest::collection::vec(op(), 1..40)) {
         run_ops(&mut World::new(), &ops)?;
     }
 }
@@ -665,6 +663,62 @@ fn cases_found_by_the_model() {
                 Delete { file: 0 },
                 Turn { advance_ms: 1_000 },
                 append(0, 0, false),
+            ],
+        ),
+        (
+            "a file renamed within the globs while the writers hold the reader up is not taken \
+             for a rotated one (finished early, then read again as a new file)",
+            vec![
+                NewFile,
+                append(2, 1, false),
+                Hold(true),
+                RenameWithin { file: 0 },
+                Turn { advance_ms: 1_000 },
+                append(2, 1, false),
+                RenameWithin { file: 0 },
+                append(1, 1, false),
+                Turn { advance_ms: 0 },
+                Turn { advance_ms: 6_000 },
+            ],
+        ),
+        (
+            "rotated files waiting for descriptors do not push each other out for ever",
+            vec![
+                RotateOut { file: 0 },
+                NewFile,
+                NewFile,
+                NewFile,
+                Turn { advance_ms: 1_000 },
+                RotateOut { file: 1 },
+                append(3, 0, true),
+                RotateOut { file: 1 },
+                append(2, 0, true),
+                Turn { advance_ms: 0 },
+                append(4, 0, true),
+                NewFile,
+            ],
+        ),
+        (
+            "a file parked after it was truncated and refilled is read again, not resumed",
+            vec![
+                append(0, 1, false),
+                Turn { advance_ms: 0 },
+                Truncate { file: 0 },
+                append(0, 1, false),
+                NewFile,
+                NewFile,
+                Rescan,
+            ],
+        ),
+        (
+            "a new file reusing a deleted file's inode does not inherit its checkpoint",
+            vec![
+                Restart,
+                append(0, 0, true),
+                Delete { file: 0 },
+                Turn { advance_ms: 1_000 },
+                Turn { advance_ms: 6_000 },
+                NewFile,
             ],
         ),
     ];
