@@ -53,7 +53,13 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
                 "jsonl-shipper running"
             );
         }
-        crate::systemd::ready(&format!("following {} files", tailer.files())); // ops: READY=1 (ends a reload)
+        let status = crate::systemd::status_line(
+            counters.files_watched.get(),
+            counters.lag_bytes.get(),
+            None,
+            counters.dlq_total(),
+        );
+        crate::systemd::ready(&status); // ops: READY=1 (ends a reload), STATUS= with the lag
         first_start = false;
         let retention = Retention::spawn(config.clone(), counters.clone())?;
         let exit = main_loop(&mut tailer, &signals, watch.as_mut(), &counters, &args);
