@@ -149,6 +149,9 @@ pub struct Counters {
     pub last_commit_unix_ms: Gauge,
     /// Run-DB writes in progress (the health signal), see [`Counters::write_started`].
     writes: InFlight,
+    /// Not a metric: how retention asks this process's writers to close a run DB it deletes.
+    /// Here because every thread involved (writers, retention) already shares the `Counters`.
+    pub releases: crate::sink::Releases,
 }
 
 impl Counters {

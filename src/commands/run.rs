@@ -203,6 +203,7 @@ impl Retention {
                     &config,
                     &HashSet::new(),
                     crate::maintain::Options::periodic(),
+                    Some(&counters.releases),
                 ) {
                     Ok(report) => counters.retention_deleted.add(report.deleted()),
                     Err(error) => tracing::error!(

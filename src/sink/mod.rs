@@ -10,15 +10,18 @@
 //! No other module opens a run DB for writing.
 //!
 //! By job: `writer` (a writer thread's loop: buffers, commits, retries), `pool` (its LRU of
-//! run-DB connections), `wal` (WAL checkpoints of its DBs, on the `checkpoint-N` thread and
+//! run-DB connections), `release` (retention asking the writers to close a DB it deletes), `wal` (WAL checkpoints of its DBs, on the `checkpoint-N` thread and
 //! inline), `run_db` (one run DB: schema and writes), `run_path` and `merge` (pure helpers).
 
 pub mod merge;
 pub mod run_db;
 pub mod run_path;
 mod pool;
+mod release;
 mod wal;
 mod writer;
+
+pub use release::Releases;
 
 use std::path::PathBuf;
 use std::sync::Arc;

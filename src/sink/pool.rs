@@ -113,6 +113,11 @@ impl Pool {
         self.conns.get(run_id).map(|open| &open.conn)
     }
 
+    /// The run whose DB at `path` this pool has open.
+    pub(super) fn open_run_at(&self, path: &std::path::Path) -> Option<String> {
+        self.conns.keys().find(|run_id| self.path_of(run_id) == path).cloned()
+    }
+
     pub(super) fn is_open(&self, run_id: &str) -> bool {
         self.conns.contains_key(run_id)
     }
