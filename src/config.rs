@@ -71,7 +71,8 @@ pub(crate) const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_sec
 pub(crate) const DEFAULT_DELETE_SOURCES_AFTER: Option<Duration> = None;
 /// A flood of bad lines must not fill the disk the run DBs need.
 pub(crate) const DEFAULT_DLQ_MAX_TOTAL_SIZE: Option<u64> = Some(GIB);
-/// Enough of a bad line to diagnose it without copying megabytes per entry.
+/// Enough of a bad line to diagnose it without copying megabytes per entry (or
+/// `sources.max_line_bytes` when that is smaller).
 pub(crate) const DEFAULT_DLQ_MAX_RAW_BYTES: usize = 64 * KIB as usize;
 /// No listening socket unless asked for.
 pub(crate) const DEFAULT_METRICS_LISTEN: Option<SocketAddr> = None;
@@ -753,6 +754,7 @@ impl RawConfig {
         };
         let (s, m, o, q) = (self.sources, self.mapping, self.output, self.sqlite);
         let (r, l, x, g) = (self.retention, self.dlq, self.metrics, self.log);
+        let max_line_bytes = s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         Config {
             sources: SourcesConfig {
                 paths: s.paths.map_or_else(
@@ -762,7 +764,7 @@ impl RawConfig {
                 read_from: s.read_from.unwrap_or(DEFAULT_READ_FROM),
                 rescan_interval: s.rescan_interval.unwrap_or(DEFAULT_RESCAN_INTERVAL),
                 close_inactive: s.close_inactive.unwrap_or(DEFAULT_CLOSE_INACTIVE),
-                max_line_bytes: s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES),
+                max_line_bytes,
                 max_open_files: s.max_open_files.unwrap_or(DEFAULT_MAX_OPEN_FILES),
             },
             mapping: Mapping {
@@ -803,7 +805,10 @@ impl RawConfig {
             dlq: DlqConfig {
                 dir: path(l.dir, "dlq"),
                 max_total_size: l.max_total_size.unwrap_or(DEFAULT_DLQ_MAX_TOTAL_SIZE),
-                max_raw_bytes: l.max_raw_bytes.unwrap_or(DEFAULT_DLQ_MAX_RAW_BYTES),
+                // A default follows the key it depends on: never more than a line may hold.
+                max_raw_bytes: l
+                    .max_raw_bytes
+                    .unwrap_or(DEFAULT_DLQ_MAX_RAW_BYTES.min(max_line_bytes)),
             },
             metrics: MetricsConfig {
                 listen: x.listen.unwrap_or(DEFAULT_METRICS_LISTEN),
@@ -1028,6 +1033,25 @@ mod tests {
             c.sources.read_from = ReadFrom::End;
             c.sources.max_line_bytes = 3 * MIB as usize / 2;
         });
+    }
+
+    /// Issue 10 #15: a default follows the keys it depends on. Setting only
+    /// `max_line_bytes` below 64KiB caps `max_raw_bytes` at it instead of rejecting a key the
+    /// user never set; an explicit `max_raw_bytes` above it is still an error.
+    #[test]
+    fn max_raw_bytes_default_follows_max_line_bytes() {
+        check_ok("[sources]\nmax_line_bytes = \"4KiB\"", |c| {
+            c.sources.max_line_bytes = 4 * KIB as usize;
+            c.dlq.max_raw_bytes = 4 * KIB as usize;
+        });
+        check_ok("[sources]\nmax_line_bytes = \"4KiB\"\n[dlq]\nmax_raw_bytes = \"1KiB\"", |c| {
+            c.sources.max_line_bytes = 4 * KIB as usize;
+            c.dlq.max_raw_bytes = KIB as usize;
+        });
+        check_err(
+            "[sources]\nmax_line_bytes = \"4KiB\"\n[dlq]\nmax_raw_bytes = \"8KiB\"",
+            "dlq.max_raw_bytes: must be between 64B and 4KiB (sources.max_line_bytes), got 8KiB",
+        );
     }
 
     #[test]

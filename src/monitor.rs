@@ -2,7 +2,7 @@
 //! atomics in [`Counters`] once a tick and
 //! - pings the systemd watchdog only while [`Counters::health`] is `Ok` (a writer stuck on a
 //!   locked DB or a full disk stops the pings, so systemd restarts the service),
-//! - sends STATUS= (files, lag, events/s) every few seconds,
+//! - sends STATUS= (lag, files, events/s, dead letters) every few seconds,
 //! - logs health transitions once each (not once per tick),
 //! - warns, at most once per [`SLOW_WARN_EVERY`], when the p95 commit time over the last
 //!   minute exceeds `metrics.slow_commit_threshold`, with a tuning hint.
@@ -143,7 +143,7 @@ impl Monitor {
         let mut line = systemd::status_line(
             self.counters.files_watched.get(),
             self.counters.lag_bytes.get(),
-            rate,
+            Some(rate),
             self.counters.dlq_total(),
         );
         if let Some(reason) = unhealthy {

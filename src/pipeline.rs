@@ -26,7 +26,7 @@ use crate::follow::Opener;
 use crate::identity::FileId;
 use crate::metrics::Counters;
 use crate::route::Router;
-use crate::sink::{self, WriterConfig};
+use crate::sink::{self, Releases, WriterConfig};
 
 /// Checkpoints of files that are gone are kept this long after their last read (a file
 /// restored within it resumes where it was), then pruned at the daemon's start.
@@ -56,6 +56,8 @@ pub(crate) struct Pipeline {
     writers: Vec<JoinHandle<()>>,
     state: JoinHandle<anyhow::Result<()>>,
     checkpoints: Arc<HashMap<FileId, Checkpoint>>,
+    /// How retention asks these writers to let go of a run DB it deletes.
+    releases: Arc<Releases>,
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
     pub disk_bytes: Arc<crate::metrics::Counter>,
 }
@@ -107,14 +109,22 @@ impl Pipeline {
             }),
             max_raw_bytes: config.dlq.max_raw_bytes,
         });
+        let releases = Arc::new(Releases::default());
         let mut writer_txs = Vec::new();
         let mut writers = Vec::new();
         for shard in 0..n_writers {
             let (tx, rx) = bounded(WRITER_INBOX);
             writer_txs.push(tx);
             writers.push(
-                sink::spawn(shard, writer_config.clone(), rx, state_tx.clone(), counters.clone())
-                    .context("spawning writer thread")?,
+                sink::spawn(
+                    shard,
+                    writer_config.clone(),
+                    rx,
+                    state_tx.clone(),
+                    counters.clone(),
+                    &releases,
+                )
+                .context("spawning writer thread")?,
             );
         }
         let dlq_dir = config.dlq.dir.clone();
@@ -132,8 +142,14 @@ impl Pipeline {
             writers,
             state,
             checkpoints: Arc::new(checkpoints),
+            releases,
             disk_bytes: Default::default(),
         })
+    }
+
+    /// The writers' side of retention's requests to close a run DB (the daemon's retention).
+    pub(crate) fn releases(&self) -> Arc<Releases> {
+        self.releases.clone()
     }
 
     /// A router for one reader thread. The daemon's never blocks on a full channel (see

@@ -8,7 +8,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
@@ -138,4 +138,11 @@ pub(crate) fn quarantine(path: &Path) -> io::Result<std::path::PathBuf> {
 /// Now, in milliseconds since the epoch: the timestamps our DBs store.
 pub(crate) fn unix_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A DB's companion file: `X.sqlite` + `-wal` = `X.sqlite-wal`.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }

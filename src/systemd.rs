@@ -54,17 +54,22 @@ pub(crate) fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// The one-line STATUS= text: what `systemctl status` shows under the unit.
+/// The one-line STATUS= text: what `systemctl status` shows under the unit. The lag comes
+/// first (the contract: STATUS= carries it), so it survives a truncated display; the rate is
+/// left out when there is none yet (READY=1, before the monitor has measured one).
 pub(crate) fn status_line(
     files: u64,
     lag_bytes: u64,
-    events_per_sec: f64,
+    events_per_sec: Option<f64>,
     dead_letters: u64,
 ) -> String {
-    format!(
-        "{files} files, lag {}, {events_per_sec:.0} events/s, {dead_letters} dead letters",
-        bytesize::ByteSize(lag_bytes).display().iec()
-    )
+    let lag = bytesize::ByteSize(lag_bytes).display().iec();
+    match events_per_sec {
+        Some(rate) => {
+            format!("lag {lag}, {files} files, {rate:.0} events/s, {dead_letters} dead letters")
+        }
+        None => format!("lag {lag}, {files} files, {dead_letters} dead letters"),
+    }
 }
 
 #[cfg(test)]
@@ -72,10 +77,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_line_is_short_and_human() {
+    fn status_line_is_short_and_human_and_leads_with_the_lag() {
         assert_eq!(
-            status_line(3, 5 * 1024 * 1024, 1234.4, 2),
-            "3 files, lag 5.0 MiB, 1234 events/s, 2 dead letters"
+            status_line(3, 5 * 1024 * 1024, Some(1234.4), 2),
+            "lag 5.0 MiB, 3 files, 1234 events/s, 2 dead letters"
         );
+        assert_eq!(status_line(1, 15, None, 0), "lag 15 B, 1 files, 0 dead letters");
     }
 }

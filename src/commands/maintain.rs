@@ -10,7 +10,7 @@ use crate::maintain::{self, Options};
 
 pub(super) fn maintain(config: Config, vacuum: bool) -> anyhow::Result<ExitCode> {
     super::prepare_dirs(&config)?;
-    let report = maintain::run_once(&config, &HashSet::new(), Options::full(vacuum))?;
+    let report = maintain::run_once(&config, &HashSet::new(), Options::full(vacuum), None)?;
     let r = &report.retention;
     println!(
         "maintain: {} run DBs checkpointed{}, state DB {}; retention deleted {} run DBs, {} DLQ files, {} source files ({} bytes); {} kept (in use or changed), {} failed",

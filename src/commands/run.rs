@@ -53,9 +53,15 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
                 "jsonl-shipper running"
             );
         }
-        crate::systemd::ready(&format!("following {} files", tailer.files())); // ops: READY=1 (ends a reload)
+        let status = crate::systemd::status_line(
+            counters.files_watched.get(),
+            counters.lag_bytes.get(),
+            None,
+            counters.dlq_total(),
+        );
+        crate::systemd::ready(&status); // ops: READY=1 (ends a reload), STATUS= with the lag
         first_start = false;
-        let retention = Retention::spawn(config.clone(), counters.clone())?;
+        let retention = Retention::spawn(config.clone(), counters.clone(), pipeline.releases())?;
         let exit = main_loop(&mut tailer, &signals, watch.as_mut(), &counters, &args);
         if matches!(exit, Exit::Shutdown) {
             crate::systemd::stopping(); // ops: STOPPING=1 before the drain
@@ -184,7 +190,11 @@ struct Retention {
 }
 
 impl Retention {
-    fn spawn(config: Arc<Config>, counters: Arc<Counters>) -> anyhow::Result<Retention> {
+    fn spawn(
+        config: Arc<Config>,
+        counters: Arc<Counters>,
+        releases: Arc<crate::sink::Releases>,
+    ) -> anyhow::Result<Retention> {
         let (stop, stopped) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("retention".into())
@@ -197,6 +207,7 @@ impl Retention {
                     &config,
                     &HashSet::new(),
                     crate::maintain::Options::periodic(),
+                    Some(&releases),
                 ) {
                     Ok(report) => counters.retention_deleted.add(report.deleted()),
                     Err(error) => tracing::error!(

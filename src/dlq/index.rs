@@ -107,9 +107,15 @@ pub(super) fn key_known(state: &StateDb, key: &[u8]) -> rusqlite::Result<bool> {
         .map(|r| r.is_some())
 }
 
-/// Forgets a DLQ file deleted by retention (its keys stay: those lines' fate was decided).
+/// Forgets a DLQ file deleted by retention, with the keys of its letters (replayed ones
+/// too), so `dlq_keys` is bounded by the DLQ kept. A line read again after its letter's file
+/// was deleted may be dead-lettered again: retention's choice, as deleting the letter was.
+///
+/// `dlq_keys` has no index on `file`: this scans the table, once per deleted file (at most a
+/// few a day), bounded by what the DLQ holds.
 pub(super) fn forget_file(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM dlq_files WHERE name = ?1")?.execute([name])?;
+    tx.prepare_cached("DELETE FROM dlq_keys WHERE file = ?1")?.execute([name])?;
     tx.prepare_cached("DELETE FROM dlq_rewrites WHERE name = ?1")?.execute([name])?;
     Ok(())
 }

@@ -21,7 +21,8 @@
 //!    the directory;
 //! 3. one state transaction: an **intent** row `dlq_rewrites(name, tmp, new_len)` per file,
 //!    and the shipped keys marked `replayed` in `dlq_keys` (kept, not deleted: a later re-read
-//!    of the line under a mapping that rejects it must not dead-letter it again);
+//!    of the line under a mapping that rejects it must not dead-letter it again; they go when
+//!    retention deletes the file they were in, with its other keys);
 //! 4. rename each temp file over its file, fsync the directory;
 //! 5. one state transaction: `committed_len = new_len`, intent deleted.
 //!
@@ -388,8 +389,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Deletes whole DLQ files (retention), under the lock, and forgets their committed lengths.
-/// Their keys stay recorded: those lines' fate was decided. Returns the bytes deleted.
+/// Deletes whole DLQ files (retention, `maintain`), under the lock, and forgets their
+/// committed lengths and the keys of their letters in one state transaction (see
+/// [`index::forget_file`]). Returns the bytes deleted.
 pub(crate) fn delete_files(dir: &Path, state: &StateDb, names: &[String]) -> io::Result<u64> {
     recover(dir, state)?;
     let mut bytes = 0;
@@ -515,6 +517,37 @@ mod tests {
         // Adopted once: a second recover cuts the torn line like any uncommitted tail.
         let cut_files = recover(&dlq, &state).unwrap();
         assert_eq!(cut_files, vec![(dlq.join(name), bytes.len() as u64, complete)]);
+    }
+
+    /// Issue 10 #13: deleting a DLQ file (retention, `maintain`) prunes its keys, replayed
+    /// ones too, and only its own.
+    #[test]
+    fn delete_files_prunes_the_keys_of_the_deleted_files_only() {
+        let (old, kept) = ("dlq_20240101.ndjson", "dlq_20240102.ndjson");
+        let (_d, state, dlq) = setup(b"x\n");
+        std::fs::write(dlq.join(kept), b"y\n").unwrap();
+        let key = |n: u8| [n; 24];
+        let tx = state.transaction_shared().unwrap();
+        index::set_committed_len(&tx, kept, 2).unwrap();
+        index::add_key(&tx, &key(1), old, "invalid_json").unwrap();
+        index::add_key(&tx, &key(2), old, "invalid_json").unwrap();
+        index::mark_replayed(&tx, &key(2), old).unwrap();
+        index::add_key(&tx, &key(3), kept, "not_object").unwrap();
+        tx.commit().unwrap();
+
+        assert_eq!(delete_files(&dlq, &state, &[old.to_string()]).unwrap(), 2);
+        assert!(!dlq.join(old).exists());
+        let keys: Vec<(Vec<u8>, String)> = state
+            .conn()
+            .prepare("SELECT key, file FROM dlq_keys ORDER BY key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(keys, vec![(key(3).to_vec(), kept.to_string())]);
+        let committed = index::committed(&state).unwrap();
+        assert_eq!(committed.into_iter().collect::<Vec<_>>(), vec![(kept.to_string(), 2)]);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! and a checkpoint and optimize of the state DB ([`run_once`], the `maintain` command).
 //!
 //! For a periodic loop in the daemon, call [`run_once`] with [`Options::periodic`] every
-//! `retention.check_interval`, passing the run DB paths the writers have open as `busy`, and add
-//! [`Report::deleted`] to `jsonl_shipper_retention_deleted_total`.
+//! `retention.check_interval`, passing the writers' [`crate::sink::Releases`] (they close a run
+//! DB retention deletes), and add [`Report::deleted`] to `jsonl_shipper_retention_deleted_total`.
 
 pub(crate) mod replay;
 pub(crate) mod retention;
@@ -65,19 +65,23 @@ impl Report {
 /// `options` (of the run DBs, and of the state DB when `checkpoint`). `busy`: run DB paths (`<output.dir>/<name>.sqlite`, see [`run_db_path`]) being
 /// written by the caller's process; they are neither deleted nor checkpointed. Errors are only
 /// returned for what stops the whole round (the state DB cannot be opened, a directory cannot
-/// be listed); a single file that cannot be handled is logged and reported.
+/// be listed); a single file that cannot be handled is logged and reported. `releases`: the
+/// caller's writers, asked to close a run DB retention deletes (see [`retention::apply`]).
 pub(crate) fn run_once(
     config: &Config,
     busy: &HashSet<PathBuf>,
     options: Options,
+    releases: Option<&crate::sink::Releases>,
 ) -> anyhow::Result<Report> {
     let state_path = &config.output.state_db;
     let state = StateDb::open(state_path, &config.sqlite)
         .with_context(|| format!("opening state DB {}", state_path.display()))?;
     let inputs = retention::gather(config, Some(&state), busy)?;
     let plan = retention::plan(&inputs, &retention::Policy::from_config(config), SystemTime::now());
-    let mut report =
-        Report { retention: retention::apply(&plan, config, Some(&state)), ..Report::default() };
+    let mut report = Report {
+        retention: retention::apply(&plan, config, Some(&state), releases),
+        ..Report::default()
+    };
     if !(options.checkpoint || options.vacuum) {
         return Ok(report);
     }

@@ -12,7 +12,10 @@
 //!
 //! `apply` deletes a run DB only while holding SQLite's exclusive lock on it, so a DB another
 //! connection has open (the daemon's writer pool keeps a shared lock) is skipped, not pulled
-//! from under it; and `run_db::open` reopens a DB whose file vanished while it waited.
+//! from under it; and `run_db::open` reopens a DB whose file vanished while it waited. In the
+//! daemon, a DB found in use is first released by this process's own writers
+//! ([`crate::sink::Releases`]), then the delete is tried again: only another process's
+//! connection (or records of that run waiting to be committed) keeps it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,8 @@ use std::time::{Duration, SystemTime};
 use crate::checkpoint::StateDb;
 use crate::config::Config;
 use crate::identity::FileId;
+use crate::sink::Releases;
+use crate::sqlite::sibling;
 
 /// A run DB as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,13 +263,6 @@ fn stat(path: &Path) -> anyhow::Result<Option<std::fs::Metadata>> {
     }
 }
 
-/// `X.sqlite` + `-wal` = `X.sqlite-wal`.
-pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 /// What [`apply`] deleted (and what it could not).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Applied {
@@ -283,13 +281,30 @@ impl Applied {
     }
 }
 
+/// How long retention waits for this process's writers to close a run DB it deletes.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Carries out a plan. Each deletion is logged; one that cannot be done is skipped and
 /// reported, never fatal (the next round tries again). DLQ files are deleted under the DLQ lock
-/// and need the state DB.
-pub(crate) fn apply(plan: &RetentionPlan, config: &Config, state: Option<&StateDb>) -> Applied {
+/// and need the state DB. `releases`: this process's writers (the daemon), asked to close a
+/// run DB found in use before it is tried again.
+pub(crate) fn apply(
+    plan: &RetentionPlan,
+    config: &Config,
+    state: Option<&StateDb>,
+    releases: Option<&Releases>,
+) -> Applied {
     let mut out = Applied::default();
     for (run, why) in &plan.runs {
-        match delete_run_db(run) {
+        // With writers to ask, do not wait out a lock they hold: ask them instead.
+        let wait = if releases.is_some() { Duration::ZERO } else { config.sqlite.busy_timeout };
+        let mut result = delete_run_db(run, wait);
+        if let (Err(Kept::InUse(_)), Some(releases)) = (&result, releases) {
+            if releases.release(&run.path, RELEASE_WAIT) {
+                result = delete_run_db(run, config.sqlite.busy_timeout);
+            }
+        }
+        match result.map_err(Kept::into_why) {
             Ok(()) => {
                 tracing::info!(path = %run.path.display(), bytes = run.bytes, ?why, "retention: deleted run DB");
                 out.bytes += run.bytes;
@@ -347,24 +362,42 @@ pub(crate) fn apply(plan: &RetentionPlan, config: &Config, state: Option<&StateD
     out
 }
 
+/// Why a run DB was kept.
+#[derive(Debug)]
+enum Kept {
+    /// Another connection has it open.
+    InUse(String),
+    Other(String),
+}
+
+impl Kept {
+    fn into_why(self) -> String {
+        match self {
+            Kept::InUse(why) | Kept::Other(why) => why,
+        }
+    }
+}
+
 /// Deletes a run DB with its `-wal` and `-shm`, holding SQLite's exclusive lock on it so that
-/// no other connection has it open; skipped if it was written after the plan was made.
-fn delete_run_db(run: &RunDb) -> Result<(), String> {
+/// no other connection has it open (waiting up to `wait` for that lock); skipped if it was
+/// written after the plan was made.
+fn delete_run_db(run: &RunDb, wait: Duration) -> Result<(), Kept> {
     use rusqlite::{Connection, OpenFlags};
     let wal_before = std::fs::metadata(sibling(&run.path, "-wal")).ok();
     let conn = Connection::open_with_flags(
         &run.path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| format!("open: {e}"))?;
+    .map_err(|e| Kept::Other(format!("open: {e}")))?;
     // Closing must not checkpoint or delete a `-wal` by name: after the unlink that name may
     // belong to a new DB of the same run.
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-        .map_err(|e| format!("configure: {e}"))?;
+        .and_then(|_| conn.busy_timeout(wait))
+        .map_err(|e| Kept::Other(format!("configure: {e}")))?;
     // In exclusive locking mode the first read takes an exclusive lock on the DB file, which
     // fails while any other connection (which keeps a shared lock in WAL mode) has it open.
     conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
-        .map_err(|e| format!("in use ({e})"))?;
+        .map_err(|e| Kept::InUse(format!("in use ({e})")))?;
     // Written since the plan? Our own exclusive open may have created an empty `-wal`; a
     // writer's commit would have made it non-empty or touched the DB or an existing `-wal`.
     let wal = sibling(&run.path, "-wal");
@@ -379,14 +412,14 @@ fn delete_run_db(run: &RunDb) -> Result<(), String> {
             (Some(_), Some((t, len))) => len > 0 && newer(t),
         };
     if written_since {
-        return Err("written since planned".into());
+        return Err(Kept::Other("written since planned".into()));
     }
     for suffix in ["", "-wal", "-shm"] {
         let path = sibling(&run.path, suffix);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(Kept::Other(format!("{}: {e}", path.display()))),
         }
     }
     drop(conn);
@@ -536,11 +569,11 @@ mod tests {
         conn.execute_batch("INSERT INTO runs (run_id) VALUES ('r')").unwrap();
         let last_write = std::fs::metadata(sibling(&path, "-wal")).unwrap().modified().unwrap();
         let db = RunDb { path: path.clone(), bytes: 0, last_write };
-        let err = delete_run_db(&db).unwrap_err();
-        assert!(err.contains("in use"), "{err}");
+        let err = delete_run_db(&db, Duration::ZERO).unwrap_err();
+        assert!(matches!(&err, Kept::InUse(why) if why.contains("in use")), "{err:?}");
         assert!(path.exists());
         drop(conn);
-        delete_run_db(&db).unwrap();
+        delete_run_db(&db, Duration::ZERO).unwrap();
         for suffix in ["", "-wal", "-shm"] {
             assert!(!sibling(&path, suffix).exists(), "{suffix} left behind");
         }

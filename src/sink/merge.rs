@@ -16,7 +16,11 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Folds one run record (a JSON object) into the merged run state, keeping the contract's rule that a terminal status (anything but "running") is never replaced by "running": if `record[status_key] == "running"` and `state[status_key]` is any non-null value other than "running", the record's status key is ignored (other keys still merge).
+/// Folds one run record (a JSON object) into the merged run state, keeping the contract's rule that a terminal status (anything but "running") is never replaced by "running": if `state[status_key]` is terminal (present, not "running") and `record[status_key]` is "running" or null, the record's status key is ignored (other keys still merge).
+///
+/// A null status over a terminal one is ignored too: deleting the key would leave no status,
+/// and a later "running" would then replace the terminal status through that gap. So once a
+/// run is terminal it stays terminal; another terminal status still replaces it.
 ///
 /// A record that is not an object is ignored: `state` must stay an object (`runs.data` is one),
 /// and callers only pass objects (non-objects are dead-lettered as `not_object` upstream).
@@ -24,9 +28,11 @@ pub(crate) fn fold_run_record(state: &mut Value, record: &Value, status_key: &st
     let Value::Object(record) = record else {
         return;
     };
-    let resurrects = record.get(status_key).and_then(Value::as_str) == Some("running")
-        && matches!(state.get(status_key), Some(v) if !v.is_null() && v.as_str() != Some("running"));
-    merge_object(target_or_new(state), record, resurrects.then_some(status_key));
+    let terminal =
+        matches!(state.get(status_key), Some(v) if !v.is_null() && v.as_str() != Some("running"));
+    let keeps_terminal = terminal
+        && matches!(record.get(status_key), Some(v) if v.is_null() || v.as_str() == Some("running"));
+    merge_object(target_or_new(state), record, keeps_terminal.then_some(status_key));
 }
 
 /// RFC 7396 `MergePatch` for an object patch, optionally skipping one top-level key.
@@ -164,5 +170,29 @@ mod tests {
 
         // A non-object record leaves the state alone.
         check_fold(&[end.clone(), json!([1]), json!("x")], end);
+    }
+
+    /// Issue 10 #4: a null status cannot clear a terminal status, or a later "running" would
+    /// replace it through the gap; a null still clears "running", and a terminal status is
+    /// still replaced by another terminal one.
+    #[test]
+    fn null_status_does_not_open_a_terminal_status_to_running() {
+        check_fold(
+            &[
+                json!({"status":"finished"}),
+                json!({"status":null,"n":1}),
+                json!({"status":"running"}),
+            ],
+            json!({"status":"finished","n":1}),
+        );
+        check_fold(
+            &[json!({"status":"failed"}), json!({"status":null})],
+            json!({"status":"failed"}),
+        );
+        check_fold(&[json!({"status":"running","n":1}), json!({"status":null})], json!({"n":1}));
+        check_fold(
+            &[json!({"status":"finished"}), json!({"status":null}), json!({"status":"failed"})],
+            json!({"status":"failed"}),
+        );
     }
 }

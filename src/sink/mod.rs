@@ -10,15 +10,18 @@
 //! No other module opens a run DB for writing.
 //!
 //! By job: `writer` (a writer thread's loop: buffers, commits, retries), `pool` (its LRU of
-//! run-DB connections), `wal` (WAL checkpoints of its DBs, on the `checkpoint-N` thread and
+//! run-DB connections), `release` (retention asking the writers to close a DB it deletes), `wal` (WAL checkpoints of its DBs, on the `checkpoint-N` thread and
 //! inline), `run_db` (one run DB: schema and writes), `run_path` and `merge` (pure helpers).
 
 pub(crate) mod merge;
 pub(crate) mod run_db;
 pub(crate) mod run_path;
 mod pool;
+mod release;
 mod wal;
 mod writer;
+
+pub(crate) use release::Releases;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,8 +68,10 @@ pub(crate) fn spawn(
     inbox: Receiver<Batch>,
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
+    releases: &Releases,
 ) -> std::io::Result<JoinHandle<()>> {
+    let releases = releases.register();
     std::thread::Builder::new()
         .name(format!("writer-{shard}"))
-        .spawn(move || writer::Writer::new(shard, config, state, counters).run(inbox))
+        .spawn(move || writer::Writer::new(shard, config, state, counters, releases).run(inbox))
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::wal::{checkpoint_wal, checkpoint_wal_and_close, close, note_wal_pages};
+use super::wal::{
+    checkpoint_wal, checkpoint_wal_and_close, close, is_gone, note_wal_pages, open_existing,
+};
 use super::{run_db, run_path};
 use crate::config::SqliteConfig;
 use crate::metrics::Counters;
@@ -111,6 +113,11 @@ impl Pool {
         self.conns.get(run_id).map(|open| &open.conn)
     }
 
+    /// The run whose DB at `path` this pool has open.
+    pub(super) fn open_run_at(&self, path: &std::path::Path) -> Option<String> {
+        self.conns.keys().find(|run_id| self.path_of(run_id) == path).cloned()
+    }
+
     pub(super) fn is_open(&self, run_id: &str) -> bool {
         self.conns.contains_key(run_id)
     }
@@ -161,15 +168,60 @@ impl Pool {
         self.checkpoint_wal_of_closed(counters);
     }
 
+    /// TRUNCATE checkpoints of the DBs closed without one. Never creates a DB: one retention
+    /// deleted since it was closed has nothing left to checkpoint.
     fn checkpoint_wal_of_closed(&mut self, counters: &Counters) {
         for run_id in std::mem::take(&mut self.uncheckpointed) {
             let path = self.path_of(&run_id);
-            match run_db::open(&path, &self.sqlite) {
+            match open_existing(&path, &self.sqlite) {
                 Ok(conn) => checkpoint_wal_and_close(conn, &path, counters),
+                Err(error) if is_gone(&error, &path) => {
+                    tracing::debug!(path = %path.display(), "run DB deleted since closed; nothing to checkpoint")
+                }
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "cannot open run DB to checkpoint it")
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10 #14: a run DB deleted (by retention) after the pool closed it without a
+    /// checkpoint stays deleted: neither the checkpoint loop nor the final close recreates it.
+    #[test]
+    fn checkpointing_a_closed_db_that_was_deleted_does_not_recreate_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let counters = Arc::new(Counters::default());
+        let mut pool = Pool::new(dir.path().to_path_buf(), sqlite, 4, counters.clone());
+        let files = |pool: &Pool| {
+            ["", "-wal", "-shm"]
+                .iter()
+                .map(|s| crate::sqlite::sibling(&pool.path_of("gone"), s))
+                .filter(|p| p.exists())
+                .collect::<Vec<_>>()
+        };
+        for close in ["maintain", "close_all"] {
+            pool.get("gone")
+                .unwrap()
+                .execute_batch("INSERT INTO runs (run_id) VALUES ('gone')")
+                .unwrap();
+            pool.evict("gone");
+            assert!(!files(&pool).is_empty());
+            for path in files(&pool) {
+                std::fs::remove_file(path).unwrap();
+            }
+            match close {
+                "maintain" => pool.maintain(Duration::ZERO, &counters),
+                _ => pool.close_all(&counters),
+            }
+            assert_eq!(files(&pool), Vec::<PathBuf>::new(), "{close}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{close}");
+        }
+        assert_eq!(counters.open_run_dbs.get(), 0);
     }
 }

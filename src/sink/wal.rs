@@ -92,23 +92,35 @@ impl WalCheckpointer {
 }
 
 fn checkpoint_wal_in_background(path: &Path, sqlite: &SqliteConfig, counters: &Counters) {
-    use rusqlite::OpenFlags;
-    // Never creates: a DB retention deleted meanwhile is simply skipped.
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let result = Connection::open_with_flags(path, flags).and_then(|conn| {
-        // The checkpoint's fsyncs follow this connection's `synchronous`; and closing it must
-        // not checkpoint again or delete the writer's WAL.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-        conn.execute_batch(&format!("PRAGMA synchronous = {}", sqlite.synchronous.as_pragma()))?;
-        Ok(conn)
-    });
-    match result {
+    // A DB retention deleted meanwhile is simply skipped.
+    match open_existing(path, sqlite) {
         Ok(conn) => {
             checkpoint_wal(&conn, "PASSIVE", path, counters, true);
             close(conn, path);
         }
         Err(error) => tracing::debug!(path = %path.display(), %error, "no background checkpoint"),
     }
+}
+
+/// Opens a run DB to checkpoint it, never creating one: checkpointing or closing a DB that
+/// retention deleted must not bring it back empty. A missing DB is an error
+/// (`SQLITE_CANTOPEN`; see [`is_gone`]). No schema work: a DB the pool wrote is migrated.
+///
+/// The checkpoint's fsyncs follow this connection's `synchronous`; closing it does not
+/// checkpoint again or delete the WAL unless the caller asks (`checkpoint_wal_and_close`).
+pub(super) fn open_existing(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    conn.busy_timeout(sqlite.busy_timeout)?;
+    conn.execute_batch(&format!("PRAGMA synchronous = {}", sqlite.synchronous.as_pragma()))?;
+    Ok(conn)
+}
+
+/// Whether [`open_existing`] failed because the DB is not there (deleted meanwhile).
+pub(super) fn is_gone(error: &rusqlite::Error, path: &Path) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) && !path.exists()
 }
 
 /// Runs `PRAGMA wal_checkpoint(mode)`; reports a checkpoint that readers kept from finishing

@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 
 use super::pool::Pool;
+use super::release::Release;
 use super::wal::{self, WalCheckpointer};
 use super::{run_db, WriterConfig};
 use crate::flow::{Batch, DeadLetter, Span, StateMsg};
@@ -28,6 +29,8 @@ pub(super) struct Writer {
     oldest: Option<Instant>,
     /// Runs written so far, for the backfill summary (None in the daemon: it would grow forever).
     seen_runs: Option<HashSet<String>>,
+    /// Retention's requests to close a run DB (see `release`).
+    releases: Receiver<Release>,
 }
 
 impl Writer {
@@ -36,11 +39,13 @@ impl Writer {
         config: Arc<WriterConfig>,
         state: Sender<StateMsg>,
         counters: Arc<Counters>,
+        releases: Receiver<Release>,
     ) -> Writer {
         let seen_runs = config.linger.is_none().then(Default::default);
         let wal_checkpointer = WalCheckpointer::spawn(shard, &config.sqlite, &counters);
         Writer {
             seen_runs,
+            releases,
             pool: Pool::new(
                 config.output_dir.clone(),
                 config.sqlite.clone(),
@@ -59,6 +64,7 @@ impl Writer {
 
     pub(super) fn run(&mut self, inbox: Receiver<Batch>) {
         let mut next_maintenance = self.config.maintenance.map(|m| Instant::now() + m.interval);
+        let releases = self.releases.clone();
         loop {
             let flush_at = match (self.oldest, self.config.linger) {
                 (Some(t), Some(linger)) => Some(t + linger),
@@ -68,9 +74,16 @@ impl Writer {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let received = match deadline {
-                Some(d) => inbox.recv_deadline(d),
-                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let timer = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            let received = select! {
+                recv(inbox) -> batch => batch.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(releases) -> request => {
+                    if let Ok(request) = request {
+                        self.release(request);
+                    }
+                    Err(RecvTimeoutError::Timeout)
+                }
+                recv(timer) -> _ => Err(RecvTimeoutError::Timeout),
             };
             match received {
                 Ok(batch) => self.buffer(batch),
@@ -96,6 +109,20 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Retention deletes a run DB: close this writer's connection to it (without a checkpoint:
+    /// it is about to go; if it stays, the WAL loop checkpoints it later without creating it),
+    /// unless records of that run are buffered, then answer. Never blocks.
+    fn release(&mut self, request: Release) {
+        if let Some(run_id) = self.pool.open_run_at(&request.path) {
+            if !self.runs.contains_key(&run_id) {
+                // No background checkpoint may hold the DB open meanwhile (as in `maintain`).
+                let _quiet = self.wal_checkpointer.pause();
+                self.pool.evict(&run_id);
+            }
+        }
+        let _ = request.done.try_send(());
     }
 
     /// Sorts a batch's records into the per-run buffers, then commits the runs that have

@@ -531,6 +531,38 @@ fn dlq_list_shows_every_letter_and_filters_by_reason() {
     assert!(done.stderr.contains("invalid_json"), "{}", done.stderr);
 }
 
+/// Issue 10 #18: the text listing shows the bad line itself, cut to a terminal's width and with
+/// control characters escaped (a raw line must not drive the terminal); `--json` keeps it whole.
+#[test]
+fn dlq_list_text_shows_the_bad_line_cut_and_escaped() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240802.ndjson";
+    let long = format!(r#"{{"x":"{}"}}"#, "a".repeat(300));
+    let lines: Vec<String> = vec![long.clone(), "{bad\u{1b}[31m\tx".into()];
+    write_lines(&shipper, rel, &lines);
+    shipper.backfill(&[]);
+    let done = shipper.run_cmd(&["dlq", "list"], &[]);
+    done.assert_success("dlq list");
+    let text: Vec<&str> = done.stdout.lines().collect();
+    assert_eq!(text.len(), 2, "{}", done.stdout);
+    // The first 100 characters of the line, then how long it was.
+    let cut = format!(" | {}… ({} bytes)", &long[..100], long.len());
+    assert!(text[0].contains("missing_run_id: ") && text[0].ends_with(&cut), "{}", text[0]);
+    assert!(text[1].contains("invalid_json: "), "{}", text[1]);
+    assert!(text[1].ends_with(r" | {bad\u{1b}[31m\tx"), "{}", text[1]);
+    assert!(!done.stdout.contains('\u{1b}') && !done.stdout.contains('\t'), "{}", done.stdout);
+    // --json: every letter's whole `raw`.
+    let raws: Vec<String> =
+        done_json(&shipper).iter().map(|v| v["raw"].as_str().expect("raw").to_owned()).collect();
+    assert_eq!(raws, lines);
+}
+
+fn done_json(shipper: &Shipper) -> Vec<serde_json::Value> {
+    let done = shipper.run_cmd(&["dlq", "list"], &["--json"]);
+    done.assert_success("dlq list --json");
+    done.stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect()
+}
+
 #[test]
 fn maintain_deletes_the_oldest_run_dbs_while_all_exceed_max_total_size() {
     let shipper = Shipper::with_config("");

@@ -179,7 +179,7 @@ fn maintain_deletes_dlq_files_oldest_day_first_down_to_dlq_max_total_size() {
 }
 
 #[test]
-fn the_daemon_keeps_dlq_files_under_the_limit_and_its_bookkeeping_survives_deleted_files() {
+fn the_daemon_keeps_dlq_files_under_the_limit_and_its_bookkeeping_follows_deleted_files() {
     let shipper = Shipper::with_config("");
     let old = write_old_dlq_files(&shipper, &["20240101", "20240102", "20240103"]);
     let addr = free_port();
@@ -210,6 +210,12 @@ fn the_daemon_keeps_dlq_files_under_the_limit_and_its_bookkeeping_survives_delet
     wait_until(DEADLINE, "jsonl_shipper_retention_deleted_total = 2", || {
         metric(addr, "jsonl_shipper_retention_deleted_total") == Some(2.0)
     });
+    // The keys of the deleted files' letters went with them (issue 10 #13).
+    let today = shipper.dlq_files()[1].0.clone();
+    let want_keys = vec![(old[2].0.clone(), 10), (today.clone(), 2)];
+    wait_until(DEADLINE, "the keys of the deleted DLQ files pruned", || {
+        dlq_key_files(&shipper) == want_keys
+    });
     let dlq = shipper.path("dlq");
     let log = daemon.stderr_so_far();
     for (name, _) in &old[..2] {
@@ -225,6 +231,7 @@ fn the_daemon_keeps_dlq_files_under_the_limit_and_its_bookkeeping_survives_delet
     assert!(done.stdout.contains("2 DLQ files"), "{}", done.stdout);
     assert_eq!(shipper.dlq_files(), vec![]);
     assert_eq!(dlq_rows(&shipper), vec![]);
+    assert_eq!(dlq_key_files(&shipper), vec![]);
 
     // The daemon's next dead letter starts a fresh file holding exactly that letter: nothing
     // is cut, nothing deleted comes back.
@@ -244,9 +251,11 @@ fn the_daemon_keeps_dlq_files_under_the_limit_and_its_bookkeeping_survives_delet
     assert_eq!(shipper.dead_letters(), want);
     assert_eq!(dlq_rows(&shipper), vec![(files[0].0.clone(), files[0].1.len() as u64)]);
 
+    assert_eq!(dlq_key_files(&shipper), vec![(today.clone(), 1)]);
+
     // Restart (the DLQ is recovered: nothing to cut) with a copy of the source: the same
-    // lines again, including the two whose letters were deleted. Their keys are kept, so no
-    // letter is written again.
+    // lines again. The letter still in the DLQ keeps its key, so it is not written again;
+    // the two whose letters (and keys) were deleted are dead-lettered again, once each.
     let copy = "raw/events_20240602.ndjson";
     std::fs::copy(shipper.path(rel), shipper.path(copy)).expect("copy");
     let copy_len = std::fs::metadata(shipper.path(copy)).expect("stat").len();
@@ -256,8 +265,37 @@ fn the_daemon_keeps_dlq_files_under_the_limit_and_its_bookkeeping_survives_delet
         shipper.checkpoints().iter().any(|cp| cp.path == source && cp.offset == copy_len)
     });
     daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
-    assert_eq!(shipper.dlq_files(), files, "unchanged byte for byte");
-    assert_eq!(dlq_rows(&shipper), vec![(files[0].0.clone(), files[0].1.len() as u64)]);
+    let again = |line_no: u64, offset: u64, reason: &str, raw: &str| DeadLetter {
+        source: shipper.source(copy),
+        line_no,
+        offset,
+        reason: reason.into(),
+        raw_len: raw.len() as u64,
+        raw: raw.into(),
+    };
+    let mut want = want;
+    want.push(again(1, 0, "invalid_json", "{bad"));
+    want.push(again(2, 5, "not_object", "[2]"));
+    assert_eq!(shipper.dead_letters(), want);
+    let after = shipper.dlq_files();
+    assert_eq!(names(&after), names(&files));
+    assert!(after[0].1.starts_with(&files[0].1), "appended to, never cut");
+    assert_eq!(dlq_rows(&shipper), vec![(after[0].0.clone(), after[0].1.len() as u64)]);
+    assert_eq!(dlq_key_files(&shipper), vec![(today, 3)]);
+}
+
+/// The state DB's `dlq_keys` by DLQ file: `(file, keys)`, sorted.
+fn dlq_key_files(shipper: &Shipper) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        shipper.path("db/shipper-state.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open state DB");
+    let mut stmt = conn
+        .prepare("SELECT file, count(*) FROM dlq_keys GROUP BY file ORDER BY file")
+        .expect("prepare");
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query");
+    rows.collect::<rusqlite::Result<_>>().expect("rows")
 }
 
 #[test]

@@ -116,6 +116,61 @@ fn the_daemon_deletes_run_dbs_older_than_max_age_and_keeps_shipping() {
     assert!(!old_db.exists(), "the deleted run DB came back");
 }
 
+/// Issue 10 #17: a run DB past `max_age` that the daemon's own writer still holds open (idle
+/// far below `idle_close_after`) is deleted: the writer lets go of it when retention asks. It
+/// stays deleted, and a later line of that run starts a fresh DB.
+#[test]
+fn retention_deletes_an_old_run_db_its_own_writer_holds_open() {
+    let shipper = Shipper::with_config(
+        "[output]\nidle_close_after = \"1h\"\nbatch_max_delay = \"20ms\"\n\
+         [sqlite]\ncheckpoint_interval = \"1h\"\n\
+         [retention]\nmax_age = \"1h\"\ncheck_interval = \"200ms\"\n",
+    );
+    let rel = "raw/events_20240301.ndjson";
+    shipper.write(rel, b"{\"run_id\":\"old\",\"event_id\":\"a\"}\n");
+    let daemon = shipper.spawn_run();
+    let old_db = shipper.path("db/runs/old.sqlite");
+    wait_until(DEADLINE, "the old run's row, its DB held open by the daemon", || {
+        count_rows(&shipper, "old.sqlite") == 1 && daemon.read_position(&old_db).is_some()
+    });
+    // Its last write (the DB and its WAL: no checkpoint runs) was two hours ago.
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for suffix in ["", "-wal"] {
+        let path = shipper.path(&format!("db/runs/old.sqlite{suffix}"));
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(two_hours_ago).unwrap();
+    }
+    let gone = |shipper: &Shipper| {
+        ["", "-wal", "-shm"]
+            .iter()
+            .all(|s| !shipper.path(&format!("db/runs/old.sqlite{s}")).exists())
+    };
+    if !crate::harness::poll_until(DEADLINE, || gone(&shipper)) {
+        panic!("retention did not delete the open run DB:\n{}", daemon.stderr_so_far());
+    }
+    // (Logged just after the files are removed.)
+    wait_until(DEADLINE, "the deletion logged", || {
+        daemon.stderr_so_far().contains("retention: deleted run DB")
+    });
+    let log = daemon.stderr_so_far();
+    assert!(!log.contains("retention: run DB kept"), "{log}");
+    let held: Vec<_> = daemon
+        .fd_targets()
+        .into_iter()
+        .filter(|t| t.to_string_lossy().starts_with(&*old_db.to_string_lossy()))
+        .collect();
+    assert_eq!(held, Vec::<std::path::PathBuf>::new(), "still open after its deletion");
+    // A new line of the run: a fresh DB holding exactly it.
+    shipper.append(rel, b"{\"run_id\":\"old\",\"event_id\":\"b\"}\n");
+    wait_until(DEADLINE, "the new row", || count_rows(&shipper, "old.sqlite") == 1);
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let snapshot = shipper.snapshot();
+    let keys: Vec<&str> = snapshot.events.iter().map(|e| e.event_key.as_str()).collect();
+    assert_eq!(keys, ["b"]);
+    assert_eq!(snapshot.runs.len(), 1);
+}
+
 #[test]
 fn five_thousand_runs_are_written_within_the_open_db_budget_and_bounded_memory() {
     // The issue's 5,000 runs, interleaved, at most 8 open DBs (4 per writer): every row lands,
