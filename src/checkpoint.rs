@@ -56,6 +56,11 @@ const MIGRATIONS: &[&str] = &[
         tmp TEXT NOT NULL,
         new_len INTEGER NOT NULL
     );",
+    // 2 → 3: dead-letter keys gain the day of their source file (`parse::line_key`). The day
+    // is in the letters, not in this DB: `dlq::recover` rekeys under the DLQ lock, reading the
+    // DLQ files, and clears this marker in the same transaction.
+    "CREATE TABLE dlq_rekey_pending (pending INTEGER NOT NULL);
+    INSERT INTO dlq_rekey_pending VALUES (1);",
 ];
 
 /// A saved position in one file.

@@ -264,7 +264,7 @@ impl BatchBuilder {
         let run_id = push_text(arena, &record.run_id);
         let key = match (&record.event_id, record.kind) {
             (Some(id), Kind::Event) => Key::EventId(push_text(arena, id)),
-            _ => Key::Line(parse::line_key(meta.line_no, &parse::digest(bytes))),
+            _ => Key::Line(parse::line_key(day, meta.line_no, &parse::digest(bytes))),
         };
         let data = push_text(arena, data);
         let event_type = push_value(arena, &record.event_type);
@@ -300,7 +300,8 @@ pub(crate) struct DeadLetter {
     pub error: String,
     pub raw: String,
     pub raw_len: u64,
-    /// Identity of the line (line number + content hash), as for events without `event_id`.
+    /// Identity of the line (file day, line number, content hash), as for events without
+    /// `event_id`.
     pub key: Vec<u8>,
 }
 
@@ -321,7 +322,7 @@ impl DeadLetter {
         let mut lossy =
             String::from_utf8_lossy(&raw[..raw.len().min(max_raw_bytes + 3)]).into_owned();
         lossy.truncate(crate::parse::floor_char_boundary(&lossy, max_raw_bytes));
-        let key = crate::parse::line_key(meta.line_no, digest).to_vec();
+        let key = crate::parse::line_key(file.day, meta.line_no, digest).to_vec();
         DeadLetter {
             source: file.source.clone(),
             offset: meta.offset,

@@ -183,13 +183,26 @@ pub(crate) fn parse_line<'a>(line: &'a [u8], mapping: &Mapping) -> Outcome<'a> {
     })
 }
 
-/// The identity of a line that has no `event_id`: its line number (8 bytes, big-endian) and
-/// the first 128 bits of the SHA-256 of its bytes. Re-reading the same content at the same
-/// position (restart, rename, copy, `.gz`) gives the same key. It is stored as a BLOB, and
-/// SQLite never considers a BLOB equal to TEXT, so it cannot collide with any producer
-/// `event_id` (always TEXT); line numbers first keep one file's keys ascending, which keeps
-/// the primary-key index append-mostly.
-pub(crate) fn line_key(line_no: u64, digest: &[u8; 32]) -> [u8; 24] {
+/// The identity of a line that has no `event_id`: the producer's date from its file's name
+/// (4 bytes, big-endian; 0 without one), its line number (8 bytes, big-endian) and the first
+/// 96 bits of the SHA-256 of its bytes. Re-reading the same content at the same position of
+/// the same day's file (restart, rename, copy, `.gz`) gives the same key; the same bytes at the
+/// same line of another day's file are another line. It is stored as a BLOB, and SQLite never
+/// considers a BLOB equal to TEXT, so it cannot collide with any producer `event_id` (always
+/// TEXT); day and line number first keep one file's keys ascending, which keeps the
+/// primary-key index append-mostly.
+pub(crate) fn line_key(day: u32, line_no: u64, digest: &[u8; 32]) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..4].copy_from_slice(&day.to_be_bytes());
+    key[4..12].copy_from_slice(&line_no.to_be_bytes());
+    key[12..].copy_from_slice(&digest[..12]);
+    key
+}
+
+/// The key a line had before the day was part of it (schema 1 of the run DBs, the state DB's
+/// DLQ keys before its version 4): line number and the first 128 bits of the SHA-256. The new
+/// key of the same line is the day followed by its first 20 bytes.
+pub(crate) fn legacy_line_key(line_no: u64, digest: &[u8; 32]) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..8].copy_from_slice(&line_no.to_be_bytes());
     key[8..].copy_from_slice(&digest[..16]);
@@ -208,30 +221,30 @@ pub(crate) fn stream_pos(file_day: u32, line_no: u64) -> i64 {
     (file_day as i64) * 10_000_000_000 + (line_no.min(9_999_999_999) as i64)
 }
 
-/// The last `YYYYMMDD` (eight digits, plausible date, not part of a longer number) in a file
-/// name, or 0 when there is none.
+/// The producer's date in a file name: the `YYYYMMDD` of `events_YYYYMMDD` (a plausible date,
+/// not part of a longer number), or 0 when the name has none. Only that one counts: a date a
+/// rotation tool appends (`events_20240301.ndjson.20240305.gz`) is not the producer's.
 pub(crate) fn file_day(file_name: &str) -> u32 {
-    let bytes = file_name.as_bytes();
-    let mut best = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if !bytes[i].is_ascii_digit() {
-            i += 1;
+    for (at, _) in file_name.match_indices("events_") {
+        let rest = &file_name.as_bytes()[at + 7..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits != 8 {
             continue;
         }
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i - start == 8 {
-            let value: u32 = file_name[start..i].parse().unwrap_or(0);
-            let (month, day) = (value / 100 % 100, value % 100);
-            if (1..=12).contains(&month) && (1..=31).contains(&day) && value / 10_000 >= 1970 {
-                best = value;
-            }
+        let value: u32 = file_name[at + 7..at + 15].parse().unwrap_or(0);
+        let (month, day) = (value / 100 % 100, value % 100);
+        if (1..=12).contains(&month) && (1..=31).contains(&day) && value / 10_000 >= 1970 {
+            return value;
         }
     }
-    best
+    0
+}
+
+/// [`file_day`] of the file a `source` path (as stored in `events.source` and dead letters)
+/// names.
+pub(crate) fn source_day(source: &str) -> u32 {
+    let name = std::path::Path::new(source).file_name().map(|n| n.to_string_lossy());
+    file_day(&name.unwrap_or_default())
 }
 
 fn json_error(e: &serde_json::Error) -> String {
@@ -507,20 +520,29 @@ mod tests {
         assert_eq!(file_day("events_20240301.ndjson"), 20240301);
         assert_eq!(file_day("events_20240301.ndjson.gz"), 20240301);
         assert_eq!(file_day("events_20240301.ndjson.1"), 20240301);
-        assert_eq!(file_day("x_20241399.ndjson"), 0);
-        assert_eq!(file_day("x_123456789.ndjson"), 0);
+        assert_eq!(file_day("events_20240301.ndjson.20240305.gz"), 20240301);
+        assert_eq!(file_day("events_20250401_0007.ndjson"), 20250401);
+        assert_eq!(file_day("events_20241399.ndjson"), 0);
+        assert_eq!(file_day("events_123456789.ndjson"), 0);
+        assert_eq!(file_day("telemetry_20240301.ndjson"), 0, "not the producer's naming");
         assert_eq!(file_day("plain.ndjson"), 0);
+        assert_eq!(source_day("/var/x/raw/events_20240301.ndjson.1"), 20240301);
         assert!(stream_pos(20240102, 1) > stream_pos(20240101, 9_999_999));
         assert!(stream_pos(20240101, 2) > stream_pos(20240101, 1));
     }
 
     #[test]
     fn line_keys_sort_by_line_and_differ_by_content() {
-        let a = line_key(9, &digest(b"x"));
-        let b = line_key(10, &digest(b"x"));
+        let a = line_key(20240301, 9, &digest(b"x"));
+        let b = line_key(20240301, 10, &digest(b"x"));
         assert!(a < b);
-        assert_ne!(line_key(9, &digest(b"y")), a);
-        assert_eq!(a[..8], 9u64.to_be_bytes());
-        assert_eq!(a[8..], digest(b"x")[..16]);
+        assert!(line_key(20240302, 1, &digest(b"x")) > b, "days first");
+        assert_ne!(line_key(20240301, 9, &digest(b"y")), a);
+        assert_ne!(line_key(20240302, 9, &digest(b"x")), a, "another day's line");
+        assert_eq!(a[..4], 20240301u32.to_be_bytes());
+        assert_eq!(a[4..12], 9u64.to_be_bytes());
+        assert_eq!(a[12..], digest(b"x")[..12]);
+        let legacy = legacy_line_key(9, &digest(b"x"));
+        assert_eq!(a[4..], legacy[..20], "the new key is the day and the legacy key's head");
     }
 }

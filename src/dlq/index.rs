@@ -132,3 +132,27 @@ pub(super) fn set_committed_len(
     .execute(params![name, len as i64])?;
     Ok(())
 }
+
+/// Whether the keys still have to gain their day (state DB schema 3, see `dlq::recover`).
+pub(super) fn rekey_pending(tx: &Transaction<'_>) -> rusqlite::Result<bool> {
+    tx.query_row("SELECT count(*) FROM dlq_rekey_pending", [], |r| r.get::<_, i64>(0))
+        .map(|n| n > 0)
+}
+
+pub(super) fn rekey_done(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM dlq_rekey_pending", []).map(drop)
+}
+
+/// Every key with its DLQ file.
+pub(super) fn all_keys(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(Vec<u8>, String)>> {
+    let mut stmt = tx.prepare("SELECT key, file FROM dlq_keys")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Gives a recorded key its new form (keeping its file, reason and replayed mark).
+pub(super) fn replace_key(tx: &Transaction<'_>, old: &[u8], new: &[u8]) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE OR IGNORE dlq_keys SET key = ?2 WHERE key = ?1")?
+        .execute(params![old, new])?;
+    Ok(())
+}

@@ -64,6 +64,15 @@ pub(crate) struct DlqLine {
     pub raw_len: u64,
 }
 
+impl DlqLine {
+    /// The identity of the line this letter holds, if `raw` is the whole line: the key it was
+    /// recorded under (see [`crate::parse::line_key`]).
+    pub(crate) fn key(&self) -> [u8; 24] {
+        let digest = crate::parse::digest(self.raw.as_bytes());
+        crate::parse::line_key(crate::parse::source_day(&self.source), self.line_no, &digest)
+    }
+}
+
 /// Name of the DLQ file for a moment: `dlq_YYYYMMDD.ndjson` (UTC).
 pub(crate) fn file_name_for(at: SystemTime) -> String {
     let stamp = humantime::format_rfc3339_seconds(at).to_string();
@@ -169,6 +178,11 @@ pub(crate) fn append(
 pub(crate) fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u64, u64)>> {
     let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
     let rolled = roll_forward(dir, &tx)?;
+    if index::rekey_pending(&tx).map_err(|e| state_error(state, e))? {
+        let (rekeyed, left) = rekey(dir, &tx)?;
+        index::rekey_done(&tx).map_err(|e| state_error(state, e))?;
+        tracing::info!(rekeyed, left, "dead-letter keys now carry their source file's day");
+    }
     tx.commit().map_err(|e| state_error(state, e))?;
     for name in rolled {
         tracing::warn!(file = %dir.join(name).display(), "finished a DLQ rewrite interrupted by a crash");
@@ -192,6 +206,64 @@ pub(crate) fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u
         }
     }
     Ok(cut)
+}
+
+/// State DB schema 3: every recorded dead-letter key (line number and hash, see
+/// [`crate::parse::legacy_line_key`]) becomes the day of its letter's source file followed by
+/// its first 20 bytes. The day is found through the letter: in the key's DLQ file, the letter
+/// with that line number (and, when its `raw` is whole, that very key). A key whose letter
+/// cannot be found (its file deleted) is left as it was: it matches nothing any more, so such
+/// a line, read again, is dead-lettered again, once. Returns (rekeyed, left).
+/// A letter's source day, and its legacy key when its `raw` is the whole line.
+type LetterDay = (u32, Option<[u8; 24]>);
+
+fn rekey(dir: &Path, tx: &Transaction<'_>) -> io::Result<(u64, u64)> {
+    use std::collections::HashMap;
+    use std::io::BufRead;
+    let err = |e: rusqlite::Error| io::Error::other(format!("rekeying dead letters: {e}"));
+    let mut by_file: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for (key, file) in index::all_keys(tx).map_err(err)? {
+        by_file.entry(file).or_default().push(key);
+    }
+    let (mut rekeyed, mut left) = (0, 0);
+    for (file, keys) in by_file {
+        let mut letters: HashMap<u64, Vec<LetterDay>> = HashMap::new();
+        let path = dir.join(&file);
+        match File::open(&path) {
+            Ok(f) => {
+                for line in io::BufReader::new(f).lines() {
+                    let line = line.map_err(|e| file_error(&path, "reading", e))?;
+                    let Ok(letter) = serde_json::from_str::<DlqLine>(&line) else { continue };
+                    let whole = letter.raw.len() as u64 == letter.raw_len;
+                    let digest = crate::parse::digest(letter.raw.as_bytes());
+                    let legacy =
+                        whole.then(|| crate::parse::legacy_line_key(letter.line_no, &digest));
+                    let day = crate::parse::source_day(&letter.source);
+                    letters.entry(letter.line_no).or_default().push((day, legacy));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_error(&path, "opening", e)),
+        }
+        for key in keys {
+            let Ok(head) = <[u8; 8]>::try_from(key.get(..8).unwrap_or_default()) else {
+                left += 1;
+                continue;
+            };
+            let candidates = letters.get(&u64::from_be_bytes(head)).map_or(&[][..], |c| &c[..]);
+            let exact =
+                candidates.iter().find(|(_, legacy)| legacy.is_some_and(|l| l[..] == key[..]));
+            let Some((day, _)) = exact.or(candidates.first()) else {
+                left += 1;
+                continue;
+            };
+            let mut new_key = day.to_be_bytes().to_vec();
+            new_key.extend_from_slice(&key[..20]);
+            index::replace_key(tx, &key, &new_key).map_err(err)?;
+            rekeyed += 1;
+        }
+    }
+    Ok((rekeyed, left))
 }
 
 /// Records a DLQ file this state DB has no row for: its committed length is its length up to
@@ -220,8 +292,7 @@ fn adopt(dir: &Path, state: &StateDb, name: &str) -> io::Result<()> {
         if letter.raw.len() as u64 != letter.raw_len || letter.raw.contains('\u{FFFD}') {
             continue;
         }
-        let key =
-            crate::parse::line_key(letter.line_no, &crate::parse::digest(letter.raw.as_bytes()));
+        let key = letter.key();
         index::add_key(&tx, &key, name, &letter.reason).map_err(|e| state_error(state, e))?;
         keyed += 1;
     }
@@ -304,7 +375,7 @@ pub(crate) fn faithful_key(letter: &DlqLine, state: &StateDb) -> io::Result<Opti
     if letter.raw.len() as u64 != letter.raw_len {
         return Ok(None);
     }
-    let key = crate::parse::line_key(letter.line_no, &crate::parse::digest(letter.raw.as_bytes()));
+    let key = letter.key();
     if letter.raw.contains('\u{FFFD}')
         && !index::key_known(state, &key).map_err(|e| state_error(state, e))?
     {
@@ -341,9 +412,7 @@ pub(crate) fn remove_letters(
                 .then(|| serde_json::from_slice::<DlqLine>(&line[..line.len() - 1]).ok())
                 .flatten()
                 .filter(|l| l.raw.len() as u64 == l.raw_len)
-                .map(|l| {
-                    crate::parse::line_key(l.line_no, &crate::parse::digest(l.raw.as_bytes()))
-                });
+                .map(|l| l.key());
             match key {
                 Some(key) if keys.contains(&key) => {
                     dropped += 1;
@@ -473,6 +542,55 @@ mod tests {
         (dir, state, dlq)
     }
 
+    /// State DB schema 3: keys recorded without a day gain their letter's source day, found
+    /// by the whole key when `raw` is whole and by the line number when it was cut, once.
+    #[test]
+    fn recover_gives_old_keys_their_source_day_once() {
+        use crate::parse::{digest, legacy_line_key, line_key};
+        let letter = |source: &str, line_no: u64, raw: &str, raw_len: u64| {
+            let line = DlqLine {
+                at: "2024-01-01T00:00:00.000Z".into(),
+                source: source.into(),
+                offset: 0,
+                line_no,
+                reason: "invalid_json".into(),
+                error: "e".into(),
+                raw: raw.into(),
+                raw_len,
+            };
+            format!("{}\n", serde_json::to_string(&line).unwrap())
+        };
+        // The same bad line at line 1 of two days' files, and a cut one at line 7.
+        let bytes = letter("/raw/events_20240301.ndjson", 1, "{bad", 4)
+            + &letter("/raw/events_20240302.ndjson", 1, "{bad", 4)
+            + &letter("/raw/events_20240302.ndjson", 7, "{cu", 99);
+        let (_dir, state, dlq) = setup(bytes.as_bytes());
+        let name = "dlq_20240101.ndjson";
+        let legacy = legacy_line_key(1, &digest(b"{bad"));
+        let cut_legacy = legacy_line_key(7, &digest(b"{cut whole line"));
+        let tx = state.transaction_shared().unwrap();
+        index::add_key(&tx, &legacy, name, "invalid_json").unwrap();
+        index::add_key(&tx, &cut_legacy, name, "invalid_json").unwrap();
+        tx.commit().unwrap();
+
+        recover(&dlq, &state).unwrap();
+        let known = |key: &[u8]| index::key_known(&state, key).unwrap();
+        // One legacy key stood for both days' lines (the bug): it goes to the first letter.
+        assert!(known(&line_key(20240301, 1, &digest(b"{bad"))));
+        assert!(!known(&legacy), "rekeyed");
+        let mut cut_new = 20240302u32.to_be_bytes().to_vec();
+        cut_new.extend_from_slice(&cut_legacy[..20]);
+        assert!(known(&cut_new), "a cut letter is found by its line number");
+        assert!(!known(&cut_legacy));
+        // Once: a key recorded after the migration is not touched again.
+        let later = legacy_line_key(3, &digest(b"x"));
+        let tx = state.transaction_shared().unwrap();
+        index::add_key(&tx, &later, name, "invalid_json").unwrap();
+        tx.commit().unwrap();
+        recover(&dlq, &state).unwrap();
+        assert!(known(&later));
+    }
+
     fn intent(state: &StateDb, new_len: u64) {
         let tx = state.transaction_shared().unwrap();
         let name = "dlq_20240101.ndjson";
@@ -510,8 +628,9 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dlq.join(name)).unwrap(), bytes);
         let complete = (whole.len() + cut.len()) as u64;
         assert_eq!(index::committed(&state).unwrap()[name], complete);
-        let key =
-            |n: u64, raw: &str| crate::parse::line_key(n, &crate::parse::digest(raw.as_bytes()));
+        let key = |n: u64, raw: &str| {
+            crate::parse::line_key(20240101, n, &crate::parse::digest(raw.as_bytes()))
+        };
         assert!(index::key_known(&state, &key(1, "{bad")).unwrap());
         assert!(!index::key_known(&state, &key(2, "{cu")).unwrap());
         // Adopted once: a second recover cuts the torn line like any uncommitted tail.

@@ -76,7 +76,7 @@ pub(crate) fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Res
             .entry(letter.source.clone())
             .or_default();
         let meta = LineMeta { offset: letter.offset, line_no: letter.line_no, end_offset: 0 };
-        builder.push(&record, meta, bytes, file_day(&letter.source));
+        builder.push(&record, meta, bytes, parse::source_day(&letter.source));
         keys.push(key);
     }
 
@@ -100,10 +100,6 @@ pub(crate) fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Res
     Ok(report)
 }
 
-fn file_day(source: &str) -> u32 {
-    parse::file_day(&Path::new(source).file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
-}
-
 /// Writes one run's replayed records in one transaction; adds the keys of the letters now
 /// durable in the run DB to `shipped`. Returns how many SQLite rejected on their own.
 fn ship_run(
@@ -122,7 +118,7 @@ fn ship_run(
             source: Arc::from(source.as_str()),
             id: crate::identity::FileId { dev: 0, ino: 0 },
             gzip: false,
-            day: file_day(&source),
+            day: parse::source_day(&source),
         });
         let span =
             Arc::new(Span::new(file, 0, 0, keys.len(), Default::default(), None, Instant::now()));

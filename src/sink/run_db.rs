@@ -1,7 +1,7 @@
 //! One run database: open (pragmas, schema, migrations, file mode) in one place, and the
 //! batched, idempotent writes.
 //!
-//! Schema (version 1):
+//! Schema (version 2; 1 had derived keys without the day):
 //! - `runs`: one row per run; `data` is the merge of the run records in stream order,
 //!   recomputed from `run_records` whenever a record arrives out of order, so replays and
 //!   parallel backfills never roll a run back.
@@ -21,7 +21,7 @@ use crate::sink::merge::fold_run_record;
 use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate, quarantine};
 
 #[cfg(test)]
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations by version; entry N brings a DB from version N to N+1. Never edit or remove one.
 pub(crate) const MIGRATIONS: &[&str] = &[
@@ -52,7 +52,36 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         source TEXT NOT NULL,
         line_no INTEGER NOT NULL
     );",
+    // 1 → 2: derived keys carry the producer's date (`parse::line_key`), and the day in
+    // `pos` is the one of `events_YYYYMMDD` (not the last date in the name). Both are
+    // recomputed from what every row keeps (its source, line number and bytes), so re-reading
+    // an old file after the upgrade still finds its rows. (Functions: `register_migration_fns`.)
+    "UPDATE events SET pos = jss_stream_pos(source, line_no);
+    UPDATE events SET event_key = jss_line_key(source, line_no, data)
+        WHERE typeof(event_key) = 'blob';
+    UPDATE run_records SET pos = jss_stream_pos(source, line_no),
+        record_key = jss_line_key(source, line_no, data);
+    UPDATE runs SET merged_pos = (SELECT coalesce(max(pos), -1) FROM run_records);",
 ];
+
+/// The SQL functions the migrations call (registered on every connection that may migrate).
+fn register_migration_fns(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("jss_line_key", 3, flags, |ctx| {
+        let source: String = ctx.get(0)?;
+        let line_no: i64 = ctx.get(1)?;
+        let data: String = ctx.get(2)?;
+        let digest = crate::parse::digest(data.as_bytes());
+        let day = crate::parse::source_day(&source);
+        Ok(crate::parse::line_key(day, line_no as u64, &digest).to_vec())
+    })?;
+    conn.create_scalar_function("jss_stream_pos", 2, flags, |ctx| {
+        let source: String = ctx.get(0)?;
+        let line_no: i64 = ctx.get(1)?;
+        Ok(crate::parse::stream_pos(crate::parse::source_day(&source), line_no as u64))
+    })
+}
 
 /// Opens (creating if needed) a run DB.
 ///
@@ -101,6 +130,7 @@ fn open_once(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<(Connection
     let mut conn = Connection::open(path)?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     apply_pragmas(&conn, sqlite)?;
+    register_migration_fns(&conn)?;
     migrate(&mut conn, MIGRATIONS)?;
     conn.set_prepared_statement_cache_capacity(16);
     let unmoved = before.is_some() && inode(path) == before;
@@ -329,6 +359,48 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap()
+    }
+
+    /// Schema 1 keyed id-less lines without their day: the migration rekeys them (and the
+    /// day in `pos` is the producer's), so a line read again after the upgrade finds its row,
+    /// while the same bytes at the same line of another day's file are another row.
+    #[test]
+    fn v1_keys_gain_the_day_and_a_reread_finds_them() {
+        use crate::parse::{digest, legacy_line_key, line_key, stream_pos};
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let path = dir.path().join("v1.sqlite");
+        v1_fixture(&path);
+        let (line, source) =
+            (r#"{"run_id":"r","type":"started"}"#, "/raw/events_20240301.ndjson.20240305.gz");
+        let old_key = legacy_line_key(3, &digest(line.as_bytes())).to_vec();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO events VALUES (?1, 'r', 'started', NULL, ?2, ?3, 3, ?4)",
+            params![old_key, line, source, stream_pos(20240305, 3)],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO run_records VALUES (?1, ?2, ?3, ?4, 3)",
+            params![old_key, stream_pos(20240305, 3), line, source],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open(&path, &sqlite).unwrap();
+        let new_key = line_key(20240301, 3, &digest(line.as_bytes())).to_vec();
+        let row = |sql: &str| -> (Vec<u8>, i64) {
+            conn.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+        };
+        let want = (new_key.clone(), stream_pos(20240301, 3));
+        assert_eq!(row("SELECT event_key, pos FROM events WHERE line_no = 3"), want);
+        assert_eq!(row("SELECT record_key, pos FROM run_records"), want);
+        let merged: i64 = conn.query_row("SELECT merged_pos FROM runs", [], |r| r.get(0)).unwrap();
+        assert_eq!(merged, stream_pos(20240301, 3));
+        // A producer event_id (TEXT) is left as it was.
+        let id: String = conn
+            .query_row("SELECT event_key FROM events WHERE line_no = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(id, "e1");
     }
 
     #[test]

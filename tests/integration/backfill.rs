@@ -70,7 +70,7 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
     for db in &want_dbs {
         // `data` is JSON that SQLite's own functions accept (what analysts query with).
         assert_eq!(shipper.rows_sqlite_rejects(db), Vec::<String>::new(), "{db}");
-        assert_eq!(shipper.user_version(db), 1, "{db}");
+        assert_eq!(shipper.user_version(db), 2, "{db}");
     }
 }
 
@@ -141,12 +141,15 @@ fn rereading_copies_renames_and_gzips_of_shipped_files_adds_nothing() {
     assert_snapshot(&shipper.snapshot(), &rows);
     assert_eq!(shipper.dlq_files(), dlq, "the DLQ changed");
 
-    // Given explicitly, elsewhere, under names without a date: a `.gz` copy of a `.gz`, a
-    // decompressed copy of a `.gz` (a rename), and a single-member `.gz` of a plain file.
-    let gz_copy = shipper.write("elsewhere/copy.ndjson.gz", &gzip_members(day1.bytes(), &[]));
-    let plain_copy = shipper.write("elsewhere/renamed.ndjson", day2.bytes());
-    shipper.age("elsewhere/renamed.ndjson");
-    let gz_of_plain = shipper.write("elsewhere/plain.ndjson.gz", &gzip_members(day3.bytes(), &[]));
+    // Given explicitly, elsewhere, under other names that keep the producer's date (part of
+    // a line's identity): a `.gz` copy of a `.gz`, a decompressed copy of a `.gz` (a rename),
+    // and a single-member `.gz` of a plain file.
+    let gz_copy =
+        shipper.write("elsewhere/events_20240101.copy.gz", &gzip_members(day1.bytes(), &[]));
+    let plain_copy = shipper.write("elsewhere/events_20240102.renamed", day2.bytes());
+    shipper.age("elsewhere/events_20240102.renamed");
+    let gz_of_plain =
+        shipper.write("elsewhere/events_20240103.plain.gz", &gzip_members(day3.bytes(), &[]));
     let paths: Vec<&str> = [&gz_copy, &plain_copy, &gz_of_plain]
         .into_iter()
         .map(|p| p.to_str().expect("UTF-8"))
@@ -206,4 +209,43 @@ fn explicit_files_directories_and_globs_are_shipped_with_absolute_sources() {
 
     let (want, _) = expected(shipper.base(), &[&by_file, &by_dir, &by_glob], &[]);
     assert_snapshot(&shipper.snapshot(), &want);
+}
+
+/// The contract's line identity carries the producer's date: the same id-less line, and the
+/// same bad line, at the same line number of two days' files are two rows and two dead
+/// letters; a copy of one day's file (another name, same `events_YYYYMMDD`) adds nothing.
+#[test]
+fn identical_lines_of_two_days_are_two_rows_and_two_letters() {
+    let shipper = Shipper::new();
+    let day = |n: u32| {
+        format!("{{\"run_id\":\"r\",\"event_type\":\"started\",\"n\":1}}\n{{\"run_id\":\"\"}}\n{{\"run_id\":\"r\",\"event_type\":\"day\",\"d\":{n}}}\n")
+    };
+    for (rel, n) in [("raw/events_20261101.ndjson", 1), ("raw/events_20261102.ndjson", 2)] {
+        shipper.write(rel, day(n).as_bytes());
+        shipper.age(rel);
+    }
+    shipper.backfill(&[]);
+    let events = shipper.snapshot().events;
+    let started: Vec<_> = events.iter().filter(|e| e.data.contains("started")).collect();
+    assert_eq!(started.len(), 2, "{events:#?}");
+    assert_eq!(events.len(), 4);
+    let letters = shipper.dead_letters();
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    assert_eq!(
+        letters.iter().map(|l| (l.line_no, l.source.clone())).collect::<BTreeSet<_>>(),
+        [
+            (2, shipper.source("raw/events_20261101.ndjson")),
+            (2, shipper.source("raw/events_20261102.ndjson")),
+        ]
+        .into_iter()
+        .collect()
+    );
+
+    // A copy under another name of the same day: the same keys, nothing new.
+    let copy = "old/events_20261101.ndjson.bak";
+    shipper.write(copy, day(1).as_bytes());
+    shipper.age(copy);
+    shipper.backfill(&[shipper.path(copy).to_str().unwrap()]);
+    assert_eq!(shipper.snapshot().events.len(), 4);
+    assert_eq!(shipper.dead_letters().len(), 2);
 }

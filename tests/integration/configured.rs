@@ -96,7 +96,7 @@ fn custom_mapping_selects_runs_keys_and_columns_by_the_configured_field_names() 
         runs: vec![run],
         events: vec![
             event(2, "x1".into(), "fetch", SqlValue::Integer(5)),
-            event(3, line_key(3, lines[2].as_bytes()), "parse", SqlValue::Null),
+            event(3, line_key(rel, 3, lines[2].as_bytes()), "parse", SqlValue::Null),
         ],
     };
     want.sort();

@@ -199,12 +199,9 @@ impl GenFile {
     }
 }
 
-/// The last `YYYYMMDD` in a file name, 0 if none.
+/// The producer's `YYYYMMDD` (of `events_YYYYMMDD`) in a file name, 0 if none.
 fn day_of(rel: &str) -> u64 {
-    let name = rel.rsplit('/').next().unwrap_or(rel);
-    let digits: Vec<&str> =
-        name.split(|c: char| !c.is_ascii_digit()).filter(|d| d.len() == 8).collect();
-    digits.last().map_or(0, |d| d.parse().expect("digits"))
+    crate::harness::producer_day(rel)
 }
 
 /// Reads a good line the way the contract describes; panics if the generator was asked to
@@ -314,8 +311,10 @@ pub(crate) fn expected(
                         continue;
                     }
                     let db = db_file_name(&rec.run_id);
-                    let key =
-                        rec.event_id.clone().unwrap_or_else(|| line_key(line.line_no, &line.bytes));
+                    let key = rec
+                        .event_id
+                        .clone()
+                        .unwrap_or_else(|| line_key(&file.rel, line.line_no, &line.bytes));
                     let pos = file.day * 10_000_000_000 + line.line_no;
                     let row = EventRow {
                         db: db.clone(),

@@ -804,15 +804,31 @@ pub(crate) fn db_file_name(run_id: &str) -> String {
 }
 
 /// The event key of a line without `event_id`, as [`key_column`] renders it: a BLOB of the
-/// line number (8 bytes, big-endian) and the first 16 bytes of the SHA-256 of the line's bytes
-/// (without the newline).
-pub(crate) fn line_key(line_no: u64, line: &[u8]) -> String {
+/// producer's date in the file's name (`events_YYYYMMDD`, 4 bytes big-endian, 0 without one),
+/// the line number (8 bytes, big-endian) and the first 12 bytes of the SHA-256 of the line's
+/// bytes (without the newline).
+pub(crate) fn line_key(file: &str, line_no: u64, line: &[u8]) -> String {
     let digest = Sha256::digest(line);
+    let day = producer_day(file) as u32;
     let mut key = String::from("blob:");
-    for b in line_no.to_be_bytes().iter().chain(&digest[..16]) {
+    for b in day.to_be_bytes().iter().chain(&line_no.to_be_bytes()).chain(&digest[..12]) {
         key.push_str(&format!("{b:02x}"));
     }
     key
+}
+
+/// The contract's producer date of a file (path or name): the `YYYYMMDD` of `events_YYYYMMDD`
+/// in its name, 0 if none.
+pub(crate) fn producer_day(file: &str) -> u64 {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    name.match_indices("events_")
+        .filter_map(|(at, _)| {
+            let digits: String =
+                name[at + 7..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            (digits.len() == 8).then(|| digits.parse::<u64>().expect("digits"))
+        })
+        .find(|d| (1..=12).contains(&(d / 100 % 100)) && (1..=31).contains(&(d % 100)))
+        .unwrap_or(0)
 }
 
 /// An `event_key` value as text: TEXT as is (producer event_ids), BLOB as `blob:<hex>` (line

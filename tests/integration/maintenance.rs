@@ -127,7 +127,7 @@ fn replay_ships_what_the_new_mapping_accepts_and_keeps_the_rest_byte_for_byte() 
     assert!(out.contains("7 considered, 4 shipped"), "{out}");
     let mut want = before.clone();
     want.events.push(event(&shipper, day2, 1, "b", "e2".into(), &l2[0]));
-    want.events.push(event(&shipper, day1, 3, "b", line_key(3, l1[2].as_bytes()), &l1[2]));
+    want.events.push(event(&shipper, day1, 3, "b", line_key(day1, 3, l1[2].as_bytes()), &l1[2]));
     want.runs.push(run_row("b", json!({"job":"b","record_type":"run","status":"done"})));
     want.sort();
     assert_snapshot(&shipper.snapshot(), &want);
@@ -216,7 +216,7 @@ fn replay_killed_at_any_point_loses_and_doubles_nothing() {
                 rel,
                 line_no,
                 &run,
-                line_key(line_no, text.as_bytes()),
+                line_key(rel, line_no, text.as_bytes()),
                 text,
             ));
         }
@@ -478,7 +478,11 @@ fn a_version_1_state_db_is_migrated_in_place_and_its_checkpoints_are_resumed() {
     assert_eq!(shipper.checkpoints(), want_cp);
     let conn = rusqlite::Connection::open(&state).expect("open state DB");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    let pending: i64 = conn
+        .query_row("SELECT count(*) FROM dlq_rekey_pending", [], |r| r.get(0))
+        .expect("the version 3 table");
+    assert_eq!(pending, 0, "dead-letter keys rekeyed at the first start");
     let rewrites: i64 = conn
         .query_row("SELECT count(*) FROM dlq_rewrites", [], |r| r.get(0))
         .expect("the version 2 table");

@@ -256,7 +256,8 @@ fn the_daemon_keeps_dlq_files_under_the_limit_and_its_bookkeeping_follows_delete
     // Restart (the DLQ is recovered: nothing to cut) with a copy of the source: the same
     // lines again. The letter still in the DLQ keeps its key, so it is not written again;
     // the two whose letters (and keys) were deleted are dead-lettered again, once each.
-    let copy = "raw/events_20240602.ndjson";
+    // (Its name keeps the producer's date: a line's identity includes it.)
+    let copy = "raw/events_20240601_copy.ndjson";
     std::fs::copy(shipper.path(rel), shipper.path(copy)).expect("copy");
     let copy_len = std::fs::metadata(shipper.path(copy)).expect("stat").len();
     let daemon = shipper.spawn_run();
