@@ -392,7 +392,9 @@ impl Config {
         for (key, value, min, max) in [
             ("sources.max_open_files", s.max_open_files, 1, usize::MAX),
             ("output.batch_max_events", o.batch_max_events, 1, usize::MAX),
-            ("output.batch_max_bytes", o.batch_max_bytes, 1, usize::MAX),
+            // Text offsets in a batch are u32: a run's buffer (up to this, plus one span of
+            // 8 MiB and one line of max_line_bytes, at most 1 GiB) stays under 4 GiB.
+            ("output.batch_max_bytes", o.batch_max_bytes, 1, GIB as usize),
             ("output.max_open_dbs", o.max_open_dbs, 1, usize::MAX),
             ("output.writer_threads", o.writer_threads, 1, 64),
         ] {

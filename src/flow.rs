@@ -205,9 +205,12 @@ fn copy_value(arena: &mut String, from: &Batch, v: Value) -> Value {
 }
 
 fn push_text(arena: &mut String, s: &str) -> Text {
-    let start = arena.len() as u32;
+    // Bounded, never wrapped: a span holds at most 8 MiB and one line (at most 1 GiB), a
+    // writer's run buffer at most `batch_max_bytes` (at most 1 GiB) more.
+    let offset = |len: usize| u32::try_from(len).expect("a batch arena stays under 4 GiB");
+    let start = offset(arena.len());
     arena.push_str(s);
-    Text { start, end: arena.len() as u32 }
+    Text { start, end: offset(arena.len()) }
 }
 
 fn push_value(arena: &mut String, s: &Scalar<'_>) -> Value {

@@ -31,6 +31,10 @@ use crate::tail::{Line, LineReader};
 /// that span bookkeeping stays off the profile.
 const SPAN_MAX_RECORDS: usize = 4096;
 
+/// Bytes per span: with long lines, a span of 4,096 records could hold gigabytes. A span (its
+/// batches and dead letters) holds at most this plus one line of `max_line_bytes`.
+const SPAN_MAX_BYTES: u64 = 8 << 20;
+
 /// Which writer shard owns a run. Stable within a process, which is all it needs: shards only
 /// split work, the run DB file name does not depend on them.
 pub(crate) fn shard_of(run_id: &str, n_shards: usize) -> usize {
@@ -146,52 +150,76 @@ impl Router {
             Err(Closed) => return Ok(Routed::Closed),
         }
         let mut pending = Pending::new(self.writers.len());
-        let mut counted_offset = reader.offset();
-        let mut lines = 0u64;
+        let mut counted = (reader.offset(), 0u64);
+        let read =
+            self.read_spans(file, handle, reader, finished, stop, &mut pending, &mut counted);
+        if let Ok(Some(early)) = read {
+            return Ok(early);
+        }
+        // Drained, or a read error: what was classified is sealed either way, so that nothing
+        // the reader moved past is dropped (the next read resumes after it).
+        let (offset, line_no) = (reader.offset(), reader.line_no());
+        self.count(offset - counted.0, counted.1);
+        if pending.n_records > 0 || !pending.dead.is_empty() || pending.blank_advance {
+            match self.seal(file, handle, &mut pending, offset, line_no) {
+                Sealed::Sent => {}
+                Sealed::Stalled if read.is_ok() => return Ok(Routed::Blocked),
+                Sealed::Closed if read.is_ok() => return Ok(Routed::Closed),
+                Sealed::Stalled | Sealed::Closed => {}
+            }
+        }
+        read.map(|_| Routed::Drained)
+    }
+
+    /// Reads and classifies lines, sealing a span every [`SPAN_MAX_RECORDS`] records or
+    /// [`SPAN_MAX_BYTES`] bytes. Some(..) when routing must stop there; None when the reader
+    /// has no complete line left (the caller seals the rest). `counted`: the offset and the
+    /// lines not yet added to the read counters.
+    #[allow(clippy::too_many_arguments)]
+    fn read_spans<R: Read>(
+        &mut self,
+        file: &Arc<FileEntry>,
+        handle: &File,
+        reader: &mut LineReader<R>,
+        finished: bool,
+        stop: &dyn Fn() -> bool,
+        pending: &mut Pending,
+        counted: &mut (u64, u64),
+    ) -> std::io::Result<Option<Routed>> {
         loop {
             let mut got_line = false;
             while let Some(line) = reader.next_line()? {
                 got_line = true;
-                lines += 1;
-                self.classify(file, line, &mut pending, false);
-                if pending.n_records >= SPAN_MAX_RECORDS {
+                counted.1 += 1;
+                self.classify(file, line, pending, false);
+                let bytes = reader.offset() - counted.0;
+                if pending.n_records >= SPAN_MAX_RECORDS || bytes >= SPAN_MAX_BYTES {
                     let (offset, line_no) = (reader.offset(), reader.line_no());
-                    self.count(offset - counted_offset, lines);
-                    (counted_offset, lines) = (offset, 0);
-                    match self.seal(file, handle, &mut pending, offset, line_no) {
+                    self.count(offset - counted.0, counted.1);
+                    *counted = (offset, 0);
+                    match self.seal(file, handle, pending, offset, line_no) {
                         Sealed::Sent => {}
-                        Sealed::Stalled => return Ok(Routed::Blocked),
-                        Sealed::Closed => return Ok(Routed::Closed),
+                        Sealed::Stalled => return Ok(Some(Routed::Blocked)),
+                        Sealed::Closed => return Ok(Some(Routed::Closed)),
                     }
                     if stop() {
-                        return Ok(Routed::Drained);
+                        return Ok(Some(Routed::Drained));
                     }
                 }
             }
-            if finished {
-                if let Some(line) = reader.finish()? {
-                    lines += 1;
-                    self.classify(file, line, &mut pending, true);
-                } else if !got_line && reader.at_eof() {
-                    break;
-                }
-                if reader.at_eof() && reader.pending_bytes() == 0 {
-                    break;
-                }
-            } else {
-                break;
+            if !finished {
+                return Ok(None);
+            }
+            if let Some(line) = reader.finish()? {
+                counted.1 += 1;
+                self.classify(file, line, pending, true);
+            } else if !got_line && reader.at_eof() {
+                return Ok(None);
+            }
+            if reader.at_eof() && reader.pending_bytes() == 0 {
+                return Ok(None);
             }
         }
-        let (offset, line_no) = (reader.offset(), reader.line_no());
-        self.count(offset - counted_offset, lines);
-        if pending.n_records > 0 || !pending.dead.is_empty() || pending.blank_advance {
-            match self.seal(file, handle, &mut pending, offset, line_no) {
-                Sealed::Sent => {}
-                Sealed::Stalled => return Ok(Routed::Blocked),
-                Sealed::Closed => return Ok(Routed::Closed),
-            }
-        }
-        Ok(Routed::Drained)
     }
 
     fn count(&self, bytes: u64, lines: u64) {
@@ -391,5 +419,98 @@ mod tests {
             .collect();
         let span = SPAN_MAX_RECORDS as u64;
         assert_eq!(spans, [span, 2 * span, 3 * span]);
+    }
+
+    /// A source that gives `data`, then fails (EIO on NFS, a bad gzip member).
+    struct FailsAfter(std::io::Cursor<Vec<u8>>);
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::other("injected read error")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    /// A read error after some lines seals what was read before it: nothing the reader moved
+    /// past is dropped, and a span never covers a line that did not leave the router.
+    #[test]
+    fn a_read_error_seals_the_lines_read_before_it() {
+        let source = tempfile::NamedTempFile::new().unwrap();
+        let file = Arc::new(FileEntry {
+            path: source.path().to_path_buf(),
+            source: "events.ndjson".into(),
+            id: FileId { dev: 1, ino: 2 },
+            gzip: false,
+            day: 0,
+        });
+        let (writer_tx, writer_rx) = crossbeam_channel::bounded(16);
+        let (state_tx, state_rx) = crossbeam_channel::bounded(16);
+        let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
+        let counters = Arc::new(Counters::default());
+        let mut router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, true);
+        let data: String = (0..3).map(event).collect::<String>() + "{\"run_id\":\"r\",\"ev";
+        let bytes = data.len();
+        let mut reader = LineReader::new(
+            FailsAfter(std::io::Cursor::new(data.into_bytes())),
+            0,
+            0,
+            1 << 20,
+            1024,
+        );
+        let handle = source.reopen().unwrap();
+        let error = router.route(&file, &handle, &mut reader, false, &|| false).unwrap_err();
+        assert_eq!(error.to_string(), "injected read error");
+        let spans: Vec<(u64, u64)> = state_rx
+            .try_iter()
+            .filter_map(|m| match m {
+                StateMsg::Span { span, .. } => Some((span.end_line_no, span.end_offset)),
+                _ => None,
+            })
+            .collect();
+        let complete = bytes as u64 - "{\"run_id\":\"r\",\"ev".len() as u64;
+        assert_eq!(spans, [(3, complete)], "the three complete lines, sealed");
+        assert_eq!(writer_rx.try_recv().unwrap().recs.len(), 3);
+        assert_eq!((reader.offset(), reader.line_no()), (complete, 3));
+    }
+
+    /// Long lines: a span is sealed by bytes too, so its memory is bounded whatever the
+    /// record count.
+    #[test]
+    fn spans_are_sealed_by_bytes_too() {
+        let mut source = tempfile::NamedTempFile::new().unwrap();
+        let pad = "x".repeat(512 << 10);
+        let line =
+            |i: usize| format!("{{\"run_id\":\"r\",\"event_id\":\"{i}\",\"p\":\"{pad}\"}}\n");
+        let n = 40;
+        source.write_all((0..n).map(line).collect::<String>().as_bytes()).unwrap();
+        let file = Arc::new(FileEntry {
+            path: source.path().to_path_buf(),
+            source: "events.ndjson".into(),
+            id: FileId { dev: 1, ino: 2 },
+            gzip: false,
+            day: 0,
+        });
+        let (writer_tx, writer_rx) = crossbeam_channel::bounded(64);
+        let (state_tx, state_rx) = crossbeam_channel::bounded(64);
+        let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
+        let counters = Arc::new(Counters::default());
+        let mut router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, false);
+        let mut reader = LineReader::new(source.reopen().unwrap(), 0, 0, 1 << 20, 1024);
+        let handle = source.reopen().unwrap();
+        let routed = router.route(&file, &handle, &mut reader, false, &|| false).unwrap();
+        assert_eq!(routed, Routed::Drained);
+        let ends: Vec<u64> = state_rx
+            .try_iter()
+            .filter_map(|m| match m {
+                StateMsg::Span { span, .. } => Some(span.end_line_no),
+                _ => None,
+            })
+            .collect();
+        // 16 lines of just over 512 KiB pass 8 MiB.
+        assert_eq!(ends, [16, 32, 40]);
+        let records: usize = writer_rx.try_iter().map(|b| b.recs.len()).sum();
+        assert_eq!(records, n);
     }
 }

@@ -37,7 +37,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         let pipeline = Pipeline::start(config.clone(), Mode::Daemon, counters.clone())?;
         let clock = SystemClock;
         let mut tailer = Tailer::new(
-            pipeline.opener(),
+            pipeline.opener().never_blocking(),
             pipeline.router(),
             &config,
             &counters,

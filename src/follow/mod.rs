@@ -82,6 +82,15 @@ struct Tailed {
     /// When a rescan first missed it in the globs: its producer may write on through the
     /// descriptor it holds, so it is finished only once idle for close_inactive since then too.
     gone_since: Option<Instant>,
+    /// The last read failed: not read again before `retry_at`.
+    read_error: Option<ReadError>,
+}
+
+/// Backing off after a read error (EIO or ESTALE on NFS or FUSE, a bad gzip member).
+#[derive(Debug, Clone, Copy)]
+struct ReadError {
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 impl Tailed {
@@ -428,11 +437,27 @@ impl<'a> Tailer<'a> {
             }
             // Only files opened count: unreadable ones must not keep the others waiting.
             let started = match self.parked.remove(&key) {
-                Some(parked) if parked.unread => self.start(&path, |pl| pl.open(&path, false)),
-                Some(parked) => self.start(&path, |pl| {
-                    let (offset, line_no) = (parked.offset, parked.line_no);
-                    pl.reopen(&path, &path, key, offset, line_no, parked.fingerprint)
-                }),
+                Some(parked) => {
+                    let started = self.start(&path, |pl| match parked.unread {
+                        true => pl.open(&path, false),
+                        false => {
+                            let (offset, line_no) = (parked.offset, parked.line_no);
+                            pl.reopen(
+                                &path,
+                                &path,
+                                key,
+                                offset,
+                                line_no,
+                                parked.fingerprint.clone(),
+                            )
+                        }
+                    });
+                    if !started {
+                        // Kept where it was: not opened now is not forgotten.
+                        self.parked.insert(key, parked);
+                    }
+                    started
+                }
                 None => {
                     let from_end =
                         self.from_end_at_first_scan || self.from_end_deferred.remove(&key);
@@ -549,12 +574,16 @@ impl<'a> Tailer<'a> {
             }
             tracing::info!(from = %parked.path.display(), to = %new_path.display(), "an idle file was renamed away with bytes left to ship; reading it to its end");
             let (offset, line_no, fingerprint) =
-                (parked.offset, parked.line_no, parked.fingerprint);
+                (parked.offset, parked.line_no, parked.fingerprint.clone());
             let known_as = parked.path.clone();
-            self.start(&new_path, |pl| match parked.unread {
+            let started = self.start(&new_path, |pl| match parked.unread {
                 true => pl.open(&new_path, false),
                 false => pl.reopen(&new_path, &known_as, key, offset, line_no, fingerprint),
             });
+            if !started {
+                self.parked.insert(key, parked); // tried again by the next rescan
+                continue;
+            }
             // Keep the old (glob) path: the file counts as rotated away, so it is finished and
             // closed once idle instead of being parked again.
             if let Some(tailed) = self.open.get_mut(&key) {
@@ -593,11 +622,17 @@ impl<'a> Tailer<'a> {
                         drained: true,
                         in_glob: true,
                         gone_since: None,
+                        read_error: None,
                     },
                 );
                 true
             }
             Ok(None) => false,
+            Err(error) if error.is::<open::StateBusy>() => {
+                tracing::debug!(path = %path.display(), "state thread busy; opening the file later");
+                self.backlog = true;
+                false
+            }
             Err(error) => {
                 tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot open file; will retry at the next rescan");
                 false
@@ -701,6 +736,9 @@ impl<'a> Tailer<'a> {
             if !full && tailed.in_glob && !tailed.has_news() {
                 continue; // the rescan's stat saw nothing new
             }
+            if tailed.read_error.is_some_and(|e| now < e.retry_at) {
+                continue; // backing off after a read error
+            }
             let mut size = None;
             if !tailed.opened.file.gzip {
                 if let Ok(meta) = tailed.opened.handle.metadata() {
@@ -730,12 +768,24 @@ impl<'a> Tailer<'a> {
                     self.resume_at = Some(key);
                 }
                 Ok(Routed::Closed) => return false,
-                Err(error) => tracing::error!(
-                    path = %tailed.path.display(),
-                    offset = opened.reader.offset(),
-                    %error,
-                    "read error; will retry"
-                ),
+                Err(error) => {
+                    // What was read before the error is sealed (route); the rest is read again
+                    // from there, after 1 s, doubling up to a minute: one line per attempt.
+                    let backoff = tailed.read_error.map_or(Duration::from_secs(1), |e| {
+                        (e.backoff * 2).min(Duration::from_secs(60))
+                    });
+                    tailed.read_error = Some(ReadError { retry_at: now + backoff, backoff });
+                    tracing::error!(
+                        path = %tailed.path.display(),
+                        offset = opened.reader.offset(),
+                        %error,
+                        retry_in = ?backoff,
+                        "read error; nothing after this offset is skipped, will retry"
+                    );
+                }
+            }
+            if !matches!(tailed.read_error, Some(e) if e.retry_at > now) {
+                tailed.read_error = None;
             }
             let after = opened.reader.offset() + opened.reader.pending_bytes();
             if tailed.drained && size.is_some_and(|size| after >= size) {
@@ -898,7 +948,10 @@ impl<'a> Tailer<'a> {
                 }
                 Ok(Routed::Drained | Routed::Closed) => {}
                 Err(error) => {
-                    tracing::error!(path = %tailed.path.display(), %error, "read error while closing")
+                    // Not finished: closing now would abandon the rest. Tried again at the
+                    // next close_inactive.
+                    tracing::error!(path = %tailed.path.display(), %error, "read error while finishing a rotated or deleted file; will retry");
+                    continue;
                 }
             }
             let Some(tailed) = self.unfollow(key) else { continue };

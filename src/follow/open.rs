@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 
 use crate::checkpoint::Checkpoint;
 use crate::flow::{FileEntry, Opening, StateMsg};
@@ -49,7 +49,16 @@ pub(crate) struct Opener {
     disk_bytes: Arc<Counter>,
     /// Files this reader let go of: their saved checkpoints are not used.
     let_go: HashSet<FileId>,
+    /// (The daemon.) Never wait for room in the state thread's inbox: an open that finds it
+    /// full fails with [`StateBusy`] and is tried again by a later rescan.
+    never_block: bool,
 }
+
+/// The state thread's inbox is full (a long `dlq replay` holds the DLQ lock, a slow disk):
+/// the file was not opened, nothing was registered.
+#[derive(Debug, thiserror::Error)]
+#[error("the state thread is busy")]
+pub(crate) struct StateBusy;
 
 impl Opener {
     pub(crate) fn new(
@@ -66,7 +75,14 @@ impl Opener {
             max_raw_bytes,
             disk_bytes,
             let_go: HashSet::new(),
+            never_block: false,
         }
+    }
+
+    /// For the daemon's reader, whose loop must never wait on another thread.
+    pub(crate) fn never_blocking(mut self) -> Opener {
+        self.never_block = true;
+        self
     }
 
     /// The checkpoint saved for a file identity when the pipeline started.
@@ -153,6 +169,23 @@ impl Opener {
             (offset, line_no) =
                 last_line_end(&handle).with_context(|| format!("reading {}", path.display()))?;
         }
+        if !gzip && offset > 0 {
+            // A position inside a line: that line's unterminated tail was shipped as the end
+            // of a finished file (backfill takes an idle file for finished), and the file
+            // went on. Reading on from there would make a half line of the rest: the line is
+            // read again from its start, whole, as soon as it ends.
+            let start = line_start(&handle, offset, self.max_line_bytes as u64)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if start < offset {
+                tracing::info!(
+                    path = %path.display(),
+                    checkpoint = offset,
+                    line_start = start,
+                    "the checkpoint is inside a line whose start was shipped as a finished file's tail; reading that line again from its start"
+                );
+                (offset, line_no) = (start, line_no.saturating_sub(1));
+            }
+        }
         // Read through the descriptor just identified and verified, not a fresh open of `path`.
         let (source, handle) = Source::from_file(handle, offset, Some(self.disk_bytes.clone()))
             .with_context(|| format!("{}: opening at offset {offset}", path.display()))?;
@@ -172,11 +205,36 @@ impl Opener {
         let reader =
             LineReader::new(source, offset, line_no, self.max_line_bytes, self.max_raw_bytes);
         let msg = StateMsg::Open(Opening { file: file.clone(), offset, line_no, reset });
-        if self.state.send(msg).is_err() {
+        if self.never_block {
+            match self.state.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(StateBusy.into()),
+                Err(TrySendError::Disconnected(_)) => anyhow::bail!("state thread stopped"),
+            }
+        } else if self.state.send(msg).is_err() {
             anyhow::bail!("state thread stopped");
         }
         Ok(Opened { file, reader, start_offset: offset, handle })
     }
+}
+
+/// Where the line holding the byte before `offset` starts: `offset` itself when that byte is a
+/// `\n` (or the line is longer than `max_line` back, which is read on as it always was).
+fn line_start(file: &File, offset: u64, max_line: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = offset;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 && offset - end < max_line {
+        let len = (end.min(buf.len() as u64)) as usize;
+        let chunk = &mut buf[..len];
+        file.read_exact_at(chunk, end - len as u64)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            let start = end - len as u64 + i as u64 + 1;
+            return Ok(start);
+        }
+        end -= len as u64;
+    }
+    Ok(if end == 0 { 0 } else { offset })
 }
 
 /// The offset just past the last `\n` and the number of lines before it: where `read_from =

@@ -84,6 +84,9 @@ enum Op {
     Rescan,
     /// The writers stop (or resume) taking batches: a locked DB, a full disk.
     Hold(bool),
+    /// The state thread stops (or resumes) taking messages (a `dlq replay` holding the DLQ
+    /// lock): its small inbox fills, and the reader must not wait on it.
+    HoldState(bool),
     /// A stop and start (or a SIGHUP reload) from the checkpoints saved so far.
     Restart,
 }
@@ -102,6 +105,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|advance_ms| Op::Turn { advance_ms }),
         1 => Just(Op::Rescan),
         1 => any::<bool>().prop_map(Op::Hold),
+        1 => any::<bool>().prop_map(Op::HoldState),
         1 => Just(Op::Restart),
     ]
 }
@@ -150,6 +154,7 @@ struct Downstream {
     state_tx: Sender<StateMsg>,
     state_rx: Receiver<StateMsg>,
     held: bool,
+    state_held: bool,
     queues: HashMap<FileId, VecDeque<Arc<Span>>>,
     checkpoints: HashMap<FileId, Checkpoint>,
     /// Per (file id, generation): the last line number delivered.
@@ -161,13 +166,14 @@ struct Downstream {
 impl Downstream {
     fn new() -> Downstream {
         let (writer_tx, writer_rx) = bounded(2);
-        let (state_tx, state_rx) = bounded(4096);
+        let (state_tx, state_rx) = bounded(8);
         Downstream {
             writer_tx,
             writer_rx,
             state_tx,
             state_rx,
             held: false,
+            state_held: false,
             queues: HashMap::new(),
             checkpoints: HashMap::new(),
             delivered: HashMap::new(),
@@ -177,7 +183,7 @@ impl Downstream {
 
     /// Takes what was sent: registrations and spans always, batches unless held.
     fn drain(&mut self, files: &[ModelFile]) -> Result<(), TestCaseError> {
-        while let Ok(msg) = self.state_rx.try_recv() {
+        while let Some(msg) = (!self.state_held).then(|| self.state_rx.try_recv().ok()).flatten() {
             match msg {
                 StateMsg::Open(Opening { file, offset, line_no, reset }) => {
                     let key = file.id;
@@ -260,8 +266,13 @@ impl Downstream {
     ) -> Result<(), TestCaseError> {
         prop_assert_eq!(letter.reason, DeadReason::IncompleteLine, "{:?}", letter);
         let key = span.file.id;
-        // The newest file of that inode: a deleted one's inode may have been reused.
-        let file = files.iter().rev().find(|f| f.key == key);
+        // The file of that inode whose next line starts so (a deleted file's inode may have
+        // been reused by a newer one, and the letter may be handled after that).
+        let file = files.iter().rev().find(|f| {
+            f.key == key
+                && f.partial.as_ref().is_some_and(|(line, n)| line[..*n] == letter.raw)
+                && letter.line_no == f.lines as u64 + 1
+        });
         let Some(file) = file else {
             return Err(TestCaseError::fail(format!("no partial line in {key:?}: {letter:?}")));
         };
@@ -285,6 +296,7 @@ impl Downstream {
             config.dlq.max_raw_bytes,
             Default::default(),
         )
+        .never_blocking()
     }
 
     fn router(&self, config: &Config, counters: &Arc<Counters>) -> Router {
@@ -453,6 +465,7 @@ impl World {
                 tailer.rescan(None);
             }
             Op::Hold(held) => self.down.held = held,
+            Op::HoldState(held) => self.down.state_held = held,
             Op::Restart | Op::Turn { .. } => unreachable!("the runner does these"),
         }
     }
@@ -500,7 +513,7 @@ fn run_ops(world: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Restart => {
-                world.down.held = false;
+                (world.down.held, world.down.state_held) = (false, false);
                 world.down.drain(&world.files)?;
                 tailer.flush_stalled();
                 world.down.drain(&world.files)?;
@@ -526,7 +539,7 @@ fn run_ops(world: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
     // Settle: writers free, the clock past close_inactive many times (a rotated file is
     // finished once idle for that long; one parked for want of a descriptor waits that long
     // before it is reopened to be finished), every file read.
-    world.down.held = false;
+    (world.down.held, world.down.state_held) = (false, false);
     // With more rotated files than descriptors they are finished a few at a time, each
     // close_inactive after it was reopened: enough rounds for every file of a case.
     let rounds = [0, 1].into_iter().chain(std::iter::repeat_n(6_000, 20)).chain([0]);

@@ -249,3 +249,33 @@ fn identical_lines_of_two_days_are_two_rows_and_two_letters() {
     assert_eq!(shipper.snapshot().events.len(), 4);
     assert_eq!(shipper.dead_letters().len(), 2);
 }
+
+/// Backfill takes an idle plain file for finished and ships its unterminated tail; if the file
+/// then goes on, that line is read again from its start, whole, with its line number, and the
+/// lines after it keep theirs: no half line from the middle (issue 10 #5).
+#[test]
+fn a_file_that_grows_after_its_tail_was_shipped_is_read_on_from_that_line_start() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240601.ndjson";
+    shipper
+        .write(rel, b"{\"run_id\":\"r\",\"event_id\":\"a\"}\n{\"run_id\":\"r\",\"event_id\":\"b\"");
+    shipper.age(rel);
+    shipper.backfill(&[]);
+    let letters = shipper.dead_letters();
+    assert_eq!(
+        letters.iter().map(|l| (l.line_no, l.reason.as_str())).collect::<Vec<_>>(),
+        [(2, "incomplete_line")]
+    );
+
+    shipper.append(rel, b",\"more\":1}\n{\"run_id\":\"r\",\"event_id\":\"c\"}\n");
+    shipper.backfill(&[]);
+    let events = shipper.snapshot().events;
+    let got: Vec<(String, i64)> = events.iter().map(|e| (e.event_key.clone(), e.line_no)).collect();
+    assert_eq!(got, [("a".into(), 1), ("b".into(), 2), ("c".into(), 3)], "{events:#?}");
+    assert_eq!(shipper.dead_letters(), letters, "no half line dead-lettered");
+    let bytes = std::fs::metadata(shipper.path(rel)).unwrap().len();
+    assert_eq!(
+        shipper.checkpoints(),
+        vec![Checkpoint { path: shipper.source(rel), offset: bytes, line_no: 3 }]
+    );
+}
