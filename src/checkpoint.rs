@@ -370,4 +370,28 @@ mod tests {
         assert_eq!(left.len(), 2);
         assert!(left.contains(&meta.ino()) && left.contains(&2));
     }
+
+    /// Issue 10 #16: a burst that grew the state DB's WAL (~30 MiB in one transaction) does not
+    /// leave it at its peak: the next commit after the checkpoint cuts it back to
+    /// `journal_size_limit` (4 MiB by default).
+    #[test]
+    fn a_burst_does_not_leave_the_state_dbs_wal_at_its_peak() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let path = dir.path().join("state.sqlite");
+        let mut db = StateDb::open(&path, &sqlite).unwrap();
+        let wal_len = || std::fs::metadata(crate::sqlite::sibling(&path, "-wal")).unwrap().len();
+        let tx = db.transaction().unwrap();
+        tx.execute_batch("CREATE TABLE burst (x BLOB)").unwrap();
+        for _ in 0..30 * 1024 {
+            tx.execute("INSERT INTO burst VALUES (zeroblob(1024))", []).unwrap();
+        }
+        tx.commit().unwrap();
+        let peak = wal_len();
+        assert!(peak > 30 << 20, "the burst left a WAL of only {peak} bytes");
+        // The state thread's next pass: one small commit.
+        db.conn.execute("DELETE FROM burst WHERE rowid = 1", []).unwrap();
+        let after = wal_len();
+        assert!(after <= 4 << 20, "the WAL stayed at {after} bytes (peak {peak})");
+    }
 }

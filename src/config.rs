@@ -57,7 +57,7 @@ pub(crate) const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 1000;
 /// Keeps WAL files small even for DBs that never reach the auto-checkpoint threshold.
 pub(crate) const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// A WAL that once grew large is truncated back to this after a checkpoint.
-pub(crate) const DEFAULT_JOURNAL_SIZE_LIMIT: usize = 64 * MIB as usize;
+pub(crate) const DEFAULT_JOURNAL_SIZE_LIMIT: usize = 4 * MIB as usize;
 /// Upserts touch few pages (measured: 512KiB is as fast as 2MiB at 50 runs and halves RSS);
 /// a small cache keeps 256 open DBs cheap.
 pub(crate) const DEFAULT_CACHE_SIZE: usize = 512 * KIB as usize;

@@ -49,14 +49,43 @@ pub(crate) fn backfill_files(
             }
         }
     }
-    let mut files: Vec<PathBuf> =
-        files.into_iter().map(|p| std::path::absolute(&p).unwrap_or(p)).collect();
+    let mut files = one_path_per_file(files);
     files.sort_by_cached_key(|p| {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         (crate::parse::file_day(&name), p.clone())
     });
-    files.dedup();
     Ok(files)
+}
+
+/// Keeps one path (absolute) per file, by identity (device + inode), not by path text: a file
+/// given under two paths (a symlink, a hard link, `..`) is read once, by one reader. The first
+/// path given is kept, unless it is a symlink and another is not. A path that cannot be
+/// stat'ed (vanished) is kept as it is, once.
+fn one_path_per_file(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    use std::collections::hash_map::Entry;
+    let mut by_file: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in files {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let key = match std::fs::metadata(&path) {
+            Ok(meta) => Ok(crate::identity::FileId::of(&meta)),
+            Err(_) => Err(path.clone()),
+        };
+        match by_file.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(kept.len());
+                kept.push(path);
+            }
+            Entry::Occupied(slot) => {
+                let is_link = |p: &Path| p.symlink_metadata().is_ok_and(|m| m.is_symlink());
+                let first = &mut kept[*slot.get()];
+                if is_link(first) && !is_link(&path) {
+                    *first = path;
+                }
+            }
+        }
+    }
+    kept
 }
 
 pub(crate) fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, DiscoverError> {
@@ -84,6 +113,33 @@ pub(crate) fn glob_base(pattern: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 10 #3: one file given as itself, a symlink, a hard link and through `..` is one
+    /// source, under its own path (a symlink given first yields to a real name).
+    #[test]
+    fn a_file_under_several_paths_is_one_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["raw", "alias", "hard"] {
+            std::fs::create_dir(root.join(sub)).unwrap();
+        }
+        let file = root.join("raw/events_20240301.ndjson");
+        std::fs::write(&file, b"{}\n").unwrap();
+        std::os::unix::fs::symlink(&file, root.join("alias/events_20240301.ndjson")).unwrap();
+        std::fs::hard_link(&file, root.join("hard/events_20240301.ndjson")).unwrap();
+        let other = root.join("raw/events_20240302.ndjson");
+        std::fs::write(&other, b"{}\n").unwrap();
+        let arg = |rel: &str| root.join(rel).to_string_lossy().into_owned();
+        let args = [
+            arg("alias/events_20240301.ndjson"),
+            arg("raw/events_20240301.ndjson"),
+            arg("hard/events_20240301.ndjson"),
+            arg("alias/../raw/events_20240301.ndjson"),
+            arg("raw/events_20240302.ndjson"),
+            arg("raw"),
+        ];
+        assert_eq!(backfill_files(&[], &args).unwrap(), vec![file, other]);
+    }
 
     #[test]
     fn glob_base_is_the_literal_directory() {

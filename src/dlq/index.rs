@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::checkpoint::StateDb;
 
@@ -30,8 +30,8 @@ pub(super) fn add_key(
 
 /// The committed length of each DLQ file: bytes past it were appended by a process that
 /// died before committing, and are cut off before the next append.
-pub(super) fn committed(state: &StateDb) -> rusqlite::Result<HashMap<String, u64>> {
-    let mut stmt = state.conn().prepare("SELECT name, committed_len FROM dlq_files")?;
+pub(super) fn committed(conn: &Connection) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut stmt = conn.prepare_cached("SELECT name, committed_len FROM dlq_files")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
     rows.collect()
 }

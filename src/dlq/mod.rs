@@ -144,6 +144,11 @@ pub(crate) fn append(
     if out.is_empty() {
         return Ok(new_by_reason);
     }
+    // Every file, not only today's: letters whose state commit failed are retried into the
+    // file of the day of the retry, and the day before must not keep their uncommitted copy.
+    for (other, want) in index::committed(tx).map_err(io::Error::other)? {
+        cut_to_committed(&dir.join(other), want)?;
+    }
     let path = dir.join(&name);
     let committed = index::committed_len(tx, &name).map_err(io::Error::other)?.unwrap_or(0);
     let created = !path.exists();
@@ -188,24 +193,40 @@ pub(crate) fn recover(dir: &Path, state: &StateDb) -> io::Result<Vec<(PathBuf, u
         tracing::warn!(file = %dir.join(name).display(), "finished a DLQ rewrite interrupted by a crash");
     }
     remove_stray_temp_files(dir)?;
-    let committed = index::committed(state).map_err(|e| state_error(state, e))?;
+    let committed = index::committed(state.conn()).map_err(|e| state_error(state, e))?;
     let mut cut = Vec::new();
     for (name, len) in dlq_files(dir)? {
         let Some(&want) = committed.get(&name) else {
             adopt(dir, state, &name)?;
             continue;
         };
-        if len > want {
-            let path = dir.join(&name);
-            OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(want))
-                .map_err(|e| file_error(&path, "cutting to its committed length", e))?;
+        let path = dir.join(&name);
+        if cut_to_committed(&path, want)? {
             cut.push((path, len, want));
         }
     }
     Ok(cut)
+}
+
+/// Cuts a DLQ file longer than its committed length back to it (bytes past it are letters
+/// whose state commit never happened: they are appended again, maybe to another day's file).
+/// Shorter or missing: rewritten (replay) or deleted (retention) meanwhile, left as it is.
+/// Returns whether it cut.
+fn cut_to_committed(path: &Path, want: u64) -> io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(file_error(path, "reading its length", e)),
+    };
+    if len <= want {
+        return Ok(false);
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(want))
+        .map_err(|e| file_error(path, "cutting to its committed length", e))?;
+    Ok(true)
 }
 
 /// State DB schema 3: every recorded dead-letter key (line number and hash, see
@@ -627,7 +648,7 @@ mod tests {
         assert!(recover(&dlq, &state).unwrap().is_empty(), "an unrecorded file is never cut");
         assert_eq!(std::fs::read_to_string(dlq.join(name)).unwrap(), bytes);
         let complete = (whole.len() + cut.len()) as u64;
-        assert_eq!(index::committed(&state).unwrap()[name], complete);
+        assert_eq!(index::committed(state.conn()).unwrap()[name], complete);
         let key = |n: u64, raw: &str| {
             crate::parse::line_key(20240101, n, &crate::parse::digest(raw.as_bytes()))
         };
@@ -665,7 +686,7 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(keys, vec![(key(3).to_vec(), kept.to_string())]);
-        let committed = index::committed(&state).unwrap();
+        let committed = index::committed(state.conn()).unwrap();
         assert_eq!(committed.into_iter().collect::<Vec<_>>(), vec![(kept.to_string(), 2)]);
     }
 
@@ -680,7 +701,7 @@ mod tests {
         recover(&dlq, &state).unwrap();
         assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
         assert!(!dlq.join(temp_name(name)).exists());
-        assert_eq!(index::committed(&state).unwrap()[name], new.len() as u64);
+        assert_eq!(index::committed(state.conn()).unwrap()[name], new.len() as u64);
         let tx = state.transaction_shared().unwrap();
         assert!(index::rewrites(&tx).unwrap().is_empty());
         drop(tx);
@@ -690,13 +711,85 @@ mod tests {
         intent(&state, new.len() as u64);
         assert!(recover(&dlq, &state).unwrap().is_empty(), "nothing to cut");
         assert_eq!(std::fs::read(dlq.join(name)).unwrap(), new);
-        assert_eq!(index::committed(&state).unwrap()[name], new.len() as u64);
+        assert_eq!(index::committed(state.conn()).unwrap()[name], new.len() as u64);
         // Killed before the intent: the temp file is dropped, the file stays whole.
         let (_d, state, dlq) = setup(old);
         std::fs::write(dlq.join(temp_name(name)), new).unwrap();
         recover(&dlq, &state).unwrap();
         assert_eq!(std::fs::read(dlq.join(name)).unwrap(), old);
         assert!(!dlq.join(temp_name(name)).exists());
-        assert_eq!(index::committed(&state).unwrap()[name], old.len() as u64);
+        assert_eq!(index::committed(state.conn()).unwrap()[name], old.len() as u64);
+    }
+
+    /// Issue 10 #6: letters appended (and fsynced) on day 1 whose state commit failed are
+    /// retried after UTC midnight into day 2's file; day 1's file is cut back to its committed
+    /// length first, so the uncommitted copy does not stay there as a duplicate.
+    #[test]
+    fn an_append_cuts_every_dlq_file_back_to_its_committed_length_first() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let mut state = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
+        let dlq = dir.path().join("dlq");
+        std::fs::create_dir(&dlq).unwrap();
+        let file = Arc::new(crate::flow::FileEntry {
+            path: "/raw/events_20231114.ndjson".into(),
+            source: "/raw/events_20231114.ndjson".into(),
+            id: crate::identity::FileId { dev: 1, ino: 2 },
+            gzip: false,
+            day: 20231114,
+        });
+        let span = Arc::new(Span::new(
+            file.clone(),
+            100,
+            2,
+            2,
+            Default::default(),
+            Some(100),
+            std::time::Instant::now(),
+        ));
+        let letter = |line_no: u64, raw: &str| {
+            let meta = crate::tail::LineMeta { offset: line_no * 10, line_no, end_offset: 0 };
+            let digest = crate::parse::digest(raw.as_bytes());
+            let reason = DeadReason::InvalidJson;
+            let letter =
+                DeadLetter::new(&file, meta, reason, "e".into(), raw.as_bytes(), 4, &digest, 64);
+            vec![(letter, span.clone())]
+        };
+        let mut append_on = |at: SystemTime, letters: &[(DeadLetter, Arc<Span>)], commit: bool| {
+            index::ensure_file(&mut state, &file_name_for(at)).unwrap();
+            let tx = state.transaction().unwrap();
+            append(&dlq, &tx, letters, at).unwrap();
+            if commit {
+                tx.commit().unwrap();
+            }
+        };
+        let day1 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let day2 = day1 + Duration::from_secs(86_400);
+        let line = |at: &str, line_no: u64, raw: &str| {
+            format!(
+                "{{\"at\":\"{at}\",\"source\":\"/raw/events_20231114.ndjson\",\"offset\":{},\
+                 \"line_no\":{line_no},\"reason\":\"invalid_json\",\"error\":\"e\",\
+                 \"raw\":\"{raw}\",\"raw_len\":4}}\n",
+                line_no * 10
+            )
+        };
+        // Day 1: one letter committed, then one appended whose state commit fails.
+        append_on(day1, &letter(1, "{one"), true);
+        let committed_day1 = line("2023-11-14T22:13:20.000Z", 1, "{one");
+        append_on(day1, &letter(2, "{two"), false);
+        let (name1, name2) = ("dlq_20231114.ndjson", "dlq_20231115.ndjson");
+        let read = |name: &str| std::fs::read_to_string(dlq.join(name)).unwrap();
+        assert_eq!(
+            read(name1),
+            committed_day1.clone() + &line("2023-11-14T22:13:20.000Z", 2, "{two")
+        );
+        // Day 2: the retry lands in day 2's file; day 1's keeps only what was committed.
+        append_on(day2, &letter(2, "{two"), true);
+        assert_eq!(read(name1), committed_day1);
+        assert_eq!(read(name2), line("2023-11-15T22:13:20.000Z", 2, "{two"));
+        let committed = index::committed(state.conn()).unwrap();
+        assert_eq!(committed[name1], committed_day1.len() as u64);
+        assert_eq!(committed[name2], read(name2).len() as u64);
     }
 }

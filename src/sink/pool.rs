@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use super::wal::{
-    checkpoint_wal, checkpoint_wal_and_close, close, is_gone, note_wal_pages, open_existing,
+    checkpoint_wal, checkpoint_wal_and_close, close, cut_back_wal, is_gone, note_wal_pages,
+    open_existing, RESTART_WAL_LIMIT,
 };
 use super::{run_db, run_path};
 use crate::config::SqliteConfig;
@@ -80,6 +81,9 @@ impl Pool {
             if self.sqlite.wal_autocheckpoint > 0 {
                 conn.wal_hook(Some(note_wal_pages));
             }
+            // SQLite cuts the WAL back only this far when it restarts; `maintain` does the rest.
+            let limit = self.sqlite.journal_size_limit.max(RESTART_WAL_LIMIT) as i64;
+            conn.pragma_update(None, "journal_size_limit", limit)?;
             self.conns.insert(run_id.to_string(), Open { conn, tick, used: Instant::now() });
             self.counters.open_run_dbs.inc();
             self.share_cache();
@@ -146,8 +150,9 @@ impl Pool {
         self.checkpoint_wal_of_closed(counters);
     }
 
-    /// The WAL checkpoint loop's work: PASSIVE for DBs written recently, TRUNCATE and close for
-    /// DBs idle for `idle_close_after`, TRUNCATE for DBs closed without a checkpoint.
+    /// The WAL checkpoint loop's work: PASSIVE for DBs written recently (then TRUNCATE if their
+    /// WAL is still above `journal_size_limit`), TRUNCATE and close for DBs idle for
+    /// `idle_close_after`, TRUNCATE for DBs closed without a checkpoint.
     pub(super) fn maintain(&mut self, idle_close_after: Duration, counters: &Counters) {
         let idle: Vec<String> = self
             .conns
@@ -163,7 +168,10 @@ impl Pool {
             }
         }
         for (run_id, Open { conn, .. }) in &self.conns {
-            checkpoint_wal(conn, "PASSIVE", &self.path_of(run_id), counters, false);
+            let path = self.path_of(run_id);
+            if checkpoint_wal(conn, "PASSIVE", &path, counters, false) {
+                cut_back_wal(conn, &path, &self.sqlite, counters);
+            }
         }
         self.checkpoint_wal_of_closed(counters);
     }

@@ -279,3 +279,43 @@ fn a_file_that_grows_after_its_tail_was_shipped_is_read_on_from_that_line_start(
         vec![Checkpoint { path: shipper.source(rel), offset: bytes, line_no: 3 }]
     );
 }
+
+/// Issue 10 #3: one file given to `backfill --jobs 2` as itself, a symlink and a hard link is
+/// read once, by one reader, under its own name: exact rows, one checkpoint at its end, and
+/// its lines counted once.
+#[test]
+fn jobs_2_reads_a_file_given_under_three_paths_once() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240301.ndjson";
+    const LINES: u64 = 10_000; // three spans
+    let mut text = String::new();
+    for i in 0..LINES {
+        text.push_str(&format!("{{\"run_id\":\"r{}\",\"event_id\":\"e{i}\"}}\n", i % 3));
+    }
+    let file = shipper.write(rel, text.as_bytes());
+    for dir in ["alias", "hard"] {
+        std::fs::create_dir_all(shipper.path(dir)).unwrap();
+    }
+    let (link, hard) =
+        (shipper.path("alias/events_20240301.ndjson"), shipper.path("hard/events_20240301.ndjson"));
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    std::fs::hard_link(&file, &hard).unwrap();
+    let args: Vec<String> =
+        [&file, &link, &hard].iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let mut argv = vec!["--jobs", "2"];
+    argv.extend(args.iter().map(String::as_str));
+
+    let done = shipper.backfill(&argv);
+
+    let want =
+        format!(": 1 files, {LINES} lines, {LINES} events written (0 already stored), 3 runs");
+    assert!(done.summary().contains(&want), "{}", done.summary());
+    let events = shipper.snapshot().events;
+    assert_eq!(events.len() as u64, LINES);
+    let source = shipper.source(rel);
+    assert!(events.iter().all(|e| e.source == source), "a row under another path");
+    let keys: BTreeSet<&str> = events.iter().map(|e| e.event_key.as_str()).collect();
+    assert_eq!(keys.len() as u64, LINES);
+    let at_end = Checkpoint { path: source, offset: text.len() as u64, line_no: LINES };
+    assert_eq!(shipper.checkpoints(), vec![at_end]);
+}

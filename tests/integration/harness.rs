@@ -294,11 +294,14 @@ impl Shipper {
             .filter(|n| n.starts_with("dlq_") && n.ends_with(".ndjson"))
             .collect();
         names.sort();
+        // A file deleted between the listing and the read (retention in a running daemon,
+        // while a test polls) is simply not there.
         names
             .into_iter()
-            .map(|name| {
-                let bytes = fs::read(dir.join(&name)).expect("read DLQ file");
-                (name, bytes)
+            .filter_map(|name| match fs::read(dir.join(&name)) {
+                Ok(bytes) => Some((name, bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("reading DLQ file {name}: {e}"),
             })
             .collect()
     }

@@ -266,3 +266,76 @@ fn the_wal_stays_bounded_under_continuous_writes() {
     assert!(max_wal > 0, "the WAL was never seen");
     assert!(max_wal <= 2 << 20, "WAL grew to {max_wal} bytes");
 }
+
+/// Issue 10 #16: a burst leaves a run DB's WAL at its peak (here ~30 MiB: an analyst's read
+/// pinned it meanwhile). Once the burst is over, the WAL is back to ≤ 8 MiB within a few
+/// checkpoint intervals, while the run keeps being written slowly; every row lands once.
+#[test]
+fn a_wal_grown_by_a_burst_is_cut_back_while_the_run_keeps_being_written() {
+    let shipper = Shipper::with_config(
+        "[output]\nidle_close_after = \"1h\"\nbatch_max_delay = \"20ms\"\n\
+         [sqlite]\ncheckpoint_interval = \"100ms\"\n",
+    );
+    let rel = "raw/events_20240301.ndjson";
+    shipper.write(rel, b"{\"run_id\":\"r1\",\"event_id\":\"first\"}\n");
+    let daemon = shipper.spawn_run();
+    let db = shipper.path("db/runs/r1.sqlite");
+    let wal = shipper.path("db/runs/r1.sqlite-wal");
+    let rows = || -> i64 {
+        let conn = rusqlite::Connection::open_with_flags(
+            &db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        );
+        conn.and_then(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get(0)))
+            .unwrap_or(-1)
+    };
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    wait_until(DEADLINE, "the first row", || rows() == 1);
+    // The burst, ~30 MiB, while a reader's snapshot keeps every checkpoint from finishing.
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN; SELECT count(*) FROM events;").unwrap();
+    const BURST: i64 = 30_000;
+    let pad = "p".repeat(1000);
+    let mut lines = String::new();
+    for i in 0..BURST {
+        lines.push_str(&format!("{{\"run_id\":\"r1\",\"event_id\":\"b{i}\",\"pad\":\"{pad}\"}}\n"));
+    }
+    shipper.append(rel, lines.as_bytes());
+    wait_until(DEADLINE, "the burst's rows", || rows() == 1 + BURST);
+    let peak = wal_len();
+    assert!(peak > 24 << 20, "the burst left a WAL of only {peak} bytes");
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    // Slow steady writes: a line every 20 ms until the WAL is small again.
+    let mut steady = 0;
+    let cut_back = crate::harness::poll_until(DEADLINE, || {
+        steady += 1;
+        shipper
+            .append(rel, format!("{{\"run_id\":\"r1\",\"event_id\":\"s{steady}\"}}\n").as_bytes());
+        wal_len() <= 8 << 20
+    });
+    let after = wal_len();
+    assert!(cut_back, "the WAL stayed at {after} bytes (peak {peak})");
+    let cut_after = steady;
+    // And it stays small while the slow writes go on (100 more lines, ~10 checkpoint rounds).
+    let mut max_after = 0;
+    crate::harness::poll_until(DEADLINE, || {
+        steady += 1;
+        shipper
+            .append(rel, format!("{{\"run_id\":\"r1\",\"event_id\":\"s{steady}\"}}\n").as_bytes());
+        max_after = max_after.max(wal_len());
+        steady == cut_after + 100
+    });
+    eprintln!(
+        "WAL: {} KiB after the burst, {} KiB after {cut_after} slow lines, at most {} KiB over \
+         the next 100",
+        peak >> 10,
+        after >> 10,
+        max_after >> 10
+    );
+    assert!(max_after <= 8 << 20, "the WAL grew back to {max_after} bytes");
+    wait_until(DEADLINE, "every row", || rows() == 1 + BURST + steady);
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(rows(), 1 + BURST + steady);
+}
