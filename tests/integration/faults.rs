@@ -172,9 +172,14 @@ fn deleted_files_are_not_held_open_past_close_inactive_while_a_locked_db_holds_t
     eprintln!("deleted files held open for {held:?} (close_inactive {close_inactive:?})");
     let bound = close_inactive + Duration::from_secs(3);
     assert!(held <= bound, "deleted files held open for {held:?}, want ≤ {bound:?}");
+    // The WARN is written before the descriptor closes, but the test reads the log through a
+    // pipe: wait for the lines to arrive, then check there are exactly that many.
+    let let_go = || {
+        daemon.stderr_so_far().matches("closed a deleted file before reading it to its end").count()
+    };
+    wait_until(DEADLINE, "a WARN for each deleted file let go", || let_go() >= FILES);
     let log = daemon.stderr_so_far();
-    let let_go = log.matches("closed a deleted file before reading it to its end").count();
-    assert_eq!(let_go, FILES, "each deleted file let go unread once:\n{log}");
+    assert_eq!(let_go(), FILES, "each deleted file let go unread once:\n{log}");
     assert_eq!(shipped().unwrap().len(), 1 + FILES, "rows committed through a held lock");
 
     // The lock goes: what was read before is committed, once; the agent keeps going.
