@@ -33,6 +33,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let mut ops = crate::monitor::Ops::start(&config, counters.clone())?; // ops: /metrics, watchdog
     let mut watch = Watch::start();
     let mut first_start = true;
+    // Files rotated away or deleted that the last configuration's tailer was finishing.
+    let mut finishing = None;
     loop {
         let pipeline = Pipeline::start(config.clone(), Mode::Daemon, counters.clone())?;
         let clock = SystemClock;
@@ -44,6 +46,9 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
             &clock,
             first_start,
         );
+        if let Some(finishing) = finishing.take() {
+            tailer.adopt_finishing(finishing);
+        }
         tailer.rescan(watch.as_mut());
         if first_start {
             tracing::info!(
@@ -68,7 +73,11 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         }
         retention.stop();
         tailer.flush_stalled();
-        drop(tailer);
+        if matches!(exit, Exit::Reload(_)) {
+            finishing = Some(tailer.into_finishing());
+        } else {
+            drop(tailer);
+        }
         pipeline.finish()?;
         match exit {
             Exit::Shutdown => break,

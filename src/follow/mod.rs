@@ -86,6 +86,9 @@ struct Tailed {
     read_error: Option<ReadError>,
 }
 
+/// Files a tailer was finishing when its configuration was reloaded, with their descriptors.
+pub(crate) struct Finishing(Vec<Tailed>);
+
 /// Backing off after a read error (EIO or ESTALE on NFS or FUSE, a bad gzip member).
 #[derive(Debug, Clone, Copy)]
 struct ReadError {
@@ -280,6 +283,30 @@ impl<'a> Tailer<'a> {
             full_pass: true,
             unstall_wait: UNSTALL_WAIT,
             scanned: false,
+        }
+    }
+
+    /// Hands over the files being finished (rotated away or deleted, still open) for the
+    /// tailer of the next configuration: a reload must not forget them (a deleted one can be
+    /// found by no name, and what its producer still writes goes to its descriptor).
+    pub(crate) fn into_finishing(mut self) -> Finishing {
+        let keys: Vec<FileId> =
+            self.open.iter().filter(|(_, t)| !t.in_glob).map(|(k, _)| *k).collect();
+        Finishing(keys.into_iter().filter_map(|k| self.open.remove(&k)).collect())
+    }
+
+    /// Takes over the files an earlier tailer was finishing (see [`Tailer::into_finishing`]),
+    /// registering each with this pipeline's state thread where its reader is. Call before the
+    /// first rescan.
+    pub(crate) fn adopt_finishing(&mut self, finishing: Finishing) {
+        for tailed in finishing.0 {
+            let key = tailed.opened.file.id;
+            if let Err(error) = self.opener.register(&tailed.opened) {
+                tracing::error!(path = %tailed.path.display(), error = format!("{error:#}"), "cannot keep following a rotated file across the reload; it is looked for by its checkpoint");
+                continue;
+            }
+            self.order_stale = true;
+            self.open.insert(key, tailed);
         }
     }
 

@@ -79,6 +79,16 @@ impl Opener {
         }
     }
 
+    /// Registers a file another pipeline opened (a reload) with this one's state thread, where
+    /// its reader is now. Waits for room: a reload is not the reader's loop.
+    pub(crate) fn register(&self, opened: &Opened) -> anyhow::Result<()> {
+        let (offset, line_no) = (opened.reader.offset(), opened.reader.line_no());
+        let opening = Opening { file: opened.file.clone(), offset, line_no, reset: false };
+        self.state
+            .send(StateMsg::Open(opening))
+            .map_err(|_| anyhow::anyhow!("state thread stopped"))
+    }
+
     /// For the daemon's reader, whose loop must never wait on another thread.
     pub(crate) fn never_blocking(mut self) -> Opener {
         self.never_block = true;

@@ -87,8 +87,10 @@ enum Op {
     /// The state thread stops (or resumes) taking messages (a `dlq replay` holding the DLQ
     /// lock): its small inbox fills, and the reader must not wait on it.
     HoldState(bool),
-    /// A stop and start (or a SIGHUP reload) from the checkpoints saved so far.
+    /// A stop and start from the checkpoints saved so far.
     Restart,
+    /// A SIGHUP reload: a new pipeline and tailer, which take over the files being finished.
+    Reload,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -107,6 +109,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::Hold),
         1 => any::<bool>().prop_map(Op::HoldState),
         1 => Just(Op::Restart),
+        1 => Just(Op::Reload),
     ]
 }
 
@@ -466,7 +469,7 @@ impl World {
             }
             Op::Hold(held) => self.down.held = held,
             Op::HoldState(held) => self.down.state_held = held,
-            Op::Restart | Op::Turn { .. } => unreachable!("the runner does these"),
+            Op::Restart | Op::Reload | Op::Turn { .. } => unreachable!("the runner does these"),
         }
     }
 
@@ -524,6 +527,22 @@ fn run_ops(world: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
                     f.known_when_rotated &= world.down.checkpoints.contains_key(&f.key);
                 }
                 tailer = make(world, false);
+                tailer.rescan(None);
+            }
+            Op::Reload => {
+                (world.down.held, world.down.state_held) = (false, false);
+                world.down.drain(&world.files)?;
+                tailer.flush_stalled();
+                world.down.drain(&world.files)?;
+                // Open rotated and deleted files go over; a rotated one only parked is found
+                // again by its checkpoint, if it has one.
+                for f in &mut world.files {
+                    f.known_when_rotated &= tailer.open.contains_key(&f.key)
+                        || world.down.checkpoints.contains_key(&f.key);
+                }
+                let finishing = tailer.into_finishing();
+                tailer = make(world, false);
+                tailer.adopt_finishing(finishing);
                 tailer.rescan(None);
             }
             Op::Turn { advance_ms } => {
