@@ -132,6 +132,9 @@ pub(crate) struct Counters {
     pub open_run_dbs: Gauge,
     /// `jsonl_shipper_files_watched`
     pub files_watched: Gauge,
+    /// `jsonl_shipper_dlq_pending_letters`: dead letters the state thread holds, not yet durable
+    /// in the DLQ (at its bound, `state::Limits`, the readers are held back).
+    pub dlq_pending: Gauge,
     /// `jsonl_shipper_lag_bytes`: bytes of watched files not read yet (as of the last rescan).
     pub lag_bytes: Gauge,
     /// `jsonl_shipper_deleted_unread_bytes_total`: bytes of deleted files let go unread after
@@ -425,7 +428,7 @@ impl Collector for Exposition {
             ConstCounter::new(c.dlq(reason).get()).encode(family.encode_family(&labels)?)?;
         }
 
-        let gauges: [(&str, &str, &Gauge); 3] = [
+        let gauges: [(&str, &str, &Gauge); 4] = [
             ("jsonl_shipper_files_watched", "Files being tailed.", &c.files_watched),
             (
                 "jsonl_shipper_lag_bytes",
@@ -433,6 +436,11 @@ impl Collector for Exposition {
                 &c.lag_bytes,
             ),
             ("jsonl_shipper_open_run_dbs", "Run databases open for writing.", &c.open_run_dbs),
+            (
+                "jsonl_shipper_dlq_pending_letters",
+                "Dead letters not yet durable in the DLQ (the readers wait at a bound).",
+                &c.dlq_pending,
+            ),
         ];
         for (name, help, gauge) in gauges {
             let metric = ConstGauge::new(gauge.get());
@@ -510,6 +518,7 @@ mod tests {
             "jsonl_shipper_files_watched 0",
             "jsonl_shipper_lag_bytes 0",
             "jsonl_shipper_open_run_dbs 0",
+            "jsonl_shipper_dlq_pending_letters 0",
             "jsonl_shipper_wal_checkpoints_total 0",
             "jsonl_shipper_retention_deleted_total 0",
             "jsonl_shipper_write_retries_total 0",

@@ -53,6 +53,9 @@ pub(crate) struct Pipeline {
     counters: Arc<Counters>,
     writer_txs: Vec<Sender<Batch>>,
     state_tx: Sender<StateMsg>,
+    /// Dropped when draining: the state thread then reads its inbox whatever its backlog, so
+    /// writers waiting to hand it `write_failed` letters can finish (see `state`).
+    state_drain: Sender<()>,
     writers: Vec<JoinHandle<()>>,
     state: JoinHandle<anyhow::Result<()>>,
     checkpoints: Arc<HashMap<FileId, Checkpoint>>,
@@ -129,9 +132,10 @@ impl Pipeline {
         }
         let dlq_dir = config.dlq.dir.clone();
         let state_counters = counters.clone();
+        let (state_drain, drain_rx) = bounded(0);
         let state = std::thread::Builder::new()
             .name("state".into())
-            .spawn(move || crate::state::run(db, dlq_dir, state_counters, state_rx))
+            .spawn(move || crate::state::run(db, dlq_dir, state_counters, state_rx, drain_rx))
             .context("spawning state thread")?;
         Ok(Pipeline {
             config,
@@ -139,6 +143,7 @@ impl Pipeline {
             counters,
             writer_txs,
             state_tx,
+            state_drain,
             writers,
             state,
             checkpoints: Arc::new(checkpoints),
@@ -180,6 +185,7 @@ impl Pipeline {
     pub(crate) fn finish(self) -> anyhow::Result<()> {
         drop(self.writer_txs);
         drop(self.state_tx);
+        drop(self.state_drain);
         for writer in self.writers {
             if writer.join().is_err() {
                 anyhow::bail!("a writer thread panicked");

@@ -5,6 +5,24 @@
 //! the dead letters it holds (see `dlq` for why that makes the DLQ exactly-once) and advances
 //! the checkpoint of each file over its longest prefix of fully durable spans. In-memory state
 //! changes only after that transaction commits, so a failed pass is simply tried again.
+//!
+//! Its backlog is bounded (issue 10 #10). Dead letters are the one thing it holds that can be
+//! big (up to `dlq.max_raw_bytes` each) and that only a successful pass frees. Once those it
+//! holds pass [`Limits`], it stops taking messages from its inbox: the inbox is bounded, so the
+//! readers are held back through it (the daemon's router yields, its opener only tries;
+//! backfill's readers wait) and memory stays at the bound plus one message plus the inbox. A
+//! healthy thread then passes at once (a burst costs no throughput); a failing one retries with
+//! capped exponential backoff (`Limits::retry`), not every `PASS_INTERVAL`, re-appending and
+//! fsyncing the whole pile each time.
+//!
+//! Why holding back cannot deadlock: a successful pass appends *every* letter held, whatever
+//! the writers do (only checkpoints wait for the writers' acks), so the thread, held back,
+//! waits for nothing but its own DB and DLQ. Writers send `write_failed` letters with a
+//! blocking `send` and may wait on a full inbox meanwhile; they are freed by the first pass
+//! that succeeds. At shutdown nothing may wait on a DLQ that stays broken: the pipeline closes
+//! the *drain* channel before joining the writers, and a draining thread takes every message
+//! again (the readers are gone, so what is left is bounded by the writers' buffers), then
+//! makes its last passes as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -24,14 +42,36 @@ use crate::metrics::Counters;
 /// which only costs a little re-reading (a no-op) after a crash.
 const PASS_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How much the state thread holds before it stops reading its inbox, and how it retries.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Dead letters held (not yet durable) above which the inbox is not read.
+    letters: usize,
+    /// Their approximate bytes above which the inbox is not read.
+    bytes: usize,
+    /// The longest wait between two failing passes (doubling from `PASS_INTERVAL`).
+    retry: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        // 16 Ki letters (a few MiB of small ones) or 64 MiB: a burst of bad lines between two
+        // passes fits; a DLQ that stays broken holds the readers back well before memory hurts.
+        Limits { letters: 16 * 1024, bytes: 64 << 20, retry: Duration::from_secs(10) }
+    }
+}
+
 /// Runs the state thread until every sender of `inbox` is gone, then makes its last pass.
+/// `drain` is closed (its sender dropped) when the pipeline shuts down: from then on the inbox
+/// is read whatever the backlog (module docs).
 pub(crate) fn run(
     db: StateDb,
     dlq_dir: PathBuf,
     counters: Arc<Counters>,
     inbox: Receiver<StateMsg>,
+    drain: Receiver<()>,
 ) -> anyhow::Result<()> {
-    StateThread::new(db, dlq_dir, counters).run(inbox)
+    StateThread::new(db, dlq_dir, counters).run(inbox, drain)
 }
 
 /// Owns the state DB and the DLQ files; see the module docs.
@@ -43,7 +83,19 @@ struct StateThread {
     queues: HashMap<FileId, VecDeque<Arc<Span>>>,
     generations: Generations,
     dead: Vec<(DeadLetter, Arc<Span>)>,
+    /// Approximate bytes of `dead` (see [`letter_bytes`]).
+    dead_bytes: usize,
+    limits: Limits,
+    /// The wait before the next pass: `PASS_INTERVAL`, doubled (up to `limits.retry`) by each
+    /// failing pass.
+    backoff: Duration,
     last_error_log: Option<Instant>,
+}
+
+/// What a dead letter costs in memory, roughly: its strings plus the struct and its span's
+/// share.
+fn letter_bytes(letter: &DeadLetter) -> usize {
+    letter.raw.len() + letter.error.len() + letter.key.len() + 128
 }
 
 /// Which spans may move a checkpoint. A reset (a file read again from its start: new to the
@@ -106,35 +158,63 @@ impl StateThread {
             queues: HashMap::new(),
             generations: Generations::default(),
             dead: Vec::new(),
+            dead_bytes: 0,
+            limits: Limits::default(),
+            backoff: PASS_INTERVAL,
             last_error_log: None,
         }
     }
 
-    fn run(mut self, inbox: Receiver<StateMsg>) -> anyhow::Result<()> {
+    /// Whether the dead letters held reached a bound: the inbox is not read until a pass
+    /// appends them (or the pipeline drains).
+    fn held_back(&self) -> bool {
+        self.dead.len() >= self.limits.letters || self.dead_bytes >= self.limits.bytes
+    }
+
+    fn run(mut self, inbox: Receiver<StateMsg>, drain: Receiver<()>) -> anyhow::Result<()> {
         let mut last_pass = Instant::now();
+        let mut draining = false;
         loop {
-            // Idle (nothing queued): sleep until a message, so an idle daemon costs no CPU here.
-            let idle = self.queues.is_empty() && self.dead.is_empty() && self.opens.is_empty();
-            let received = if idle {
-                inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            let failing = self.backoff > PASS_INTERVAL;
+            let held = !draining && self.held_back();
+            // Held back while passes succeed (a burst): pass now. Otherwise every
+            // `PASS_INTERVAL`, or the backoff while passes fail.
+            let next_pass =
+                if held && !failing { Instant::now() } else { last_pass + self.backoff };
+            if held {
+                // The inbox stays unread (module docs); only the pipeline's drain wakes us early.
+                if let Err(RecvTimeoutError::Disconnected) = drain.recv_deadline(next_pass) {
+                    draining = true;
+                }
             } else {
-                inbox.recv_timeout(PASS_INTERVAL)
-            };
-            match received {
-                Ok(msg) => self.handle(msg),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                // Idle (nothing queued): sleep until a message, so an idle daemon costs no CPU.
+                let idle = self.queues.is_empty() && self.dead.is_empty() && self.opens.is_empty();
+                let received = if idle {
+                    inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                } else {
+                    inbox.recv_deadline(next_pass)
+                };
+                match received {
+                    Ok(msg) => self.handle(msg),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
-            if last_pass.elapsed() >= PASS_INTERVAL {
+            if Instant::now() >= next_pass || (self.held_back() && !failing) {
                 last_pass = Instant::now();
-                if let Err(error) = self.pass() {
-                    self.log_error(&error);
+                match self.pass() {
+                    Ok(()) => self.backoff = PASS_INTERVAL,
+                    Err(error) => {
+                        self.backoff = (self.backoff * 2).min(self.limits.retry);
+                        self.log_error(&error);
+                    }
                 }
                 self.generations.forget_finished();
                 // ops: the pipeline's share of "oldest unshipped byte" (read, not yet durable).
                 let oldest = self.queues.values().filter_map(|q| q.front()).map(|s| s.sealed_at);
                 self.counters.oldest_pending.set_since(oldest.min());
             }
+            self.counters.dlq_pending.set(self.dead.len() as u64); // ops: the backlog's size
         }
         // Everything upstream is durable or dead-lettered: persist the final positions. Retry
         // a few times (a locked state DB); what is not persisted is re-read next start.
@@ -160,13 +240,17 @@ impl StateThread {
                 self.opens.push(opening);
             }
             StateMsg::Span { span, dead } => {
+                self.dead_bytes += dead.iter().map(letter_bytes).sum::<usize>();
                 self.dead.extend(dead.into_iter().map(|d| (d, span.clone())));
                 if self.generations.is_current(&span) {
                     let key = span.file.id;
                     self.queues.entry(key).or_default().push_back(span);
                 }
             }
-            StateMsg::Dead(letters) => self.dead.extend(letters),
+            StateMsg::Dead(letters) => {
+                self.dead_bytes += letters.iter().map(|(d, _)| letter_bytes(d)).sum::<usize>();
+                self.dead.extend(letters);
+            }
         }
     }
 
@@ -237,6 +321,7 @@ impl StateThread {
         for (_, span) in self.dead.drain(..) {
             span.ack(1);
         }
+        self.dead_bytes = 0;
         for (reason, n) in new_dead {
             self.counters.dlq(reason).add(n);
         }
@@ -320,5 +405,211 @@ mod tests {
         drop((a, b, a1, a2, a3, b1, b2, b3));
         state.generations.forget_finished();
         assert!(state.generations.readers.is_empty() && state.generations.current.is_empty());
+    }
+
+    /// A state thread running in its own thread, fed like the pipeline feeds it: a small
+    /// inbox, a file of spans of one line each, every line a dead letter.
+    struct Harness {
+        dir: tempfile::TempDir,
+        dlq_dir: PathBuf,
+        counters: Arc<Counters>,
+        limits: Limits,
+        tx: Option<crossbeam_channel::Sender<StateMsg>>,
+        drain: Option<crossbeam_channel::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+        file: Arc<FileEntry>,
+        spans: Vec<Arc<Span>>,
+    }
+
+    const INBOX: usize = 8;
+
+    impl Harness {
+        /// Starts the thread with a DLQ "directory" that is a file: every pass fails.
+        fn broken_dlq() -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+            let db = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
+            let dlq_dir = dir.path().join("dlq");
+            std::fs::write(&dlq_dir, "not a directory").unwrap(); // fails as root too
+            let counters = Arc::<Counters>::default();
+            let mut state = StateThread::new(db, dlq_dir.clone(), counters.clone());
+            let limits =
+                Limits { letters: 10, bytes: usize::MAX, retry: Duration::from_millis(400) };
+            state.limits = limits;
+            let (tx, rx) = crossbeam_channel::bounded(INBOX);
+            let (drain, drain_rx) = crossbeam_channel::bounded(0);
+            let thread = std::thread::spawn(move || state.run(rx, drain_rx));
+            let path = dir.path().join("events_20261101.ndjson");
+            let file = Arc::new(FileEntry {
+                source: path.to_string_lossy().into(),
+                path,
+                id: FileId { dev: 1, ino: 2 },
+                gzip: false,
+                day: 20261101,
+            });
+            let opening = Opening { file: file.clone(), offset: 0, line_no: 0, reset: true };
+            tx.send(StateMsg::Open(opening)).unwrap();
+            Harness {
+                dir,
+                dlq_dir,
+                counters,
+                limits,
+                tx: Some(tx),
+                drain: Some(drain),
+                thread: Some(thread),
+                file,
+                spans: Vec::new(),
+            }
+        }
+
+        /// The next span (line `n + 1`, one dead letter) and its message.
+        fn next(&self) -> (Arc<Span>, StateMsg) {
+            let n = self.spans.len() as u64;
+            let span = Arc::new(Span::new(
+                self.file.clone(),
+                (n + 1) * 100,
+                n + 1,
+                1,
+                Default::default(),
+                Some(1_000_000),
+                Instant::now(),
+            ));
+            let mut key = vec![0; 24];
+            key[4..12].copy_from_slice(&(n + 1).to_be_bytes());
+            let letter = DeadLetter {
+                source: self.file.source.clone(),
+                offset: n * 100,
+                line_no: n + 1,
+                reason: crate::parse::DeadReason::InvalidJson,
+                error: "expected value".into(),
+                raw: format!("garbage {n} {}", "x".repeat(60)),
+                raw_len: 99,
+                key,
+            };
+            (span.clone(), StateMsg::Span { span, dead: vec![letter] })
+        }
+
+        fn tx(&self) -> &crossbeam_channel::Sender<StateMsg> {
+            self.tx.as_ref().unwrap()
+        }
+
+        /// Sends spans without blocking until the inbox is full and the thread holds back.
+        fn fill(&mut self) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                assert!(Instant::now() < deadline, "the inbox never filled");
+                let (span, msg) = self.next();
+                match self.tx().try_send(msg) {
+                    Ok(()) => self.spans.push(span),
+                    Err(crossbeam_channel::TrySendError::Full(_))
+                        if self.counters.dlq_pending.get() >= self.limits.letters as u64 =>
+                    {
+                        break
+                    }
+                    Err(crossbeam_channel::TrySendError::Full(_)) => {
+                        std::thread::sleep(Duration::from_millis(2)) // poll
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            }
+        }
+
+        /// Makes the DLQ directory usable.
+        fn heal(&self) {
+            std::fs::remove_file(&self.dlq_dir).unwrap();
+            std::fs::create_dir(&self.dlq_dir).unwrap();
+        }
+
+        /// Waits until every span sent is durable (its dead letter in the DLQ).
+        fn wait_all_durable(&self) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.spans.iter().any(|s| s.pending() > 0) {
+                assert!(Instant::now() < deadline, "dead letters never appended");
+                std::thread::sleep(Duration::from_millis(5)); // poll
+            }
+        }
+
+        /// Closes the pipeline's side and returns the thread's result.
+        fn finish(&mut self) -> anyhow::Result<()> {
+            self.tx = None;
+            self.drain = None;
+            self.thread.take().unwrap().join().unwrap()
+        }
+
+        /// Dead letters in every DLQ file, by line number.
+        fn dlq_lines(&self) -> Vec<u64> {
+            let mut lines = Vec::new();
+            for entry in std::fs::read_dir(&self.dlq_dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "ndjson") {
+                    for line in std::fs::read_to_string(&path).unwrap().lines() {
+                        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                        lines.push(value["line_no"].as_u64().unwrap());
+                    }
+                }
+            }
+            lines.sort_unstable();
+            lines
+        }
+
+        fn checkpoint(&self) -> u64 {
+            let sqlite = crate::config::Config::for_base(self.dir.path()).sqlite;
+            let db = StateDb::open(&self.dir.path().join("state.sqlite"), &sqlite).unwrap();
+            db.load().unwrap()[&self.file.id].offset
+        }
+    }
+
+    /// Issue 10 #10: while its passes fail (the DLQ directory unusable), the state thread holds
+    /// at most its bound of dead letters and stops reading its inbox, so senders see it full;
+    /// once the DLQ heals, every letter is appended exactly once and the checkpoint advances.
+    #[test]
+    fn a_failing_dlq_bounds_the_backlog_and_holds_the_senders_back() {
+        let mut h = Harness::broken_dlq();
+        h.fill();
+        let bound = h.limits.letters;
+        assert_eq!(h.counters.dlq_pending.get(), bound as u64);
+        // Taken: the opening and `bound` spans; the rest waits in the inbox, unread.
+        assert_eq!(h.spans.len(), bound + INBOX);
+        assert_eq!(h.tx().len(), INBOX);
+        assert!(h.spans.iter().all(|s| s.pending() == 1), "nothing is durable yet");
+        let (_, msg) = h.next();
+        assert!(matches!(h.tx().try_send(msg), Err(crossbeam_channel::TrySendError::Full(_))));
+
+        h.heal();
+        // The readers go on: everything is taken, appended and checkpointed.
+        for _ in 0..50 {
+            let (span, msg) = h.next();
+            h.tx().send(msg).unwrap();
+            h.spans.push(span);
+        }
+        h.wait_all_durable();
+        let total = h.spans.len() as u64;
+        h.finish().unwrap();
+        assert_eq!(h.dlq_lines(), (1..=total).collect::<Vec<_>>(), "each letter exactly once");
+        assert_eq!(h.checkpoint(), total * 100);
+        assert_eq!(h.counters.dlq(crate::parse::DeadReason::InvalidJson).get(), total);
+    }
+
+    /// A state thread held back by a broken DLQ still reads its inbox once the pipeline drains
+    /// (writers may be waiting to hand it `write_failed` letters), and its last pass persists
+    /// everything once the DLQ heals.
+    #[test]
+    fn a_held_back_state_thread_still_drains_at_shutdown() {
+        let mut h = Harness::broken_dlq();
+        h.fill();
+        assert_eq!(h.tx().len(), INBOX);
+        h.drain = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h.counters.dlq_pending.get() < h.spans.len() as u64 {
+            assert!(Instant::now() < deadline, "the inbox was not drained");
+            std::thread::sleep(Duration::from_millis(5)); // poll
+        }
+        assert!(h.tx().is_empty());
+        h.heal();
+        let total = h.spans.len() as u64;
+        h.finish().unwrap();
+        assert!(h.spans.iter().all(|s| s.pending() == 0));
+        assert_eq!(h.dlq_lines(), (1..=total).collect::<Vec<_>>(), "each letter exactly once");
+        assert_eq!(h.checkpoint(), total * 100);
     }
 }
