@@ -5,7 +5,9 @@
 //! committed when the buffers hold `batch_max_bytes`; every run when the oldest record has waited
 //! `batch_max_delay` (daemon only; backfill flushes by size), or when the inbox closes. Each
 //! commit is one IMMEDIATE transaction for one run; only after it are the spans acked. A locked or full database is retried with backoff, forever, never dead-lettered;
-//! a record that fails on its own (too big) becomes a `write_failed` dead letter.
+//! a record that fails on its own (too big, or making its run's merged `data` too big)
+//! becomes a `write_failed` dead letter; a DB found corrupt on a write is moved aside as at open
+//! (`Pool::quarantine`) and the batch goes to a fresh DB.
 //!
 //! No other module opens a run DB for writing.
 //!

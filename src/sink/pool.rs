@@ -26,6 +26,9 @@ struct Open {
     tick: u64,
     /// When it was last used, for `idle_close_after`.
     used: Instant,
+    /// The `(dev, inode)` of the file opened: a corrupt DB is moved aside only if its path
+    /// still names that file (another process may have replaced it with a fresh one).
+    inode: Option<(u64, u64)>,
 }
 
 /// Open run-DB connections of one writer, least recently used closed first.
@@ -84,7 +87,8 @@ impl Pool {
             // SQLite cuts the WAL back only this far when it restarts; `maintain` does the rest.
             let limit = self.sqlite.journal_size_limit.max(RESTART_WAL_LIMIT) as i64;
             conn.pragma_update(None, "journal_size_limit", limit)?;
-            self.conns.insert(run_id.to_string(), Open { conn, tick, used: Instant::now() });
+            let inode = run_db::inode(&self.path_of(run_id));
+            self.conns.insert(run_id.to_string(), Open { conn, tick, used: Instant::now(), inode });
             self.counters.open_run_dbs.inc();
             self.share_cache();
         }
@@ -133,6 +137,32 @@ impl Pool {
             close(conn, &self.path_of(run_id));
             self.uncheckpointed.insert(run_id.to_string());
         }
+    }
+
+    /// A write found the run's DB corrupt (`sqlite::is_corrupt`): drops the connection (no
+    /// checkpoint: its WAL goes aside with it) and moves the DB aside, kept, with one ERROR
+    /// (`run_db::quarantine_corrupt`), unless its path names another file by now (then
+    /// nothing is moved). The next `get` opens a fresh DB. The caller makes sure no
+    /// background checkpoint holds the DB open.
+    pub(super) fn quarantine(
+        &mut self,
+        run_id: &str,
+        error: &rusqlite::Error,
+    ) -> std::io::Result<Option<PathBuf>> {
+        let path = self.path_of(run_id);
+        let opened = match self.conns.remove(run_id) {
+            Some(Open { conn, inode, .. }) => {
+                self.counters.open_run_dbs.dec();
+                close(conn, &path);
+                inode
+            }
+            None => run_db::inode(&path),
+        };
+        self.uncheckpointed.remove(run_id);
+        if opened.is_none() || run_db::inode(&path) != opened {
+            return Ok(None);
+        }
+        run_db::quarantine_corrupt(&path, error, "writing").map(Some)
     }
 
     /// Checkpoints (TRUNCATE) and closes every DB this pool wrote, open or not, so that a

@@ -106,14 +106,8 @@ pub(crate) fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Conne
                 // Only move the file we found corrupt: another process may have replaced it
                 // with a fresh DB meanwhile.
                 if inode(path) == inode_before {
-                    let target = quarantine(path)
+                    quarantine_corrupt(path, &e, "opening")
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    tracing::error!(
-                        path = %path.display(),
-                        moved_to = %target.display(),
-                        error = %e,
-                        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
-                    );
                 }
                 quarantined = true;
             }
@@ -137,7 +131,27 @@ fn open_once(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<(Connection
     Ok((conn, unmoved))
 }
 
-fn inode(path: &Path) -> Option<(u64, u64)> {
+/// Moves a run DB SQLite found corrupt aside (see [`quarantine`]: kept, never deleted) and logs
+/// the one ERROR saying where it went; `when` is what found it ("opening", "writing"). The
+/// caller opens a fresh DB in its place.
+pub(crate) fn quarantine_corrupt(
+    path: &Path,
+    error: &rusqlite::Error,
+    when: &str,
+) -> std::io::Result<std::path::PathBuf> {
+    let target = quarantine(path)?;
+    tracing::error!(
+        path = %path.display(),
+        moved_to = %target.display(),
+        %error,
+        found_while = when,
+        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
+    );
+    Ok(target)
+}
+
+/// The file's `(dev, inode)`, if it exists.
+pub(crate) fn inode(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
@@ -172,7 +186,8 @@ pub(crate) fn write_run(
     let mut out = WriteOutcome::default();
     tx.prepare_cached("INSERT INTO runs (run_id) VALUES (?1) ON CONFLICT (run_id) DO NOTHING")?
         .execute([run_id])?;
-    let mut new_run_records: Vec<(i64, &str)> = Vec::new();
+    // (pos, data, record index) of the run records this batch adds.
+    let mut new_run_records: Vec<(i64, &str, usize)> = Vec::new();
     {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO events (event_key, run_id, event_type, ts, data, source, line_no, pos)
@@ -210,7 +225,7 @@ pub(crate) fn write_run(
                     ])
                     .inspect(|&n| {
                         if n > 0 {
-                            new_run_records.push((rec.pos, data));
+                            new_run_records.push((rec.pos, data, i));
                         }
                     }),
             };
@@ -223,9 +238,66 @@ pub(crate) fn write_run(
         }
     }
     if !new_run_records.is_empty() {
-        merge_run(tx, run_id, &mut new_run_records, mapping)?;
+        tx.execute_batch("SAVEPOINT merge_all")?;
+        match merge_run(tx, run_id, &mut new_run_records, mapping) {
+            Ok(()) => tx.execute_batch("RELEASE merge_all")?,
+            Err(e) if is_too_big(&e) => {
+                tx.execute_batch("ROLLBACK TO merge_all; RELEASE merge_all")?;
+                merge_one_by_one(tx, run_id, batch, &new_run_records, mapping, &mut out)?;
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
+}
+
+fn is_too_big(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::TooBig)
+}
+
+/// The run's merged `data` grew past SQLite's length limit (`SQLITE_TOOBIG`) with this
+/// batch's run records: they are taken back and merged one at a time, in stream order, and
+/// each one whose merge is too big is left out (its `run_records` row removed, so no later
+/// refold meets it) and reported as failed, a `write_failed` dead letter, never a retry.
+fn merge_one_by_one(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    batch: &Batch,
+    new: &[(i64, &str, usize)],
+    mapping: &Mapping,
+    out: &mut WriteOutcome,
+) -> rusqlite::Result<()> {
+    let mut delete = tx.prepare_cached("DELETE FROM run_records WHERE record_key = ?1")?;
+    for &(_, _, i) in new {
+        delete.execute([batch.key(&batch.recs[i].key)])?;
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO run_records (record_key, pos, data, source, line_no)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (record_key) DO NOTHING",
+    )?;
+    let mut in_order = new.to_vec();
+    in_order.sort_by_key(|&(pos, _, i)| (pos, i));
+    for (pos, data, i) in in_order {
+        let rec = &batch.recs[i];
+        tx.execute_batch("SAVEPOINT merge_one")?;
+        insert.execute(params![
+            batch.key(&rec.key),
+            pos,
+            data,
+            batch.source(rec),
+            rec.line_no as i64
+        ])?;
+        match merge_run(tx, run_id, &mut [(pos, data, i)], mapping) {
+            Ok(()) => tx.execute_batch("RELEASE merge_one")?,
+            Err(e) if is_too_big(&e) => {
+                tx.execute_batch("ROLLBACK TO merge_one; RELEASE merge_one")?;
+                out.written -= 1;
+                out.failed.push((i, e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Folds new run records into `runs`: incrementally when they all come after what is merged,
@@ -233,10 +305,10 @@ pub(crate) fn write_run(
 fn merge_run(
     tx: &Transaction<'_>,
     run_id: &str,
-    new: &mut [(i64, &str)],
+    new: &mut [(i64, &str, usize)],
     mapping: &Mapping,
 ) -> rusqlite::Result<()> {
-    new.sort_by_key(|&(pos, _)| pos);
+    new.sort_by_key(|&(pos, _, _)| pos);
     let (data, merged_pos): (String, i64) = tx
         .prepare_cached("SELECT data, merged_pos FROM runs WHERE run_id = ?1")?
         .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -246,7 +318,7 @@ fn merge_run(
     let max_pos;
     if new[0].0 > merged_pos {
         state = serde_json::from_str(&data).unwrap_or_else(|_| Value::Object(Default::default()));
-        for (_, record) in new.iter() {
+        for (_, record, _) in new.iter() {
             fold(&mut state, record, mapping);
         }
         max_pos = new[new.len() - 1].0;
@@ -305,6 +377,7 @@ fn json_to_sql(v: Option<&Value>) -> rusqlite::types::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn migrate_is_idempotent_and_sets_user_version() {
@@ -463,5 +536,81 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join(&names[0])).unwrap(), garbage);
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// A batch of `lines` of one file, as the reader builds it.
+    fn batch_of(lines: &[String], mapping: &Mapping) -> Batch {
+        use crate::flow::{BatchBuilder, FileEntry, Span};
+        let source = "/raw/events_20240301.ndjson";
+        let mut builder = BatchBuilder::default();
+        for (i, line) in lines.iter().enumerate() {
+            let crate::parse::Outcome::Record(record) =
+                crate::parse::parse_line(line.as_bytes(), mapping)
+            else {
+                panic!("not a record: {line}");
+            };
+            let meta = crate::tail::LineMeta { offset: 0, line_no: i as u64 + 1, end_offset: 0 };
+            builder.push(&record, meta, line.as_bytes(), 20240301);
+        }
+        let file = std::sync::Arc::new(FileEntry {
+            path: source.into(),
+            source: std::sync::Arc::from(source),
+            id: crate::identity::FileId { dev: 0, ino: 0 },
+            gzip: false,
+            day: 20240301,
+        });
+        let span = Span::new(file, 0, 0, lines.len(), Default::default(), None, Instant::now());
+        builder.into_batch(std::sync::Arc::new(span))
+    }
+
+    /// Issue 10 #9: a run record whose merge makes the run's `data` longer than SQLite takes
+    /// (`SQLITE_TOOBIG`) fails on its own (a `write_failed` dead letter), the rest of the
+    /// batch is written, and writing the batch again (a replay) gives the same outcome.
+    #[test]
+    fn a_run_record_whose_merge_is_too_big_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::for_base(dir.path());
+        let mut conn = open(&dir.path().join("r.sqlite"), &config.sqlite).unwrap();
+        // SQLite's longest string (and row) for this connection: each line fits, not all
+        // of their merge.
+        let limit = 400;
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, limit).unwrap();
+        let run = |field: &str, value: &str| {
+            format!(r#"{{"run_id":"r","record_type":"run","{field}":"{value}"}}"#)
+        };
+        let lines = vec![
+            run("a", &"a".repeat(60)),
+            r#"{"run_id":"r","event_id":"e1","event_type":"step"}"#.to_string(),
+            run("b", &"b".repeat(60)),
+            run("c", &"c".repeat(250)),
+            run("status", "done"),
+        ];
+        let batch = batch_of(&lines, &config.mapping);
+        for pass in 0..2 {
+            let tx = conn.transaction().unwrap();
+            let out = write_run(&tx, "r", &batch, &config.mapping).unwrap();
+            tx.commit().unwrap();
+            let failed: Vec<usize> = out.failed.iter().map(|(i, _)| *i).collect();
+            assert_eq!(failed, vec![3], "pass {pass}");
+            assert!(is_too_big(&out.failed[0].1), "{:?}", out.failed[0].1);
+            match pass {
+                0 => assert_eq!((out.written, out.unchanged), (4, 0)),
+                _ => assert_eq!((out.written, out.unchanged), (0, 4)),
+            }
+        }
+        let (data, status): (String, String) = conn
+            .query_row("SELECT data, status FROM runs WHERE run_id = 'r'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let data: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(status, "done");
+        assert_eq!(data["a"], "a".repeat(60));
+        assert_eq!(data["b"], "b".repeat(60));
+        assert_eq!(data.get("c"), None);
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!((count("run_records"), count("events")), (3, 1));
     }
 }

@@ -230,6 +230,7 @@ impl Writer {
     fn write_with_retry(&mut self, run_id: &str, batch: &Batch) -> run_db::WriteOutcome {
         let mut attempt: u32 = 0;
         let mut last_log: Option<Instant> = None;
+        let mut quarantined = false;
         let _pending = self.counters.write_started(); // ops: /healthz and watchdog signal
         loop {
             let attempt_started = Instant::now(); // ops: jsonl_shipper_batch_commit_seconds
@@ -252,6 +253,22 @@ impl Writer {
                         );
                     }
                     return outcome;
+                }
+                Err(error) if crate::sqlite::is_corrupt(&error) && !quarantined => {
+                    // Corrupt (found on a write, not at open): retrying it would never end
+                    // and would hold up every run of this shard. Moved aside as at open,
+                    // the batch goes to a fresh DB at once; nothing was acked for it.
+                    quarantined = true;
+                    let _quiet = self.wal_checkpointer.pause();
+                    if let Err(io_error) = self.pool.quarantine(run_id, &error) {
+                        tracing::error!(
+                            run_id,
+                            path = %self.pool.path_of(run_id).display(),
+                            %error,
+                            %io_error,
+                            "run DB is corrupt and cannot be moved aside; retrying"
+                        );
+                    }
                 }
                 Err(error) => {
                     attempt += 1;

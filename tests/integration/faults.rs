@@ -253,3 +253,84 @@ fn a_locked_state_db_holds_checkpoints_and_dead_letters_back_until_the_lock_is_g
     assert_eq!((letters[0].line_no, letters[0].raw.as_str()), (102, "{bad"));
     assert_eq!(shipper.snapshot().events.len(), 101);
 }
+
+/// Issue 10 #9: a run DB that went corrupt while the daemon runs (found on a write, not at
+/// open) is moved aside, kept, with one ERROR; that run's new lines go to a fresh DB and the
+/// other runs of the writer's shard are not held up (one writer: both runs share it).
+#[test]
+fn a_run_db_corrupted_while_running_is_moved_aside_and_its_run_goes_on_in_a_fresh_db() {
+    use std::io::{Seek, SeekFrom, Write};
+    let shipper = Shipper::with_config(
+        "[output]\nwriter_threads = 1\nbatch_max_delay = \"20ms\"\nidle_close_after = \"300ms\"\n\
+         [sqlite]\ncheckpoint_interval = \"100ms\"\n",
+    );
+    let event = |run: &str, id: &str| format!("{{\"run_id\":\"{run}\",\"event_id\":\"{id}\"}}\n");
+    let file = "raw/events_20240301.ndjson";
+    shipper.write(file, [event("x", "x1"), event("x", "x2"), event("y", "y1")].concat().as_bytes());
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "the first three rows", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 3)
+    });
+
+    // The writer closes X's DB once idle (its WAL checkpointed into it): then garble every
+    // page but the first, so that opening it succeeds and only a write meets the corruption.
+    let x_db = shipper.path("db/runs/x.sqlite");
+    wait_until(DEADLINE, "the writer to close x.sqlite", || {
+        !daemon.fd_targets().iter().any(|p| p.file_name() == x_db.file_name())
+    });
+    let len = std::fs::metadata(&x_db).unwrap().len();
+    assert!(len > 4096, "x.sqlite has one page only ({len} bytes)");
+    let mut db = std::fs::OpenOptions::new().write(true).open(&x_db).unwrap();
+    db.seek(SeekFrom::Start(4096)).unwrap();
+    db.write_all(&vec![0xA5; (len - 4096) as usize]).unwrap();
+    db.sync_all().unwrap();
+    drop(db);
+    let garbled = std::fs::read(&x_db).unwrap();
+
+    let appended = std::time::Instant::now();
+    shipper
+        .append(file, [event("x", "x3"), event("y", "y2"), event("x", "x4")].concat().as_bytes());
+    wait_until(DEADLINE, "x3 and x4 in a fresh x.sqlite, y1 and y2", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 4)
+    });
+    // Without the quarantine the writer retried the corrupt DB for ever and y2 never came.
+    assert!(appended.elapsed() < Duration::from_secs(10), "took {:?}", appended.elapsed());
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let rows: Vec<(String, String, String)> =
+        shipper.snapshot().events.into_iter().map(|e| (e.db, e.run_id, e.event_key)).collect();
+    let row = |db: &str, run: &str, key: &str| (db.to_string(), run.to_string(), key.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            row("x.sqlite", "x", "x3"),
+            row("x.sqlite", "x", "x4"),
+            row("y.sqlite", "y", "y1"),
+            row("y.sqlite", "y", "y2"),
+        ]
+    );
+    assert!(shipper.dead_letters().is_empty(), "{:?}", shipper.dead_letters());
+
+    // Exactly one quarantined file set, kept byte for byte.
+    let aside: Vec<String> = std::fs::read_dir(shipper.path("db/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".corrupt-"))
+        .collect();
+    let dbs: Vec<&String> =
+        aside.iter().filter(|n| n.ends_with(|c: char| c.is_ascii_digit())).collect();
+    assert_eq!(dbs.len(), 1, "{aside:?}");
+    assert!(dbs[0].starts_with("x.sqlite.corrupt-"), "{aside:?}");
+    assert!(aside.iter().all(|n| n.starts_with(dbs[0].as_str())), "{aside:?}");
+    assert_eq!(std::fs::read(shipper.path("db/runs").join(dbs[0])).unwrap(), garbled);
+
+    // One ERROR, naming the DB and where it went; no retry loop.
+    let errors: Vec<&str> = finished.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{}", finished.stderr);
+    assert!(errors[0].contains("run DB is corrupt"), "{}", errors[0]);
+    assert!(errors[0].contains(&x_db.display().to_string()), "{}", errors[0]);
+    assert!(errors[0].contains(dbs[0].as_str()), "{}", errors[0]);
+    assert!(errors[0].contains("writing"), "{}", errors[0]);
+    assert!(!finished.stderr.contains("cannot write run DB"), "{}", finished.stderr);
+}
