@@ -30,6 +30,7 @@ mod pipeline;
 mod maintain;
 
 mod sqlite;
+mod crash;
 mod metrics;
 mod shutdown;
 mod exporter;

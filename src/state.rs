@@ -316,7 +316,9 @@ impl StateThread {
                 .with_context(|| format!("advancing checkpoint of {}", file.path.display()))?;
             advanced.push((*key, n_done));
         }
+        crate::crash::point("state.before_commit");
         tx.commit().context("committing state transaction")?;
+        crate::crash::point("state.after_commit");
         // Committed: now reflect it in memory.
         for (_, span) in self.dead.drain(..) {
             span.ack(1);

@@ -166,11 +166,13 @@ pub(crate) fn append(
     use std::io::Seek;
     file.seek(io::SeekFrom::Start(base))?;
     file.write_all(&out)?;
+    crate::crash::point("dlq.before_fsync");
     file.sync_data()?;
     if created {
         File::open(dir)?.sync_all()?;
     }
     index::set_committed_len(tx, &name, base + out.len() as u64).map_err(io::Error::other)?;
+    crate::crash::point("dlq.after_fsync");
     Ok(new_by_reason)
 }
 

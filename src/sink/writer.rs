@@ -239,6 +239,7 @@ impl Writer {
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let outcome = run_db::write_run(&tx, run_id, batch, &self.config.mapping)?;
                 tx.commit()?;
+                crate::crash::point("writer.after_commit");
                 Ok(outcome)
             });
             match result {
