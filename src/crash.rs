@@ -4,7 +4,7 @@
 //!
 //! Inert unless `JSONL_SHIPPER_CRASH_AT` is set (read once): `name` aborts at the first time
 //! the step is reached, `name@N` at the N-th. The list lives here, and a tidy test checks that
-//! every name has a crash test (`tests/integration/crash.rs`), so a new step cannot be added
+//! every name has a crash test (in `tests/integration`), so a new step cannot be added
 //! without one. Compiled in always rather than behind a feature: `cargo test` drives the real
 //! release-shaped binary, and a second build of it with a feature would double CI's build.
 
@@ -23,6 +23,12 @@ pub(crate) const POINTS: &[&str] = &[
     "state.before_commit",
     // Committed; the in-memory queues and acks not updated.
     "state.after_commit",
+    // Retention deleting a run DB: its `-wal` removed, the DB file not yet.
+    "retention.between_files",
+    // `dlq replay`: the letters shipped into their run DBs, the DLQ not rewritten yet.
+    "replay.after_ship",
+    // `dlq replay`: the rewrite intents committed (temp files written), not renamed yet.
+    "replay.after_intent",
 ];
 
 struct Target {
@@ -52,13 +58,14 @@ pub(crate) fn point(name: &'static str) {
 
 #[cfg(test)]
 mod tests {
-    /// Every crash point has a crash test.
+    /// Every crash point has a crash test (one that names it, in `tests/integration`).
     #[test]
     fn every_crash_point_has_a_test() {
-        let tests = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/crash.rs"),
-        )
-        .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration");
+        let tests: String = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
         let untested: Vec<_> =
             super::POINTS.iter().filter(|p| !tests.contains(&format!("\"{p}\""))).collect();
         assert!(untested.is_empty(), "crash points without a crash test: {untested:?}");

@@ -467,6 +467,7 @@ pub(crate) fn remove_letters(
         index::mark_replayed(&tx, key, name).map_err(|e| state_error(state, e))?;
     }
     tx.commit().map_err(|e| state_error(state, e))?;
+    crate::crash::point("replay.after_intent");
     let tx = state.transaction_shared().map_err(|e| state_error(state, e))?;
     let names = roll_forward(dir, &tx)?;
     tx.commit().map_err(|e| state_error(state, e))?;

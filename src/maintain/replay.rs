@@ -90,6 +90,7 @@ pub(crate) fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Res
         report.write_failed += failed;
     }
     report.shipped = shipped.len() as u64;
+    crate::crash::point("replay.after_ship");
     if !shipped.is_empty() {
         let _lock =
             DlqLock::acquire(dir).with_context(|| format!("locking DLQ dir {}", dir.display()))?;

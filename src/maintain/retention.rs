@@ -414,12 +414,17 @@ fn delete_run_db(run: &RunDb, wait: Duration) -> Result<(), Kept> {
     if written_since {
         return Err(Kept::Other("written since planned".into()));
     }
-    for suffix in ["", "-wal", "-shm"] {
+    // The DB file last: a crash in between leaves a DB without its `-wal` (deleted next
+    // round), never a `-wal` without its DB, which a new DB of the same run would replay.
+    for suffix in ["-wal", "-shm", ""] {
         let path = sibling(&run.path, suffix);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Kept::Other(format!("{}: {e}", path.display()))),
+        }
+        if suffix == "-wal" {
+            crate::crash::point("retention.between_files");
         }
     }
     drop(conn);

@@ -594,3 +594,52 @@ fn maintain_deletes_the_oldest_run_dbs_while_all_exceed_max_total_size() {
     assert!(done.stderr.contains("MaxTotalSize"), "{}", done.stderr);
     assert_eq!(shipper.run_db_names(), vec!["b.sqlite".to_string(), "c.sqlite".to_string()]);
 }
+
+/// `dlq replay` aborted at each of its steps (crash points "replay.after_ship": letters in
+/// their run DBs, the DLQ untouched; "replay.after_intent": rewrite intents committed, files
+/// not renamed), then run again: the rows, the letters left and the next replay are exactly
+/// those of one uninterrupted replay.
+#[test]
+fn dlq_replay_aborted_at_each_step_then_run_again_equals_one_replay() {
+    for point in ["replay.after_ship", "replay.after_intent"] {
+        let shipper = Shipper::with_config("");
+        let rel = "raw/events_20240201.ndjson";
+        let lines: Vec<String> = vec![
+            r#"{"job":"b","event_id":"e2","v":1}"#.into(),
+            r#"{"job":"b","ts":3,"event_type":"fetch"}"#.into(),
+            r#"{"job":"b","record_type":"run","status":"done"}"#.into(),
+            "{bad".into(),
+        ];
+        write_lines(&shipper, rel, &lines);
+        shipper.backfill(&[]);
+        assert_eq!(shipper.dead_letters().len(), 4);
+        set_config(&shipper, "[mapping]\nrun_id = \"job\"\n");
+
+        let mut command = shipper.command(&["dlq", "replay"], &[]);
+        command.env("JSONL_SHIPPER_CRASH_AT", point);
+        let crashed = crate::harness::Running::spawn(command).wait();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(crashed.status.signal(), Some(libc::SIGABRT), "{point}: {}", crashed.stderr);
+
+        let out = replay(&shipper, &[]);
+        let mut want = Snapshot::default();
+        want.events.push(event(&shipper, rel, 1, "b", "e2".into(), &lines[0]));
+        want.events.push(event(
+            &shipper,
+            rel,
+            2,
+            "b",
+            line_key(rel, 2, lines[1].as_bytes()),
+            &lines[1],
+        ));
+        want.runs.push(run_row("b", json!({"job":"b","record_type":"run","status":"done"})));
+        want.sort();
+        assert_snapshot(&shipper.snapshot(), &want);
+        let left: Vec<(u64, String)> =
+            shipper.dead_letters().iter().map(|d| (d.line_no, d.reason.clone())).collect();
+        assert_eq!(left, [(4, "invalid_json".to_string())], "{point}: {out}");
+        let again = replay(&shipper, &[]);
+        assert!(again.contains("1 considered, 0 shipped"), "{point}: {again}");
+        assert_snapshot(&shipper.snapshot(), &want);
+    }
+}
