@@ -169,6 +169,9 @@ struct Parked {
     modified: Option<std::time::SystemTime>,
     /// Never opened, so not registered with the state thread: opened like a new file.
     unread: bool,
+    /// Bytes its saved checkpoint knew past its position (size at the last seal minus the
+    /// offset): said if the file turns out to be gone.
+    unshipped: u64,
 }
 
 impl Parked {
@@ -184,6 +187,7 @@ impl Parked {
             gone_since: None,
             modified: None,
             unread: false,
+            unshipped: cp.size.map_or(0, |size| size.saturating_sub(cp.offset)),
         }
     }
 
@@ -199,6 +203,7 @@ impl Parked {
             gone_since: None,
             modified: None,
             unread: true,
+            unshipped: 0,
         }
     }
 }
@@ -574,6 +579,16 @@ impl<'a> Tailer<'a> {
             let Some(mut parked) = self.parked.remove(&key) else { continue };
             let Some((new_path, size)) = found.remove(&key) else {
                 self.opener.let_go(key); // deleted
+                if parked.unshipped > 0 {
+                    // Known only from its checkpoint (a restart): nothing can read it now.
+                    self.counters.deleted_unread_bytes.add(parked.unshipped);
+                    tracing::warn!(
+                        path = %parked.path.display(),
+                        offset = parked.offset,
+                        unshipped_bytes = parked.unshipped,
+                        "a file was deleted before it was read to its end (while the agent was down?); its unread bytes, at least unshipped_bytes, are not shipped"
+                    );
+                }
                 continue;
             };
             if size == parked.size_seen {
@@ -723,6 +738,7 @@ impl<'a> Tailer<'a> {
                     size_seen,
                     modified: tailed.modified,
                     unread: false,
+                    unshipped: 0,
                     path: tailed.path.clone(),
                     parked_at: self.clock.now(),
                     gone_since: None,

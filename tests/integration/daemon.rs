@@ -225,3 +225,32 @@ fn an_idle_daemon_rescans_once_per_interval_not_on_its_own_inotify_events() {
     assert!(during <= bound, "{during} rescans in {window:?} of idleness (want ≤ {bound})");
     daemon.terminate(DRAIN_DEADLINE).assert_success("run after SIGTERM");
 }
+
+/// A file the checkpoints know, deleted while the agent was down with bytes it had not read:
+/// nothing can read them any more, and the restarted daemon says so once, naming the file,
+/// its offset and the bytes (issue 10 #2), instead of forgetting it silently.
+#[test]
+fn a_file_deleted_while_the_agent_was_down_with_unread_bytes_is_reported() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240301.ndjson";
+    let tail = br#"{"run_id":"r","event_id":"half"#;
+    shipper.write(rel, b"{\"run_id\":\"r\",\"event_id\":\"a\"}\n");
+    shipper.append(rel, tail);
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "the first line", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 1)
+    });
+    daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
+    std::fs::remove_file(shipper.path(rel)).unwrap();
+
+    let daemon = shipper.spawn_run();
+    let want = format!("unshipped_bytes={}", tail.len());
+    wait_until(DEADLINE, "the WARN about the deleted file", || {
+        daemon.stderr_so_far().contains(&want)
+    });
+    let finished = daemon.terminate(Duration::from_secs(30));
+    finished.assert_success("run after SIGTERM");
+    let warns = finished.stderr.matches("deleted before it was read to its end").count();
+    assert_eq!(warns, 1, "{}", finished.stderr);
+    assert!(finished.stderr.contains(&shipper.source(rel)), "{}", finished.stderr);
+}
