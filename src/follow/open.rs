@@ -232,6 +232,12 @@ impl Opener {
 /// `\n` (or the line is longer than `max_line` back, which is read on as it always was).
 fn line_start(file: &File, offset: u64, max_line: u64) -> std::io::Result<u64> {
     use std::os::unix::fs::FileExt;
+    // Almost always the byte before is a newline: one byte read, no 64 KiB buffer per open.
+    let mut last = [0u8];
+    file.read_exact_at(&mut last, offset - 1)?;
+    if last[0] == b'\n' {
+        return Ok(offset);
+    }
     let mut end = offset;
     let mut buf = vec![0u8; 64 << 10];
     while end > 0 && offset - end < max_line {
