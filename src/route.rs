@@ -345,12 +345,40 @@ impl Pending {
 mod tests {
     use std::io::Write;
 
+    use crossbeam_channel::Receiver;
+
     use super::*;
     use crate::flow::Key;
     use crate::identity::FileId;
 
     fn event(i: usize) -> String {
         format!("{{\"run_id\":\"r\",\"event_id\":\"{i}\"}}\n")
+    }
+
+    /// The file the tests read, as the pipeline knows it.
+    fn file_of(source: &tempfile::NamedTempFile) -> Arc<FileEntry> {
+        Arc::new(FileEntry {
+            path: source.path().to_path_buf(),
+            source: "events.ndjson".into(),
+            id: FileId { dev: 1, ino: 2 },
+            gzip: false,
+            day: 0,
+        })
+    }
+
+    /// A router with one writer, the receiving ends of its writer and state channels (of
+    /// these capacities) in hand.
+    fn router(
+        writer_cap: usize,
+        state_cap: usize,
+        yielding: bool,
+    ) -> (Router, Receiver<Batch>, Receiver<StateMsg>) {
+        let (writer_tx, writer_rx) = crossbeam_channel::bounded(writer_cap);
+        let (state_tx, state_rx) = crossbeam_channel::bounded(state_cap);
+        let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
+        let counters = Arc::new(Counters::default());
+        let router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, yielding);
+        (router, writer_rx, state_rx)
     }
 
     /// The daemon's router never blocks: with the writer's inbox full it keeps the sealed span
@@ -362,18 +390,8 @@ mod tests {
         let n = SPAN_MAX_RECORDS * 3;
         source.write_all((0..n).map(event).collect::<String>().as_bytes()).unwrap();
         let handle = source.reopen().unwrap();
-        let file = Arc::new(FileEntry {
-            path: source.path().to_path_buf(),
-            source: "events.ndjson".into(),
-            id: FileId { dev: 1, ino: 2 },
-            gzip: false,
-            day: 0,
-        });
-        let (writer_tx, writer_rx) = crossbeam_channel::bounded(1);
-        let (state_tx, state_rx) = crossbeam_channel::bounded(16);
-        let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
-        let counters = Arc::new(Counters::default());
-        let mut router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, true);
+        let file = file_of(&source);
+        let (mut router, writer_rx, state_rx) = router(1, 16, true);
         let mut reader = LineReader::new(source.reopen().unwrap(), 0, 0, 1 << 20, 1024);
 
         // One span fits the inbox; the second is sealed and held: the pass stops there.
@@ -438,18 +456,8 @@ mod tests {
     #[test]
     fn a_read_error_seals_the_lines_read_before_it() {
         let source = tempfile::NamedTempFile::new().unwrap();
-        let file = Arc::new(FileEntry {
-            path: source.path().to_path_buf(),
-            source: "events.ndjson".into(),
-            id: FileId { dev: 1, ino: 2 },
-            gzip: false,
-            day: 0,
-        });
-        let (writer_tx, writer_rx) = crossbeam_channel::bounded(16);
-        let (state_tx, state_rx) = crossbeam_channel::bounded(16);
-        let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
-        let counters = Arc::new(Counters::default());
-        let mut router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, true);
+        let file = file_of(&source);
+        let (mut router, writer_rx, state_rx) = router(16, 16, true);
         let data: String = (0..3).map(event).collect::<String>() + "{\"run_id\":\"r\",\"ev";
         let bytes = data.len();
         let mut reader = LineReader::new(
@@ -485,18 +493,8 @@ mod tests {
             |i: usize| format!("{{\"run_id\":\"r\",\"event_id\":\"{i}\",\"p\":\"{pad}\"}}\n");
         let n = 40;
         source.write_all((0..n).map(line).collect::<String>().as_bytes()).unwrap();
-        let file = Arc::new(FileEntry {
-            path: source.path().to_path_buf(),
-            source: "events.ndjson".into(),
-            id: FileId { dev: 1, ino: 2 },
-            gzip: false,
-            day: 0,
-        });
-        let (writer_tx, writer_rx) = crossbeam_channel::bounded(64);
-        let (state_tx, state_rx) = crossbeam_channel::bounded(64);
-        let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
-        let counters = Arc::new(Counters::default());
-        let mut router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, false);
+        let file = file_of(&source);
+        let (mut router, writer_rx, state_rx) = router(64, 64, false);
         let mut reader = LineReader::new(source.reopen().unwrap(), 0, 0, 1 << 20, 1024);
         let handle = source.reopen().unwrap();
         let routed = router.route(&file, &handle, &mut reader, false, &|| false).unwrap();
