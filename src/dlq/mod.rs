@@ -552,6 +552,21 @@ mod tests {
         assert_eq!(file_name_for(t), "dlq_20231114.ndjson");
     }
 
+    /// One `invalid_json` letter as a DLQ line.
+    fn letter_line(source: &str, line_no: u64, raw: &str, raw_len: u64) -> String {
+        let line = DlqLine {
+            at: "2024-01-01T00:00:00.000Z".into(),
+            source: source.into(),
+            offset: 0,
+            line_no,
+            reason: "invalid_json".into(),
+            error: "e".into(),
+            raw: raw.into(),
+            raw_len,
+        };
+        format!("{}\n", serde_json::to_string(&line).unwrap())
+    }
+
     /// A state DB and DLQ dir where `dlq_20240101.ndjson` holds `old`, all committed.
     fn setup(old: &[u8]) -> (tempfile::TempDir, StateDb, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -571,19 +586,7 @@ mod tests {
     #[test]
     fn recover_gives_old_keys_their_source_day_once() {
         use crate::parse::{digest, legacy_line_key, line_key};
-        let letter = |source: &str, line_no: u64, raw: &str, raw_len: u64| {
-            let line = DlqLine {
-                at: "2024-01-01T00:00:00.000Z".into(),
-                source: source.into(),
-                offset: 0,
-                line_no,
-                reason: "invalid_json".into(),
-                error: "e".into(),
-                raw: raw.into(),
-                raw_len,
-            };
-            format!("{}\n", serde_json::to_string(&line).unwrap())
-        };
+        let letter = letter_line;
         // The same bad line at line 1 of two days' files, and a cut one at line 7.
         let bytes = letter("/raw/events_20240301.ndjson", 1, "{bad", 4)
             + &letter("/raw/events_20240302.ndjson", 1, "{bad", 4)
@@ -629,18 +632,8 @@ mod tests {
         let state = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
         let dlq = dir.path().join("dlq");
         std::fs::create_dir(&dlq).unwrap();
-        let letter = |line_no: u64, raw: &str, raw_len: u64| {
-            let line = DlqLine {
-                at: "2024-01-01T00:00:00.000Z".into(),
-                source: "/raw/events_20240101.ndjson".into(),
-                offset: 0,
-                line_no,
-                reason: "invalid_json".into(),
-                error: "e".into(),
-                raw: raw.into(),
-                raw_len,
-            };
-            format!("{}\n", serde_json::to_string(&line).unwrap())
+        let letter = |line_no, raw: &str, raw_len| {
+            letter_line("/raw/events_20240101.ndjson", line_no, raw, raw_len)
         };
         // A whole letter, one whose raw was cut (no key can be derived), a torn last line.
         let (whole, cut) = (letter(1, "{bad", 4), letter(2, "{cu", 99));
