@@ -184,14 +184,40 @@ fn daemon_killed_mid_stream_resumes_exactly() {
     assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "{}", killed.stderr);
     assert!(shipper.progress() < total, "killed, but everything was already checkpointed");
 
+    restart_and_expect(&shipper, &files, &runs);
+}
+
+/// Starts the daemon again and waits until every file is shipped to its end: exactly the
+/// rows, runs rows and dead letters of an uninterrupted run.
+fn restart_and_expect(shipper: &Shipper, files: &[GenFile], runs: &[RunRow]) {
+    let total: u64 = files.iter().map(GenFile::len).sum();
     let daemon = shipper.spawn_run();
-    let want = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), &runs);
+    let want = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), runs);
     poll_until(DEADLINE, || {
         shipper.progress() == total && shipper.try_snapshot().is_ok_and(|s| s == want.0)
     });
     daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
     assert_snapshot(&shipper.snapshot(), &want.0);
     assert_dead_letters(&shipper.dead_letters(), &want.1);
+}
+
+/// The commit protocol's crash points, each with the hit to abort at: a later one where the
+/// first comes before anything interesting; the state thread's first pass with anything to
+/// do (a fast daemon may need no second one).
+const PROTOCOL_POINTS: [(&str, u32); 5] = [
+    ("writer.after_commit", 3),
+    ("dlq.before_fsync", 1),
+    ("dlq.after_fsync", 1),
+    ("state.before_commit", 1),
+    ("state.after_commit", 1),
+];
+
+/// Runs `command` with `JSONL_SHIPPER_CRASH_AT=point@nth` to its end, which must be an abort.
+fn crash_at(mut command: std::process::Command, point: &str, nth: u32) {
+    command.env("JSONL_SHIPPER_CRASH_AT", format!("{point}@{nth}"));
+    let crashed = crate::harness::Running::spawn(command).wait();
+    assert_eq!(crashed.status.signal(), Some(libc::SIGABRT), "{point}: {}", crashed.stderr);
+    assert!(crashed.stderr.contains(&format!("crash point {point} reached")), "{point}");
 }
 
 /// Every crash point of the commit protocol (`src/crash.rs` lists them; a tidy test there
@@ -202,25 +228,13 @@ fn daemon_killed_mid_stream_resumes_exactly() {
 fn every_crash_point_in_a_backfill_then_resume_equals_an_uninterrupted_backfill() {
     use crate::dataset::multi_day;
     let (files, runs) = multi_day();
-    // (point, which hit): a later hit where the first comes before anything interesting.
-    let points = [
-        ("writer.after_commit", 3),
-        ("dlq.before_fsync", 1),
-        ("dlq.after_fsync", 1),
-        ("state.before_commit", 1),
-        ("state.after_commit", 1),
-    ];
-    for (point, nth) in points {
+    for (point, nth) in PROTOCOL_POINTS {
         // Small batches: many commits, so a crash leaves work on both sides of it.
         let shipper = Shipper::with_config("[output]\nbatch_max_events = 16\n");
         for file in &files {
             file.write(&shipper);
         }
-        let mut command = shipper.command(&["backfill"], &[]);
-        command.env("JSONL_SHIPPER_CRASH_AT", format!("{point}@{nth}"));
-        let crashed = crate::harness::Running::spawn(command).wait();
-        assert_eq!(crashed.status.signal(), Some(libc::SIGABRT), "{point}: {}", crashed.stderr);
-        assert!(crashed.stderr.contains(&format!("crash point {point} reached")), "{point}");
+        crash_at(shipper.command(&["backfill"], &[]), point, nth);
 
         shipper.backfill(&[]);
         let (want, want_dead) = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), &runs);
@@ -244,37 +258,14 @@ fn every_crash_point_in_a_backfill_then_resume_equals_an_uninterrupted_backfill(
 #[test]
 fn every_crash_point_in_the_daemon_then_restart_equals_no_crash() {
     let (files, runs) = big_set(3_000, false);
-    let total: u64 = files.iter().map(GenFile::len).sum();
-    let points = [
-        ("writer.after_commit", 3),
-        ("dlq.before_fsync", 1),
-        ("dlq.after_fsync", 1),
-        // The first pass with anything to do: a fast daemon may need no second one.
-        ("state.before_commit", 1),
-        ("state.after_commit", 1),
-    ];
-    for (point, nth) in points {
+    for (point, nth) in PROTOCOL_POINTS {
         let shipper = Shipper::with_config("[output]\nbatch_max_events = 16\n");
         for file in &files {
             file.write(&shipper);
         }
-        let mut command = shipper.command(&["run"], &[]);
-        command.env("JSONL_SHIPPER_CRASH_AT", format!("{point}@{nth}"));
-        let mut daemon = crate::harness::Running::spawn(command);
-        wait_until(DEADLINE, &format!("the daemon to abort at {point}"), || {
-            daemon.try_status().is_some()
-        });
-        let crashed = daemon.wait();
-        assert_eq!(crashed.status.signal(), Some(libc::SIGABRT), "{point}: {}", crashed.stderr);
-
-        let daemon = shipper.spawn_run();
-        let want = expected(shipper.base(), &files.iter().collect::<Vec<_>>(), &runs);
-        poll_until(DEADLINE, || {
-            shipper.progress() == total && shipper.try_snapshot().is_ok_and(|s| s == want.0)
-        });
-        daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
-        assert_snapshot(&shipper.snapshot(), &want.0);
-        assert_dead_letters(&shipper.dead_letters(), &want.1);
+        // The daemon runs until it reaches the point (every file is there from the start).
+        crash_at(shipper.command(&["run"], &[]), point, nth);
+        restart_and_expect(&shipper, &files, &runs);
     }
 }
 
@@ -301,10 +292,7 @@ fn retention_aborted_mid_delete_leaves_no_stray_wal_and_finishes_next_round() {
         std::fs::File::options().write(true).open(path).unwrap().set_modified(past).unwrap();
     }
 
-    let mut command = shipper.command(&["maintain"], &[]);
-    command.env("JSONL_SHIPPER_CRASH_AT", "retention.between_files");
-    let crashed = crate::harness::Running::spawn(command).wait();
-    assert_eq!(crashed.status.signal(), Some(libc::SIGABRT), "{}", crashed.stderr);
+    crash_at(shipper.command(&["maintain"], &[]), "retention.between_files", 1);
     assert!(db.exists() && !wal.exists(), "the DB file is removed last");
 
     let done = shipper.run_cmd(&["maintain"], &[]);
