@@ -132,6 +132,8 @@ pub struct Mapping {
 pub struct OutputConfig {
     pub dir: PathBuf,
     pub state_db: PathBuf,
+    /// One row per run DB (`catalog` module); default `catalog.sqlite` beside `dir`.
+    pub catalog: PathBuf,
     pub batch_max_events: usize,
     pub batch_max_bytes: usize,
     pub batch_max_delay: Duration,
@@ -269,6 +271,7 @@ impl Config {
             ("base", raw.base.as_ref()),
             ("output.dir", raw.output.dir.as_ref()),
             ("output.state_db", raw.output.state_db.as_ref()),
+            ("output.catalog", raw.output.catalog.as_ref()),
             ("dlq.dir", raw.dlq.dir.as_ref()),
         ]
         .into_iter()
@@ -671,6 +674,7 @@ struct RawMapping {
 struct RawOutput {
     dir: Option<String>,
     state_db: Option<String>,
+    catalog: Option<String>,
     batch_max_events: Option<usize>,
     #[serde(with = "human")]
     batch_max_bytes: Option<usize>,
@@ -757,6 +761,12 @@ impl RawConfig {
         let (s, m, o, q) = (self.sources, self.mapping, self.output, self.sqlite);
         let (r, l, x, g) = (self.retention, self.dlq, self.metrics, self.log);
         let max_line_bytes = s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
+        let output_dir = path(o.dir, "db/runs");
+        // Beside the run DBs, never among them, so no run_id can name it.
+        let catalog = o.catalog.map_or_else(
+            || output_dir.parent().unwrap_or(&output_dir).join("catalog.sqlite"),
+            |v| dir.join(v),
+        );
         Config {
             sources: SourcesConfig {
                 paths: s.paths.map_or_else(
@@ -780,8 +790,9 @@ impl RawConfig {
                 end_time: name(m.end_time, "end_time"),
             },
             output: OutputConfig {
-                dir: path(o.dir, "db/runs"),
+                dir: output_dir,
                 state_db: path(o.state_db, "db/shipper-state.sqlite"),
+                catalog,
                 batch_max_events: o.batch_max_events.unwrap_or(DEFAULT_BATCH_MAX_EVENTS),
                 batch_max_bytes: o.batch_max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES),
                 batch_max_delay: o.batch_max_delay.unwrap_or(DEFAULT_BATCH_MAX_DELAY),
@@ -855,6 +866,7 @@ impl From<&Config> for RawConfig {
             output: RawOutput {
                 dir: path(&o.dir),
                 state_db: path(&o.state_db),
+                catalog: path(&o.catalog),
                 batch_max_events: Some(o.batch_max_events),
                 batch_max_bytes: Some(o.batch_max_bytes),
                 batch_max_delay: Some(o.batch_max_delay),
@@ -936,6 +948,7 @@ mod tests {
         assert_eq!(c.sources.paths, ["/b/raw/events_*.ndjson"]);
         assert_eq!(c.output.dir, Path::new("/b/db/runs"));
         assert_eq!(c.output.state_db, Path::new("/b/db/shipper-state.sqlite"));
+        assert_eq!(c.output.catalog, Path::new("/b/db/catalog.sqlite"));
         assert_eq!(c.dlq.dir, Path::new("/b/dlq"));
         assert_eq!(c.sqlite.synchronous.as_pragma(), "FULL");
         assert_eq!(
