@@ -6,7 +6,9 @@
 //!   recomputed from `run_records` whenever a record arrives out of order, so replays and
 //!   parallel backfills never roll a run back.
 //! - `events`: one row per distinct `event_key`; a repeated key replaces the row only when it
-//!   comes later in stream order (`pos`), so a replayed older line never overwrites a newer one.
+//!   comes later in stream order (`pos`, then the line's bytes: two files of one day share
+//!   positions), so a replayed older line never overwrites a newer one and the winner of a
+//!   tie does not depend on which file was read first.
 //! - `run_records`: every distinct run record, keyed by its line identity (for the refold).
 
 use std::path::Path;
@@ -196,7 +198,8 @@ pub(crate) fn write_run(
                 run_id = excluded.run_id, event_type = excluded.event_type, ts = excluded.ts,
                 data = excluded.data, source = excluded.source, line_no = excluded.line_no,
                 pos = excluded.pos
-             WHERE excluded.pos > events.pos",
+             WHERE excluded.pos > events.pos
+                OR (excluded.pos = events.pos AND excluded.data > events.data)",
         )?;
         let mut insert_run_record = tx.prepare_cached(
             "INSERT INTO run_records (record_key, pos, data, source, line_no)
@@ -276,7 +279,7 @@ fn merge_one_by_one(
          VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (record_key) DO NOTHING",
     )?;
     let mut in_order = new.to_vec();
-    in_order.sort_by_key(|&(pos, _, i)| (pos, i));
+    in_order.sort_by_key(|&(pos, data, i)| (pos, data, i));
     for (pos, data, i) in in_order {
         let rec = &batch.recs[i];
         tx.execute_batch("SAVEPOINT merge_one")?;
@@ -308,7 +311,9 @@ fn merge_run(
     new: &mut [(i64, &str, usize)],
     mapping: &Mapping,
 ) -> rusqlite::Result<()> {
-    new.sort_by_key(|&(pos, _, _)| pos);
+    // Ties (one position in two files of a day) fold in byte order of the line, as the
+    // refold below does, so the outcome never depends on which file was read first.
+    new.sort_by_key(|&(pos, data, _)| (pos, data));
     let (data, merged_pos): (String, i64) = tx
         .prepare_cached("SELECT data, merged_pos FROM runs WHERE run_id = ?1")?
         .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -324,8 +329,7 @@ fn merge_run(
         max_pos = new[new.len() - 1].0;
     } else {
         state = Value::Object(Default::default());
-        let mut stmt =
-            tx.prepare_cached("SELECT pos, data FROM run_records ORDER BY pos, rowid")?;
+        let mut stmt = tx.prepare_cached("SELECT pos, data FROM run_records ORDER BY pos, data")?;
         let mut rows = stmt.query([])?;
         let mut last = -1;
         while let Some(row) = rows.next()? {

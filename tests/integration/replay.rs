@@ -114,3 +114,45 @@ fn replayed_run_records_change_nothing() {
     backfill_file(&shipper, &day1);
     assert_snapshot(&shipper.snapshot(), &want);
 }
+
+/// Two files of one day (one name in two directories) put records at the same stream
+/// position: which one wins is decided by the lines themselves, so reading the files in
+/// either order gives the same rows (issue 10 #7).
+#[test]
+fn a_tie_in_stream_order_is_decided_by_the_lines_not_the_read_order() {
+    let rows_after = |order: [&str; 2]| {
+        let shipper = Shipper::new();
+        for dir in ["a", "b"] {
+            let v = if dir == "a" { "from a" } else { "from b" };
+            let status = if dir == "a" { "failed" } else { "succeeded" };
+            shipper.write(
+                &format!("raw/{dir}/events_20240101.ndjson"),
+                format!(
+                    "{{\"run_id\":\"r\",\"event_id\":\"e1\",\"v\":\"{v}\"}}\n\
+                     {{\"run_id\":\"r\",\"record_type\":\"run\",\"status\":\"{status}\",\"{dir}\":1}}\n"
+                )
+                .as_bytes(),
+            );
+        }
+        for dir in order {
+            let path = shipper.path(&format!("raw/{dir}/events_20240101.ndjson"));
+            shipper.backfill(&[path.to_str().expect("UTF-8")]).assert_success("backfill");
+        }
+        let snapshot = shipper.snapshot().rebased(shipper.base(), "BASE");
+        (snapshot, shipper)
+    };
+    let (ab, _a) = rows_after(["a", "b"]);
+    let (ba, _b) = rows_after(["b", "a"]);
+    assert_snapshot(&ab, &ba);
+    // "from b" > "from a" in byte order: b's line wins the event; the run records merge a's
+    // then b's (a's line is the smaller), so b's terminal status is the later one.
+    assert_eq!(ab.events.len(), 1);
+    assert!(ab.events[0].data.contains("from b"), "{:?}", ab.events[0]);
+    assert_eq!(ab.events[0].source, "BASE/raw/b/events_20240101.ndjson");
+    assert_eq!(ab.runs.len(), 1);
+    assert_eq!(ab.runs[0].status, rusqlite::types::Value::Text("succeeded".into()));
+    assert_eq!(
+        ab.runs[0].data,
+        json!({"run_id":"r","record_type":"run","status":"succeeded","a":1,"b":1})
+    );
+}
