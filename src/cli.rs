@@ -68,6 +68,13 @@ pub enum Command {
         /// Files read in parallel.
         #[arg(long, short = 'j', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: u16,
+        /// Read every file from its start, ignoring and leaving alone the checkpoints and the
+        /// DLQ: rebuilds run DBs (e.g. one quarantined as corrupt) while the sources exist.
+        #[arg(long)]
+        from_start: bool,
+        /// With --from-start: ship only this run's records.
+        #[arg(long, value_name = "RUN_ID", requires = "from_start", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        run: Option<String>,
         /// Files, directories or globs (default: the configured sources, .ndjson and .ndjson.gz).
         #[arg(value_name = "PATH_OR_GLOB")]
         paths: Vec<String>,

@@ -222,6 +222,15 @@ fn push_value(arena: &mut String, s: &Scalar<'_>) -> Value {
     }
 }
 
+/// `backfill --from-start`: every source read again from 0 to rebuild run DBs (a quarantined
+/// one, say), leaving the agent's own progress alone: no file is registered, no checkpoint
+/// moves, no dead letter is written (the first reading wrote them). Only `run`'s records are
+/// shipped when it is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Rebuild {
+    pub run: Option<String>,
+}
+
 /// A reader started on a file at `offset` (`line_no` lines before it); `reset` replaces a
 /// stale checkpoint (a new file, or one whose content changed).
 #[derive(Debug)]

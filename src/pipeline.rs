@@ -21,7 +21,7 @@ use crossbeam_channel::{bounded, Sender};
 use crate::checkpoint::{Checkpoint, StateDb};
 use crate::config::Config;
 use crate::dlq::{self, DlqLock};
-use crate::flow::{Batch, StateMsg};
+use crate::flow::{Batch, Rebuild, StateMsg};
 use crate::follow::Opener;
 use crate::identity::FileId;
 use crate::metrics::Counters;
@@ -63,6 +63,7 @@ pub(crate) struct Pipeline {
     releases: Arc<Releases>,
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
     pub disk_bytes: Arc<crate::metrics::Counter>,
+    rebuild: Option<Rebuild>,
 }
 
 impl Pipeline {
@@ -149,7 +150,14 @@ impl Pipeline {
             checkpoints: Arc::new(checkpoints),
             releases,
             disk_bytes: Default::default(),
+            rebuild: None,
         })
+    }
+
+    /// Makes the readers' routers and openers rebuild (see [`Rebuild`]).
+    pub(crate) fn rebuilding(mut self, rebuild: Rebuild) -> Pipeline {
+        self.rebuild = Some(rebuild);
+        self
     }
 
     /// The writers' side of retention's requests to close a run DB (the daemon's retention).
@@ -160,25 +168,34 @@ impl Pipeline {
     /// A router for one reader thread. The daemon's never blocks on a full channel (see
     /// [`Router::unstall`]); backfill's simply waits.
     pub(crate) fn router(&self) -> Router {
-        Router::new(
+        let router = Router::new(
             self.config.mapping.clone(),
             self.config.dlq.max_raw_bytes,
             self.writer_txs.clone(),
             self.state_tx.clone(),
             self.counters.clone(),
             self.mode == Mode::Daemon,
-        )
+        );
+        match &self.rebuild {
+            Some(rebuild) => router.rebuilding(rebuild.clone()),
+            None => router,
+        }
     }
 
     /// Opens source files at their resume points for one reader thread.
     pub(crate) fn opener(&self) -> Opener {
-        Opener::new(
+        let opener = Opener::new(
             self.checkpoints.clone(),
             self.state_tx.clone(),
             self.config.sources.max_line_bytes,
             self.config.dlq.max_raw_bytes,
             self.disk_bytes.clone(),
-        )
+        );
+        if self.rebuild.is_some() {
+            opener.rebuilding()
+        } else {
+            opener
+        }
     }
 
     /// Drains: closes the channels in flow order and joins every thread.

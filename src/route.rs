@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{SendTimeoutError, Sender};
 
 use crate::config::Mapping;
-use crate::flow::{Batch, BatchBuilder, DeadLetter, FileEntry, Span, StateMsg};
+use crate::flow::{Batch, BatchBuilder, DeadLetter, FileEntry, Rebuild, Span, StateMsg};
 use crate::identity::Fingerprint;
 use crate::metrics::Counters;
 use crate::parse::{self, DeadReason, Outcome};
@@ -55,6 +55,8 @@ pub(crate) struct Router {
     /// writer is held up. At most one span's messages, so memory stays bounded.
     yielding: bool,
     stalled: VecDeque<Stalled>,
+    /// Set: ship records only (of one run, if named), nothing to the state thread.
+    rebuild: Option<Rebuild>,
 }
 
 /// A sealed message not yet handed on (its channel was full), in sending order.
@@ -99,7 +101,14 @@ impl Router {
             counters,
             yielding,
             stalled: VecDeque::new(),
+            rebuild: None,
         }
+    }
+
+    /// Routes for a rebuild (see [`Rebuild`]).
+    pub(crate) fn rebuilding(mut self, rebuild: Rebuild) -> Router {
+        self.rebuild = Some(rebuild);
+        self
     }
 
     /// Hands the stalled messages on, in order, waiting up to `wait` for room (a zero wait only
@@ -230,6 +239,8 @@ impl Router {
     fn classify(&self, file: &Arc<FileEntry>, line: Line<'_>, pending: &mut Pending, at_end: bool) {
         let (meta, bytes) = match line {
             Line::Complete(meta, bytes) => (meta, bytes),
+            // A rebuild writes no dead letters: the first reading of the line did.
+            Line::TooLong(..) if self.rebuild.is_some() => return,
             Line::TooLong(meta, too_long) => {
                 let error =
                     format!("line is {} bytes, longer than sources.max_line_bytes", too_long.len);
@@ -249,6 +260,7 @@ impl Router {
         let outcome = parse::parse_line(bytes, &self.mapping);
         let record = match outcome {
             Outcome::Record(record) => record,
+            Outcome::Dead(..) if self.rebuild.is_some() => return,
             Outcome::Blank => {
                 self.counters.blank_lines.add(1);
                 pending.blank_advance = true;
@@ -270,6 +282,11 @@ impl Router {
                 return;
             }
         };
+        if let Some(Rebuild { run: Some(run) }) = &self.rebuild {
+            if *run != record.run_id {
+                return;
+            }
+        }
         let shard = shard_of(&record.run_id, self.writers.len());
         let batch = pending.batches[shard].get_or_insert_with(BatchBuilder::default);
         batch.push(&record, meta, bytes, file.day);
@@ -306,7 +323,10 @@ impl Router {
             slot.take().map(|builder| (shard, builder.into_batch(span.clone())))
         });
         // Registered before any of its records can be acked, so state sees the span first.
-        self.stalled.push_back(Stalled::State(msg));
+        // A rebuild's spans move no checkpoint: nobody waits for their acks.
+        if self.rebuild.is_none() {
+            self.stalled.push_back(Stalled::State(msg));
+        }
         self.stalled.extend(batches.map(|(shard, batch)| Stalled::Batch(shard, batch)));
         // Backfill's readers simply wait; the daemon's keeps what finds no room.
         let wait = if self.yielding { Duration::ZERO } else { Duration::MAX };

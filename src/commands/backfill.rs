@@ -14,11 +14,17 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::discover;
+use crate::flow::Rebuild;
 use crate::metrics::Counters;
 use crate::pipeline::{Mode, Pipeline};
 use crate::shutdown::Signals;
 
-pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::Result<ExitCode> {
+pub(super) fn backfill(
+    config: Config,
+    jobs: usize,
+    rebuild: Option<Rebuild>,
+    args: &[String],
+) -> anyhow::Result<ExitCode> {
     super::prepare_dirs(&config)?;
     let files = discover::backfill_files(&config.sources.paths, args)
         .map_err(|e| super::UsageError(e.to_string()))?;
@@ -27,7 +33,16 @@ pub(super) fn backfill(config: Config, jobs: usize, args: &[String]) -> anyhow::
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
     let config = Arc::new(config);
-    let pipeline = Pipeline::start(config.clone(), Mode::Backfill, counters.clone())?;
+    let mut pipeline = Pipeline::start(config.clone(), Mode::Backfill, counters.clone())?;
+    if let Some(rebuild) = rebuild.clone() {
+        // Checkpoints and dead letters are left alone, so this may run beside the daemon and
+        // be repeated: the writes are upserts.
+        tracing::info!(
+            run = rebuild.run.as_deref().unwrap_or("(all)"),
+            "rebuilding from the start of every source"
+        );
+        pipeline = pipeline.rebuilding(rebuild);
+    }
     tracing::info!(files = files.len(), bytes = total_bytes, jobs, "backfill started");
 
     let queue = {

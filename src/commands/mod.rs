@@ -228,8 +228,9 @@ pub fn dispatch(invoked: Invoked) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::Run { config } => run::run(load_config(&config)?, config),
-        Command::Backfill { config, jobs, paths } => {
-            backfill::backfill(load_config(&config)?, jobs as usize, &paths)
+        Command::Backfill { config, jobs, from_start, run, paths } => {
+            let rebuild = from_start.then_some(crate::flow::Rebuild { run });
+            backfill::backfill(load_config(&config)?, jobs as usize, rebuild, &paths)
         }
         Command::Status { config, json } => status::status(&load_config(&config)?, json),
         Command::CheckConfig { config } => check_config::check_config(load_config(&config)?),

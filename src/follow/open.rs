@@ -52,6 +52,8 @@ pub(crate) struct Opener {
     /// (The daemon.) Never wait for room in the state thread's inbox: an open that finds it
     /// full fails with [`StateBusy`] and is tried again by a later rescan.
     never_block: bool,
+    /// (`backfill --from-start`.) Every file from 0, registered nowhere: see `flow::Rebuild`.
+    rebuild: bool,
 }
 
 /// The state thread's inbox is full (a long `dlq replay` holds the DLQ lock, a slow disk):
@@ -76,7 +78,14 @@ impl Opener {
             disk_bytes,
             let_go: HashSet::new(),
             never_block: false,
+            rebuild: false,
         }
+    }
+
+    /// For a rebuild (see `flow::Rebuild`).
+    pub(crate) fn rebuilding(mut self) -> Opener {
+        self.rebuild = true;
+        self
     }
 
     /// Registers a file another pipeline opened (a reload) with this one's state thread, where
@@ -116,7 +125,12 @@ impl Opener {
     /// Opens `path` at its checkpoint (or at 0, or at the end of its last complete line with
     /// `from_end`), and registers it with the state thread. None if the file vanished.
     pub(crate) fn open(&self, path: &Path, from_end: bool) -> anyhow::Result<Option<Opened>> {
-        self.open_with(path, if from_end { Start::End } else { Start::Checkpoint })
+        let start = match (self.rebuild, from_end) {
+            (true, _) => Start::Zero,
+            (false, true) => Start::End,
+            (false, false) => Start::Checkpoint,
+        };
+        self.open_with(path, start)
     }
 
     /// Reads an open file again from 0 whatever its checkpoint says (it was truncated or
@@ -215,7 +229,9 @@ impl Opener {
         let reader =
             LineReader::new(source, offset, line_no, self.max_line_bytes, self.max_raw_bytes);
         let msg = StateMsg::Open(Opening { file: file.clone(), offset, line_no, reset });
-        if self.never_block {
+        if self.rebuild {
+            // Registering would reset the file's checkpoint to 0.
+        } else if self.never_block {
             match self.state.try_send(msg) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => return Err(StateBusy.into()),

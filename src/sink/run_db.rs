@@ -147,7 +147,7 @@ pub(crate) fn quarantine_corrupt(
         moved_to = %target.display(),
         %error,
         found_while = when,
-        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run"
+        "run DB is corrupt; moved it aside (kept) and started a fresh DB for this run; `jsonl-shipper backfill --from-start --run RUN_ID` rebuilds it from the sources"
     );
     Ok(target)
 }

@@ -319,3 +319,44 @@ fn jobs_2_reads_a_file_given_under_three_paths_once() {
     let at_end = Checkpoint { path: source, offset: text.len() as u64, line_no: LINES };
     assert_eq!(shipper.checkpoints(), vec![at_end]);
 }
+
+/// Issue 10 #9: `--from-start` re-reads every source ignoring checkpoints, `--run` ships one
+/// run's records only; neither moves a checkpoint nor writes a dead letter, so a run DB lost
+/// to quarantine (here: deleted) comes back exactly while the sources exist.
+#[test]
+fn from_start_rebuilds_one_run_leaving_checkpoints_dead_letters_and_other_runs_alone() {
+    let shipper = Shipper::new();
+    let (files, _) = multi_day();
+    write_all(&shipper, &files);
+    shipper.backfill(&[]);
+    let (rows, dlq, checkpoints) = (shipper.snapshot(), shipper.dlq_files(), shipper.checkpoints());
+    let remove_db = |name: &str| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(shipper.path(&format!("db/runs/{name}{suffix}")));
+        }
+    };
+    remove_db("alpha.sqlite");
+    remove_db("night.sqlite");
+
+    let usage = shipper.run_cmd(&["backfill"], &["--run", "alpha"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", usage.stderr);
+    assert!(usage.stderr.contains("--from-start"), "{}", usage.stderr);
+
+    shipper.backfill(&["--from-start", "--run", "alpha"]).assert_success("rebuild alpha");
+    let mut without_night = rows.clone();
+    without_night.runs.retain(|r| r.run_id != "night");
+    without_night.events.retain(|e| e.run_id != "night");
+    assert_snapshot(&shipper.snapshot(), &without_night);
+    assert_eq!(shipper.dlq_files(), dlq, "a rebuild wrote dead letters");
+    assert_eq!(shipper.checkpoints(), checkpoints, "a rebuild moved checkpoints");
+
+    shipper.backfill(&["--from-start", "--run", "night"]).assert_success("rebuild night");
+    assert_snapshot(&shipper.snapshot(), &rows);
+
+    // Everything again, every run: nothing changes.
+    let again = shipper.backfill(&["--from-start"]);
+    assert!(again.summary().contains(" 0 events written"), "{}", again.summary());
+    assert_snapshot(&shipper.snapshot(), &rows);
+    assert_eq!(shipper.dlq_files(), dlq);
+    assert_eq!(shipper.checkpoints(), checkpoints);
+}

@@ -332,5 +332,26 @@ fn a_run_db_corrupted_while_running_is_moved_aside_and_its_run_goes_on_in_a_fres
     assert!(errors[0].contains(&x_db.display().to_string()), "{}", errors[0]);
     assert!(errors[0].contains(dbs[0].as_str()), "{}", errors[0]);
     assert!(errors[0].contains("writing"), "{}", errors[0]);
+    assert!(errors[0].contains("backfill --from-start --run"), "{}", errors[0]);
     assert!(!finished.stderr.contains("cannot write run DB"), "{}", finished.stderr);
+
+    // Quarantine is not loss while the sources exist: a rebuild of x brings back x1 and x2,
+    // and leaves y and the checkpoints alone.
+    let checkpoints = shipper.checkpoints();
+    shipper.backfill(&["--from-start", "--run", "x"]).assert_success("rebuild of x");
+    let rows: Vec<(String, String)> =
+        shipper.snapshot().events.into_iter().map(|e| (e.db, e.event_key)).collect();
+    let row = |db: &str, key: &str| (db.to_string(), key.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            row("x.sqlite", "x1"),
+            row("x.sqlite", "x2"),
+            row("x.sqlite", "x3"),
+            row("x.sqlite", "x4"),
+            row("y.sqlite", "y1"),
+            row("y.sqlite", "y2"),
+        ]
+    );
+    assert_eq!(shipper.checkpoints(), checkpoints);
 }
