@@ -180,6 +180,56 @@ impl Router {
         read.map(|_| Routed::Drained)
     }
 
+    /// A `.gz` whose stream is corrupt or cut short for good (see [`is_corrupt_gzip`]): what
+    /// was read after its last complete line, maybe nothing, becomes one `incomplete_line`
+    /// dead letter naming the error, sealed with the checkpoint left at that line's start. So
+    /// reading the file again ends the same way, at the same line with the same bytes: the same
+    /// letter key, not a second letter. Call after [`Router::route`] returned the error.
+    pub(crate) fn give_up<R: Read>(
+        &mut self,
+        file: &Arc<FileEntry>,
+        handle: &File,
+        reader: &mut LineReader<R>,
+        error: &std::io::Error,
+    ) -> Routed {
+        let (offset, line_no) = (reader.offset(), reader.line_no());
+        let mut pending = Pending::new(self.writers.len());
+        if self.rebuild.is_none() {
+            let error = format!(
+                "the gzip stream cannot be read after byte {offset} (decompressed): {error}; \
+                 the rest of the file is lost"
+            );
+            let letter = match reader.give_up() {
+                Line::Complete(meta, bytes) => DeadLetter::new(
+                    file,
+                    meta,
+                    DeadReason::IncompleteLine,
+                    error,
+                    bytes,
+                    bytes.len() as u64,
+                    &parse::digest(bytes),
+                    self.max_raw_bytes,
+                ),
+                Line::TooLong(meta, t) => DeadLetter::new(
+                    file,
+                    meta,
+                    DeadReason::IncompleteLine,
+                    error,
+                    &t.prefix,
+                    t.len,
+                    &t.digest,
+                    self.max_raw_bytes,
+                ),
+            };
+            pending.dead.push(letter);
+        }
+        match self.seal(file, handle, &mut pending, offset, line_no) {
+            Sealed::Sent => Routed::Drained,
+            Sealed::Stalled => Routed::Blocked,
+            Sealed::Closed => Routed::Closed,
+        }
+    }
+
     /// Reads and classifies lines, sealing a span every [`SPAN_MAX_RECORDS`] records or
     /// [`SPAN_MAX_BYTES`] bytes. Some(..) when routing must stop there; None when the reader
     /// has no complete line left (the caller seals the rest). `counted`: the offset and the
@@ -336,6 +386,14 @@ impl Router {
             Err(Closed) => Sealed::Closed,
         }
     }
+}
+
+/// Whether a read error is the content of a `.gz` (a corrupt or cut-short stream), not the
+/// device (EIO, ESTALE: worth retrying). Still growing, a cut-short stream is a `.gz` being
+/// written: the callers give up only on one idle for `sources.close_inactive`.
+pub(crate) fn is_corrupt_gzip(file: &FileEntry, error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{InvalidData, InvalidInput, UnexpectedEof};
+    file.gzip && matches!(error.kind(), InvalidData | InvalidInput | UnexpectedEof)
 }
 
 /// A channel of the pipeline closed: it is shutting down.

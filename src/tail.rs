@@ -165,6 +165,14 @@ impl<R: Read> LineReader<R> {
         Ok(Some(self.take(line_end, false)))
     }
 
+    /// The stream cannot be read past here (a corrupt `.gz`): hands out the bytes buffered
+    /// after the last complete line, maybe none, as its last line.
+    pub(crate) fn give_up(&mut self) -> Line<'_> {
+        self.eof = true;
+        let line_end = self.end;
+        self.take(line_end, false)
+    }
+
     /// Keeps memory bounded while no newline is buffered: past `max_line` the line becomes a
     /// skip, and a skip's buffered bytes go into its hash and are dropped.
     fn bound_partial_line(&mut self) {

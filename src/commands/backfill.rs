@@ -17,6 +17,7 @@ use crate::discover;
 use crate::flow::Rebuild;
 use crate::metrics::Counters;
 use crate::pipeline::{Mode, Pipeline};
+use crate::route;
 use crate::shutdown::Signals;
 
 pub(super) fn backfill(
@@ -75,13 +76,20 @@ pub(super) fn backfill(
                                 tracing::warn!(path = %path.display(), "file vanished before it was read");
                                 return Ok(());
                             };
-                            let finished = is_finished(&opened, close_inactive);
-                            router
-                                .route(&opened.file, &opened.handle, &mut opened.reader, finished, &stop)
-                                .with_context(|| {
+                            let idle = is_idle(&opened, close_inactive);
+                            let finished = opened.file.gzip || idle;
+                            match router.route(&opened.file, &opened.handle, &mut opened.reader, finished, &stop) {
+                                Ok(_) => Ok(()),
+                                // Not a .gz being written (that one is retried by a later run).
+                                Err(e) if route::is_corrupt_gzip(&opened.file, &e) && idle => {
+                                    tracing::warn!(path = %path.display(), offset = opened.reader.offset(), error = %e, "the .gz is corrupt or cut short; what cannot be read after this offset is one incomplete_line dead letter");
+                                    router.give_up(&opened.file, &opened.handle, &mut opened.reader, &e);
+                                    Ok(())
+                                }
+                                Err(e) => Err(e).with_context(|| {
                                     format!("{}: read error at offset {}", path.display(), opened.reader.offset())
-                                })?;
-                            Ok(())
+                                }),
+                            }
                         });
                         if let Err(error) = result {
                             tracing::error!(path = %path.display(), error = format!("{error:#}"), "cannot read file; skipping it");
@@ -156,16 +164,15 @@ pub(super) fn backfill(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether a file is complete, so that unterminated trailing bytes are a record (or an
-/// `incomplete_line`): a `.gz`, or a plain file not modified for `close_inactive`. The tail
-/// of a file still being written is left for the daemon (its writer will end the line).
-fn is_finished(opened: &crate::follow::Opened, close_inactive: Duration) -> bool {
-    opened.file.gzip
-        || opened
-            .handle
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= close_inactive))
+/// Whether a file was not modified for `close_inactive`: then it is complete (a `.gz` always
+/// is), and unterminated trailing bytes are a record (or an `incomplete_line`). The tail of a
+/// file still being written is left for the daemon (its writer will end the line).
+fn is_idle(opened: &crate::follow::Opened, close_inactive: Duration) -> bool {
+    opened
+        .handle
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= close_inactive))
 }
 
 /// A progress bar on a terminal; a log line every 10 s otherwise.

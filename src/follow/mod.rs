@@ -31,7 +31,7 @@ use crate::config::{Config, ReadFrom};
 use crate::discover;
 use crate::identity::{FileId, Fingerprint};
 use crate::metrics::Counters;
-use crate::route::{Routed, Router};
+use crate::route::{is_corrupt_gzip, Routed, Router};
 
 /// Rescans triggered by inotify (a new file, a rename) are at most this frequent, so a storm
 /// of events costs little while tomorrow's file is still found within ~100 ms.
@@ -84,6 +84,9 @@ struct Tailed {
     gone_since: Option<Instant>,
     /// The last read failed: not read again before `retry_at`.
     read_error: Option<ReadError>,
+    /// A `.gz` given up as corrupt (`Router::give_up`): its dead letter is sealed, nothing
+    /// more can be read.
+    corrupt: bool,
 }
 
 /// Files a tailer was finishing when its configuration was reloaded, with their descriptors.
@@ -156,8 +159,11 @@ struct Parked {
     /// What `offset` was read from: a file that changed under the same inode (truncated and
     /// regrown, or a new file reusing the inode) is read from 0 when it is reopened.
     fingerprint: Fingerprint,
-    /// The size when parked: a rescan reopens the file when its size differs.
+    /// The size when parked: a rescan reopens the file when its size differs. (A `.gz`: its
+    /// compressed size once read to its end, else `u64::MAX`, never a size: reopened.)
     size_seen: u64,
+    /// Offsets are in the decompressed stream: no lag from sizes.
+    gzip: bool,
     /// Where it was when parked (a glob match).
     path: PathBuf,
     /// When it was parked: changed files wait for a descriptor oldest first.
@@ -182,6 +188,7 @@ impl Parked {
             line_no: cp.line_no,
             fingerprint: cp.fingerprint.clone(),
             size_seen: cp.offset,
+            gzip: cp.gzip,
             path: cp.path.clone(),
             parked_at: now,
             gone_since: None,
@@ -198,6 +205,7 @@ impl Parked {
             line_no: 0,
             fingerprint: Fingerprint::default(),
             size_seen: 0,
+            gzip: false,
             path: path.to_path_buf(),
             parked_at: now,
             gone_since: None,
@@ -522,7 +530,7 @@ impl<'a> Tailer<'a> {
             let size = if t.opened.file.gzip { 0 } else { t.size };
             size.saturating_sub(t.opened.reader.offset())
         };
-        let parked_lag = |p: &Parked| p.size_seen.saturating_sub(p.offset);
+        let parked_lag = |p: &Parked| if p.gzip { 0 } else { p.size_seen.saturating_sub(p.offset) };
         self.counters.lag_bytes.set(
             self.open.values().map(lag).sum::<u64>()
                 + self.parked.values().map(parked_lag).sum::<u64>(),
@@ -665,6 +673,7 @@ impl<'a> Tailer<'a> {
                         in_glob: true,
                         gone_since: None,
                         read_error: None,
+                        corrupt: false,
                     },
                 );
                 true
@@ -728,7 +737,14 @@ impl<'a> Tailer<'a> {
             // a file pushed out by max_open_files before it was read to its end must be
             // reopened, one waiting for the end of a line must not be until the file grows.
             let taken = offset + reader.pending_bytes();
-            let size_seen = if file.gzip { u64::MAX } else { taken };
+            // A `.gz` read to its end (or given up as corrupt) is reopened only if it changes:
+            // reopening means decompressing its whole prefix again.
+            let gz_done = reader.at_eof() && reader.pending_bytes() == 0;
+            let size_seen = match file.gzip {
+                false => taken,
+                true if gz_done => tailed.opened.handle.metadata().map_or(u64::MAX, |m| m.len()),
+                true => u64::MAX,
+            };
             self.parked.insert(
                 key,
                 Parked {
@@ -736,6 +752,7 @@ impl<'a> Tailer<'a> {
                     line_no: reader.line_no(),
                     fingerprint,
                     size_seen,
+                    gzip: file.gzip,
                     modified: tailed.modified,
                     unread: false,
                     unshipped: 0,
@@ -779,8 +796,8 @@ impl<'a> Tailer<'a> {
             if !full && tailed.in_glob && !tailed.has_news() {
                 continue; // the rescan's stat saw nothing new
             }
-            if tailed.read_error.is_some_and(|e| now < e.retry_at) {
-                continue; // backing off after a read error
+            if tailed.read_error.is_some_and(|e| now < e.retry_at) || tailed.corrupt {
+                continue; // backing off after a read error, or nothing more can be read
             }
             let mut size = None;
             if !tailed.opened.file.gzip {
@@ -811,6 +828,34 @@ impl<'a> Tailer<'a> {
                     self.resume_at = Some(key);
                 }
                 Ok(Routed::Closed) => return false,
+                Err(error)
+                    if is_corrupt_gzip(&opened.file, &error)
+                        && now - tailed.last_data >= self.config.sources.close_inactive =>
+                {
+                    // Retried for close_inactive without a byte more: corrupt for good, not
+                    // a `.gz` still being written. One dead letter, and the file is done.
+                    tracing::warn!(
+                        path = %tailed.path.display(),
+                        offset = opened.reader.offset(),
+                        %error,
+                        "the .gz is corrupt or cut short; what cannot be read after this offset is one incomplete_line dead letter"
+                    );
+                    tailed.read_error = None;
+                    tailed.corrupt = true;
+                    match self.router.give_up(
+                        &opened.file,
+                        &opened.handle,
+                        &mut opened.reader,
+                        &error,
+                    ) {
+                        Routed::Drained => tailed.drained = true,
+                        Routed::Blocked => {
+                            blocked = true;
+                            self.resume_at = Some(key);
+                        }
+                        Routed::Closed => return false,
+                    }
+                }
                 Err(error) => {
                     // What was read before the error is sealed (route); the rest is read again
                     // from there, after 1 s, doubling up to a minute: one line per attempt.
@@ -957,10 +1002,12 @@ impl<'a> Tailer<'a> {
             let Some(tailed) = self.open.get_mut(&key) else { continue };
             let opened = &mut tailed.opened;
             let before = opened.reader.offset() + opened.reader.pending_bytes();
-            match self
-                .router
-                .route(&opened.file, &opened.handle, &mut opened.reader, true, &|| false)
-            {
+            let routed = if tailed.corrupt {
+                Ok(Routed::Drained)
+            } else {
+                self.router.route(&opened.file, &opened.handle, &mut opened.reader, true, &|| false)
+            };
+            match routed {
                 Ok(Routed::Blocked) => {
                     tailed.drained = false;
                     if opened.reader.offset() + opened.reader.pending_bytes() != before {
@@ -990,6 +1037,25 @@ impl<'a> Tailer<'a> {
                     }
                 }
                 Ok(Routed::Drained | Routed::Closed) => {}
+                Err(error) if is_corrupt_gzip(&opened.file, &error) => {
+                    // Idle for close_inactive already: corrupt for good.
+                    tracing::warn!(
+                        path = %tailed.path.display(),
+                        offset = opened.reader.offset(),
+                        %error,
+                        "the .gz is corrupt or cut short; what cannot be read after this offset is one incomplete_line dead letter"
+                    );
+                    tailed.corrupt = true;
+                    let routed = self.router.give_up(
+                        &opened.file,
+                        &opened.handle,
+                        &mut opened.reader,
+                        &error,
+                    );
+                    if routed != Routed::Drained {
+                        continue; // its letter is sealed and waits for room: closed next time
+                    }
+                }
                 Err(error) => {
                     // Not finished: closing now would abandon the rest. Tried again at the
                     // next close_inactive.

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{drained_lines, wait_until, Shipper, DEADLINE};
+use crate::harness::{drained_lines, poll_until, wait_until, Shipper, DEADLINE};
 
 fn lines(prefix: &str, n: usize, pad: usize) -> String {
     (0..n).map(|i| line(prefix, i, pad)).collect()
@@ -354,4 +354,69 @@ fn a_run_db_corrupted_while_running_is_moved_aside_and_its_run_goes_on_in_a_fres
         ]
     );
     assert_eq!(shipper.checkpoints(), checkpoints);
+}
+
+/// A `.gz` whose stream breaks (a good member, then bytes that are no gzip member) and whose
+/// last readable line is cut by the break.
+fn corrupt_gz(shipper: &Shipper, rel: &str) -> (usize, &'static str) {
+    let good = "{\"run_id\":\"r\",\"event_id\":\"a\"}\n{\"run_id\":\"r\",\"event_id\":\"b\"}\n";
+    let partial = "{\"run_id\":\"r\",\"ev";
+    let mut bytes = crate::harness::gzip_members(format!("{good}{partial}").as_bytes(), &[]);
+    bytes.extend_from_slice(b"this is not a gzip member");
+    shipper.write(rel, &bytes);
+    shipper.age(rel);
+    (good.len(), partial)
+}
+
+/// Issue 10 #1: a `.gz` that stays corrupt ends in one `incomplete_line` dead letter naming
+/// its file and offset; what was readable before is shipped; reading it again adds nothing.
+#[test]
+fn a_corrupt_gz_ends_in_one_dead_letter_and_a_second_backfill_adds_nothing() {
+    let shipper = Shipper::new();
+    let rel = "raw/events_20240301.ndjson.gz";
+    let (good_len, partial) = corrupt_gz(&shipper, rel);
+    for _ in 0..2 {
+        let finished = shipper.backfill(&[]);
+        assert!(finished.stderr.contains("the .gz is corrupt"), "{}", finished.stderr);
+        let keys: Vec<String> =
+            shipper.snapshot().events.into_iter().map(|e| e.event_key).collect();
+        assert_eq!(keys, ["a", "b"]);
+        let letters = shipper.dead_letters();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter = &letters[0];
+        assert_eq!(letter.source, shipper.source(rel));
+        assert_eq!((letter.offset, letter.line_no), (good_len as u64, 3));
+        assert_eq!((letter.reason.as_str(), letter.raw.as_str()), ("incomplete_line", partial));
+        let checkpoints = shipper.checkpoints();
+        assert_eq!(checkpoints.len(), 1);
+        assert_eq!((checkpoints[0].offset, checkpoints[0].line_no), (good_len as u64, 2));
+    }
+}
+
+/// The daemon retries a corrupt `.gz` (it may be a `.gz` still being written) and gives up
+/// once it has been idle for `close_inactive`: one dead letter, then no more retries.
+#[test]
+fn the_daemon_gives_up_on_a_corrupt_gz_after_close_inactive_with_one_dead_letter() {
+    let shipper = Shipper::with_config(
+        "[sources]\npaths = [\"base/raw/events_*.ndjson.gz\"]\nclose_inactive = \"2s\"\n\
+         [output]\nbatch_max_delay = \"20ms\"\n",
+    );
+    let rel = "raw/events_20240301.ndjson.gz";
+    let (good_len, partial) = corrupt_gz(&shipper, rel);
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "the dead letter", || shipper.dead_letters_so_far().len() == 1);
+    // Parked once idle, and not reopened by the rescans after (each reopen of a `.gz`
+    // decompresses it again, and here retried it and wrote another letter).
+    let gz = shipper.path(rel);
+    let is_open = || daemon.fd_targets().contains(&gz);
+    wait_until(DEADLINE, "the .gz parked", || !is_open());
+    assert!(!poll_until(Duration::from_secs(3), is_open), "the given-up .gz was reopened");
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(finished.stderr.matches("the .gz is corrupt").count(), 1, "{}", finished.stderr);
+    let keys: Vec<String> = shipper.snapshot().events.into_iter().map(|e| e.event_key).collect();
+    assert_eq!(keys, ["a", "b"]);
+    let letters = shipper.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].offset, letters[0].raw.as_str()), (good_len as u64, partial));
 }
