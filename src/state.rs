@@ -49,6 +49,10 @@ struct Limits {
     letters: usize,
     /// Their approximate bytes above which the inbox is not read.
     bytes: usize,
+    /// Spans queued for a checkpoint (durable or not) above which the inbox is not read:
+    /// while passes fail (a state DB locked, full or read-only) their number would grow
+    /// with every span the readers seal.
+    spans: usize,
     /// The longest wait between two failing passes (doubling from `PASS_INTERVAL`).
     retry: Duration,
 }
@@ -57,7 +61,14 @@ impl Default for Limits {
     fn default() -> Limits {
         // 16 Ki letters (a few MiB of small ones) or 64 MiB: a burst of bad lines between two
         // passes fits; a DLQ that stays broken holds the readers back well before memory hurts.
-        Limits { letters: 16 * 1024, bytes: 64 << 20, retry: Duration::from_secs(10) }
+        // 64 Ki spans of a few hundred bytes each (their records are in the writers' hands,
+        // not here): ~20 MiB, minutes of a busy host's spans.
+        Limits {
+            letters: 16 * 1024,
+            bytes: 64 << 20,
+            spans: 64 * 1024,
+            retry: Duration::from_secs(10),
+        }
     }
 }
 
@@ -85,6 +96,8 @@ struct StateThread {
     dead: Vec<(DeadLetter, Arc<Span>)>,
     /// Approximate bytes of `dead` (see [`letter_bytes`]).
     dead_bytes: usize,
+    /// Spans in `queues`.
+    n_spans: usize,
     limits: Limits,
     /// The wait before the next pass: `PASS_INTERVAL`, doubled (up to `limits.retry`) by each
     /// failing pass.
@@ -159,16 +172,19 @@ impl StateThread {
             generations: Generations::default(),
             dead: Vec::new(),
             dead_bytes: 0,
+            n_spans: 0,
             limits: Limits::default(),
             backoff: PASS_INTERVAL,
             last_error_log: None,
         }
     }
 
-    /// Whether the dead letters held reached a bound: the inbox is not read until a pass
-    /// appends them (or the pipeline drains).
+    /// Whether the dead letters or spans held reached a bound: the inbox is not read until a
+    /// pass persists them (or the pipeline drains).
     fn held_back(&self) -> bool {
-        self.dead.len() >= self.limits.letters || self.dead_bytes >= self.limits.bytes
+        self.dead.len() >= self.limits.letters
+            || self.dead_bytes >= self.limits.bytes
+            || self.n_spans >= self.limits.spans
     }
 
     fn run(mut self, inbox: Receiver<StateMsg>, drain: Receiver<()>) -> anyhow::Result<()> {
@@ -235,7 +251,8 @@ impl StateThread {
                 if self.generations.open(&opening) {
                     // Spans of an earlier generation must not move the new checkpoint (see
                     // `Generations`); their data is shipped either way.
-                    self.queues.remove(&opening.file.id);
+                    let gone = self.queues.remove(&opening.file.id);
+                    self.n_spans -= gone.map_or(0, |q| q.len());
                 }
                 self.opens.push(opening);
             }
@@ -245,6 +262,7 @@ impl StateThread {
                 if self.generations.is_current(&span) {
                     let key = span.file.id;
                     self.queues.entry(key).or_default().push_back(span);
+                    self.n_spans += 1;
                 }
             }
             StateMsg::Dead(letters) => {
@@ -330,6 +348,7 @@ impl StateThread {
         for (key, n_done) in advanced {
             if let Some(queue) = self.queues.get_mut(&key) {
                 queue.drain(..n_done);
+                self.n_spans -= n_done;
                 if queue.is_empty() {
                     self.queues.remove(&key);
                 }
@@ -428,15 +447,27 @@ mod tests {
     impl Harness {
         /// Starts the thread with a DLQ "directory" that is a file: every pass fails.
         fn broken_dlq() -> Harness {
+            let limits = Limits {
+                letters: 10,
+                bytes: usize::MAX,
+                spans: usize::MAX,
+                retry: Duration::from_millis(400),
+            };
+            Harness::start(limits, |dir| {
+                let dlq_dir = dir.join("dlq");
+                std::fs::write(&dlq_dir, "not a directory").unwrap(); // fails as root too
+                dlq_dir
+            })
+        }
+
+        fn start(limits: Limits, dlq_dir: impl FnOnce(&std::path::Path) -> PathBuf) -> Harness {
             let dir = tempfile::tempdir().unwrap();
-            let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+            let mut sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+            sqlite.busy_timeout = Duration::from_millis(10);
             let db = StateDb::open(&dir.path().join("state.sqlite"), &sqlite).unwrap();
-            let dlq_dir = dir.path().join("dlq");
-            std::fs::write(&dlq_dir, "not a directory").unwrap(); // fails as root too
+            let dlq_dir = dlq_dir(dir.path());
             let counters = Arc::<Counters>::default();
             let mut state = StateThread::new(db, dlq_dir.clone(), counters.clone());
-            let limits =
-                Limits { letters: 10, bytes: usize::MAX, retry: Duration::from_millis(400) };
             state.limits = limits;
             let (tx, rx) = crossbeam_channel::bounded(INBOX);
             let (drain, drain_rx) = crossbeam_channel::bounded(0);
@@ -590,6 +621,55 @@ mod tests {
         assert_eq!(h.dlq_lines(), (1..=total).collect::<Vec<_>>(), "each letter exactly once");
         assert_eq!(h.checkpoint(), total * 100);
         assert_eq!(h.counters.dlq(crate::parse::DeadReason::InvalidJson).get(), total);
+    }
+
+    /// Issue 10 #10, the span queue: while the state DB is locked (every pass fails) spans
+    /// whose records the writers committed wait for their checkpoint; at most the bound of
+    /// them is taken, then the inbox is not read. Once the lock goes, the checkpoint moves
+    /// over every span.
+    #[test]
+    fn a_failing_state_db_bounds_the_span_queue_and_holds_the_senders_back() {
+        let limits = Limits {
+            letters: usize::MAX,
+            bytes: usize::MAX,
+            spans: 10,
+            retry: Duration::from_millis(100),
+        };
+        let mut h = Harness::start(limits, |dir| dir.join("dlq"));
+        let locker = rusqlite::Connection::open(h.dir.path().join("state.sqlite")).unwrap();
+        locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "the inbox never filled");
+            let n = h.spans.len() as u64;
+            let span = Arc::new(Span::new(
+                h.file.clone(),
+                (n + 1) * 100,
+                n + 1,
+                1,
+                Default::default(),
+                Some(1_000_000),
+                Instant::now(),
+            ));
+            span.ack(1); // its record is committed: only the checkpoint waits
+            match h.tx().try_send(StateMsg::Span { span: span.clone(), dead: Vec::new() }) {
+                Ok(()) => h.spans.push(span),
+                Err(crossbeam_channel::TrySendError::Full(_)) if h.spans.len() >= 10 + INBOX => {
+                    break
+                }
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    std::thread::sleep(Duration::from_millis(2)) // poll
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        // Taken: the opening and 10 spans; the rest waits in the inbox, unread.
+        assert_eq!(h.spans.len(), 10 + INBOX);
+        assert_eq!(h.tx().len(), INBOX);
+        locker.execute_batch("ROLLBACK").unwrap();
+        let total = h.spans.len() as u64;
+        h.finish().unwrap();
+        assert_eq!(h.checkpoint(), total * 100);
     }
 
     /// A state thread held back by a broken DLQ still reads its inbox once the pipeline drains
