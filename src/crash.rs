@@ -23,6 +23,9 @@ pub(crate) const POINTS: &[&str] = &[
     "state.before_commit",
     // Committed; the in-memory queues and acks not updated.
     "state.after_commit",
+    // A WAL checkpoint (a writer's loop, a DB's close, the state DB) copied the WAL into the
+    // DB; the connection has not gone on (SQLite's own crash safety, proved here, not assumed).
+    "wal.after_checkpoint",
     // Retention deleting a run DB: its `-wal` removed, the DB file not yet.
     "retention.between_files",
     // `dlq replay`: the letters shipped into their run DBs, the DLQ not rewritten yet.

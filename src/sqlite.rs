@@ -78,13 +78,15 @@ pub(crate) struct WalCheckpoint {
 
 /// Runs `PRAGMA wal_checkpoint(mode)`: `PASSIVE`, `FULL`, `RESTART` or `TRUNCATE`.
 pub(crate) fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<WalCheckpoint> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+    let done = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
         Ok(WalCheckpoint {
             busy: r.get::<_, i64>(0)? != 0,
             wal_frames: r.get(1)?,
             checkpointed: r.get(2)?,
         })
-    })
+    });
+    crate::crash::point("wal.after_checkpoint");
+    done
 }
 
 /// Whether SQLite reports the DB corrupt or not a database.

@@ -204,12 +204,13 @@ fn restart_and_expect(shipper: &Shipper, files: &[GenFile], runs: &[RunRow]) {
 /// The commit protocol's crash points, each with the hit to abort at: a later one where the
 /// first comes before anything interesting; the state thread's first pass with anything to
 /// do (a fast daemon may need no second one).
-const PROTOCOL_POINTS: [(&str, u32); 5] = [
+const PROTOCOL_POINTS: [(&str, u32); 6] = [
     ("writer.after_commit", 3),
     ("dlq.before_fsync", 1),
     ("dlq.after_fsync", 1),
     ("state.before_commit", 1),
     ("state.after_commit", 1),
+    ("wal.after_checkpoint", 2),
 ];
 
 /// Runs `command` with `JSONL_SHIPPER_CRASH_AT=point@nth` to its end, which must be an abort.
@@ -259,7 +260,10 @@ fn every_crash_point_in_a_backfill_then_resume_equals_an_uninterrupted_backfill(
 fn every_crash_point_in_the_daemon_then_restart_equals_no_crash() {
     let (files, runs) = big_set(3_000, false);
     for (point, nth) in PROTOCOL_POINTS {
-        let shipper = Shipper::with_config("[output]\nbatch_max_events = 16\n");
+        // Checkpoints every 100 ms: the WAL checkpoint loop's point is reached while tailing.
+        let shipper = Shipper::with_config(
+            "[output]\nbatch_max_events = 16\n[sqlite]\ncheckpoint_interval = \"100ms\"\n",
+        );
         for file in &files {
             file.write(&shipper);
         }
