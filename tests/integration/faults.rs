@@ -420,3 +420,67 @@ fn the_daemon_gives_up_on_a_corrupt_gz_after_close_inactive_with_one_dead_letter
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!((letters[0].offset, letters[0].raw.as_str()), (good_len as u64, partial));
 }
+
+/// `chattr` on the state DB's files (`+i`: not even root may write them); false where the
+/// file system or the container does not allow it.
+fn set_immutable(paths: &[std::path::PathBuf], on: bool) -> bool {
+    let flag = if on { "+i" } else { "-i" };
+    paths
+        .iter()
+        .filter(|p| p.exists())
+        .all(|p| Command::new("chattr").arg(flag).arg(p).status().is_ok_and(|s| s.success()))
+}
+
+/// Issue 10, proof: a state DB that cannot be written (its files made immutable: read-only
+/// even for root) holds checkpoints and dead letters back while rows keep flowing; once it is
+/// writable again, both catch up exactly.
+#[test]
+fn a_read_only_state_db_holds_checkpoints_back_and_catches_up_when_writable() {
+    let shipper = Shipper::with_config("[output]\nbatch_max_delay = \"20ms\"\n");
+    let rel = "raw/events_20240301.ndjson";
+    let first = lines("a", 1, 0);
+    shipper.write(rel, first.as_bytes());
+    let source = shipper.source(rel);
+    let offset = |shipper: &Shipper| {
+        shipper.try_checkpoints().ok()?.into_iter().find(|cp| cp.path == source).map(|cp| cp.offset)
+    };
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "the first line checkpointed", || {
+        offset(&shipper) == Some(first.len() as u64)
+    });
+    let state: Vec<std::path::PathBuf> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| shipper.path(&format!("db/shipper-state.sqlite{s}")))
+        .collect();
+    if !set_immutable(&state, true) {
+        set_immutable(&state, false);
+        eprintln!("skipped: chattr +i is not allowed here");
+        return;
+    }
+    shipper.append(rel, format!("{}{{bad\n", lines("b", 100, 10)).as_bytes());
+    let rows = wait_for(|| shipper.try_snapshot().is_ok_and(|s| s.events.len() == 101));
+    let reported =
+        wait_for(|| daemon.stderr_so_far().contains("cannot persist checkpoints or dead letters"));
+    let held = offset(&shipper);
+    let letters = shipper.dead_letters_so_far().len();
+    assert!(set_immutable(&state, false), "chattr -i");
+    assert!(rows, "rows stopped while the state DB was read-only");
+    assert!(reported, "{}", daemon.stderr_so_far());
+    assert_eq!(held, Some(first.len() as u64), "a checkpoint moved while read-only");
+    assert_eq!(letters, 0, "a dead letter was written while the state DB was read-only");
+
+    let size = std::fs::metadata(shipper.path(rel)).unwrap().len();
+    wait_until(DEADLINE, "the checkpoint at the end and the dead letter", || {
+        offset(&shipper) == Some(size) && shipper.dead_letters_so_far().len() == 1
+    });
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(shipper.dead_letters().len(), 1);
+    assert_eq!(shipper.snapshot().events.len(), 101);
+}
+
+/// Polls `cond` until it holds or the deadline passes (then false: the caller makes the
+/// files writable again before it fails, so the temp dir can be removed).
+fn wait_for(cond: impl FnMut() -> bool) -> bool {
+    poll_until(DEADLINE, cond)
+}
