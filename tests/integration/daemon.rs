@@ -253,4 +253,15 @@ fn a_file_deleted_while_the_agent_was_down_with_unread_bytes_is_reported() {
     let warns = finished.stderr.matches("deleted before it was read to its end").count();
     assert_eq!(warns, 1, "{}", finished.stderr);
     assert!(finished.stderr.contains(&shipper.source(rel)), "{}", finished.stderr);
+
+    // `status` keeps listing it, gone, with the bytes nobody will ship as its lag.
+    let status = shipper.run_cmd(&["status"], &["--json"]);
+    status.assert_success("status --json");
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let file = &status["files"][0];
+    assert_eq!(file["path"], serde_json::json!(shipper.source(rel)), "{status}");
+    assert_eq!(file["present"], serde_json::json!(false), "{status}");
+    assert_eq!(file["lag_bytes"], serde_json::json!(tail.len()), "{status}");
+    let table = shipper.run_cmd(&["status"], &[]);
+    assert!(table.stdout.contains("(gone)"), "{}", table.stdout);
 }
