@@ -103,7 +103,7 @@ _jsonl__shipper() {
             return 0
             ;;
         jsonl__subcmd__shipper__subcmd__backfill)
-            opts="-j -h -V --config --base --log-format --jobs --help --version"
+            opts="-j -h -V --config --base --log-format --jobs --from-start --run --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -126,6 +126,10 @@ _jsonl__shipper() {
                     return 0
                     ;;
                 -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -44,6 +44,8 @@ complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand backfill" -l
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand backfill" -l log-format -d 'Log line format on stderr (overrides `log.format`): `text`, or `json` for log pipelines' -r -f -a "text\t''
 json\t''"
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand backfill" -s j -l jobs -d 'Files read in parallel' -r
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand backfill" -l run -d 'With --from-start: ship only this run\'s records' -r
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand backfill" -l from-start -d 'Read every file from its start, ignoring and leaving alone the checkpoints and the DLQ: rebuilds run DBs (e.g. one quarantined as corrupt) while the sources exist'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand backfill" -s h -l help -d 'Print help'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand backfill" -s V -l version -d 'Print version'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand status" -l config -d 'Config file (TOML)' -r -F
