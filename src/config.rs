@@ -3,7 +3,8 @@
 //!
 //! This module owns every default, every limit and every config error message. Nothing
 //! downstream parses a duration, checks a range or unwraps a default again. It does no IO
-//! besides reading the config file and `Config::prepare_dirs`.
+//! besides reading the config file and `Config::prepare_dirs` (`[columns]` and `[[indexes]]`
+//! are checked against an in-memory SQLite DB, `schema::Schema::validate`).
 
 use std::fmt;
 use std::io;
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{de, Deserialize, Serialize};
+
+use crate::schema::{ColumnType, Index, Schema, TypedColumn};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -95,6 +98,8 @@ pub struct Config {
     pub dlq: DlqConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// `[columns]` and `[[indexes]]`: typed columns and indexes of the run DBs' `events`.
+    pub schema: Schema,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -285,6 +290,11 @@ impl Config {
         let base = raw.base.as_ref().map_or(PathBuf::from(DEFAULT_BASE), |b| dir.join(b));
         let config = raw.into_config(&base, &dir);
         config.validate().map_err(invalid)?;
+        config.schema.validate().map_err(|(key, message)| ConfigError::Invalid {
+            origin: origin.to_path_buf(),
+            key,
+            message,
+        })?;
         Ok(config)
     }
 
@@ -583,6 +593,19 @@ human_enum!(ReadFrom { Beginning = "beginning", End = "end" });
 human_enum!(Synchronous { Off = "off", Normal = "normal", Full = "full", Extra = "extra" });
 human_enum!(LogFormat { Text = "text", Json = "json" });
 
+/// Spelled by `schema::ColumnType::as_str`.
+impl Human for ColumnType {
+    fn expecting(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("one of: integer, real, text")
+    }
+    fn parse(s: &str) -> Result<Self, String> {
+        pick(s, &ColumnType::ALL, |v| v.as_str())
+    }
+    fn show(&self) -> String {
+        self.as_str().into()
+    }
+}
+
 /// serde `with` module for `Option<T: Human>` fields: absent = `None` (via `#[serde(default)]`).
 mod human {
     use super::*;
@@ -601,6 +624,24 @@ mod human {
         d: D,
     ) -> Result<Option<T>, D::Error> {
         d.deserialize_any(HumanVisitor(PhantomData)).map(Some)
+    }
+
+    /// For a required field (no `Option`).
+    pub(super) mod required {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: serde::Serializer, T: Human>(
+            value: &T,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&value.show())
+        }
+
+        pub(in super::super) fn deserialize<'de, D: serde::Deserializer<'de>, T: Human>(
+            d: D,
+        ) -> Result<T, D::Error> {
+            d.deserialize_any(HumanVisitor(PhantomData))
+        }
     }
 
     struct HumanVisitor<T>(PhantomData<T>);
@@ -639,6 +680,11 @@ struct RawConfig {
     dlq: RawDlq,
     metrics: RawMetrics,
     log: RawLog,
+    /// By name; a `BTreeMap` renders them in a stable order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    columns: Option<std::collections::BTreeMap<String, RawColumn>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    indexes: Option<Vec<RawIndex>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -734,6 +780,23 @@ struct RawMetrics {
     unhealthy_after: Option<Duration>,
     #[serde(with = "human")]
     slow_commit_threshold: Option<Duration>,
+}
+
+/// A `[columns]` entry; both keys are required.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    path: String,
+    #[serde(rename = "type", with = "human::required")]
+    ty: ColumnType,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawIndex {
+    columns: Vec<String>,
+    #[serde(rename = "where", skip_serializing_if = "Option::is_none")]
+    condition: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -833,6 +896,14 @@ impl RawConfig {
                 level: name(g.level, DEFAULT_LOG_LEVEL),
                 format: g.format.unwrap_or(DEFAULT_LOG_FORMAT),
             },
+            schema: Schema {
+                columns: (self.columns.unwrap_or_default().into_iter())
+                    .map(|(name, c)| TypedColumn { name, path: c.path, ty: c.ty })
+                    .collect(),
+                indexes: (self.indexes.unwrap_or_default().into_iter())
+                    .map(|i| Index { columns: i.columns, condition: i.condition })
+                    .collect(),
+            },
         }
     }
 }
@@ -899,6 +970,17 @@ impl From<&Config> for RawConfig {
                 slow_commit_threshold: Some(x.slow_commit_threshold),
             },
             log: RawLog { level: Some(c.log.level.clone()), format: Some(c.log.format) },
+            columns: (!c.schema.columns.is_empty()).then(|| {
+                let column = |c: &TypedColumn| RawColumn { path: c.path.clone(), ty: c.ty };
+                c.schema.columns.iter().map(|c| (c.name.clone(), column(c))).collect()
+            }),
+            indexes: (!c.schema.indexes.is_empty()).then(|| {
+                let index = |i: &Index| RawIndex {
+                    columns: i.columns.clone(),
+                    condition: i.condition.clone(),
+                };
+                c.schema.indexes.iter().map(index).collect()
+            }),
         }
     }
 }
@@ -1113,6 +1195,77 @@ mod tests {
         assert!(text.contains("max_line_bytes = \"1000000B\""), "{text}");
         assert!(text.contains("max_total_size = \"5TiB\""), "{text}");
         assert_eq!(parse(&text).unwrap(), c, "{text}");
+    }
+
+    /// `[columns]` and `[[indexes]]` (the contract's example), and every way they can be
+    /// wrong, each error naming the key.
+    #[test]
+    fn columns_and_indexes() {
+        let text = r#"
+[columns]
+http_status = { path = "$.status", type = "integer" }
+ttfp_ms     = { path = "$.metrics.ttfp_ms", type = "REAL" }
+
+[[indexes]]
+columns = ["event_type", "http_status"]
+where = "http_status >= 400"
+
+[[indexes]]
+columns = ["ttfp_ms"]
+"#;
+        check_ok(text, |c| {
+            let column = |name: &str, path: &str, ty| TypedColumn {
+                name: name.into(),
+                path: path.into(),
+                ty,
+            };
+            c.schema.columns = vec![
+                column("http_status", "$.status", ColumnType::Integer),
+                column("ttfp_ms", "$.metrics.ttfp_ms", ColumnType::Real),
+            ];
+            c.schema.indexes = vec![
+                Index {
+                    columns: vec!["event_type".into(), "http_status".into()],
+                    condition: Some("http_status >= 400".into()),
+                },
+                Index { columns: vec!["ttfp_ms".into()], condition: None },
+            ];
+        });
+        let config = parse(text).unwrap();
+        let rendered = config.to_toml_string();
+        assert!(
+            rendered.contains("[columns.http_status]\npath = \"$.status\"\ntype = \"integer\""),
+            "{rendered}"
+        );
+        assert!(rendered.contains("[[indexes]]\ncolumns = [\"event_type\", \"http_status\"]\nwhere = \"http_status >= 400\""), "{rendered}");
+        assert_eq!(parse(&rendered).unwrap(), config);
+
+        let col = "[columns]\nhttp_status = { path = \"$.status\", type = \"integer\" }\n";
+        #[rustfmt::skip]
+        let cases = [
+            ("[columns]\nhttp-status = { path = \"$.status\", type = \"integer\" }", "config.toml: columns.http-status: \"http-status\" is not an SQL identifier"),
+            ("[columns]\nts = { path = \"$.ts\", type = \"text\" }", "columns.ts: \"ts\" is a built-in column of events (ts)"),
+            ("[columns]\nEvent_Key = { path = \"$.k\", type = \"text\" }", "columns.Event_Key: \"Event_Key\" is a built-in column"),
+            ("[columns]\norder = { path = \"$.o\", type = \"text\" }", "columns.order: \"order\" is an SQL keyword"),
+            ("[columns]\na = { path = \"$.a\", type = \"text\" }\nA = { path = \"$.b\", type = \"text\" }", "columns.a: same column as columns.A (SQL names ignore case)"),
+            ("[columns]\nx = { path = \"$.x\", type = \"int\" }", "columns.x.type: invalid value \"int\", expected one of: integer, real, text"),
+            ("[columns]\nx = { path = \"$.x\", type = 1 }", "columns.x.type: invalid value \"1\", expected one of: integer, real, text"),
+            ("[columns]\nx = { path = \"x\", type = \"text\" }", "columns.x.path: \"x\" is not a JSON path"),
+            ("[columns]\nx = { path = \"$.x[\", type = \"text\" }", "columns.x.path: \"$.x[\" is not a valid JSON path"),
+            ("[columns]\nx = { type = \"text\" }", "columns.x: missing field `path`"),
+            ("[columns]\nx = { path = \"$.x\" }", "columns.x: missing field `type`"),
+            ("[columns]\nx = { path = \"$.x\", type = \"text\", index = true }", "columns.x.index: unknown field `index`"),
+            ("[columns]\nx = \"$.x\"", "columns.x: invalid type: string"),
+            (&format!("{col}[[indexes]]\ncolumns = []"), "indexes[0].columns: must list at least one column"),
+            (&format!("{col}[[indexes]]\nwhere = \"ts > 1\""), "indexes[0].columns: must list at least one column"),
+            (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\n[[indexes]]\ncolumns = [\"http_statuz\"]"), "indexes[1].columns: unknown column \"http_statuz\""),
+            (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\nwhere = \"http_status >=\""), "indexes[0].where: incomplete input"),
+            (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\nwhere = \"http_statuz >= 400\""), "indexes[0].where: no such column: http_statuz"),
+            (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\nwhen = \"x\""), "indexes.when: unknown field `when`"),
+        ];
+        for (text, want) in cases {
+            check_err(text, want);
+        }
     }
 
     #[test]

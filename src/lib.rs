@@ -14,6 +14,7 @@
 
 pub mod cli;
 mod config;
+mod schema;
 
 mod identity;
 mod flow;

@@ -103,6 +103,7 @@ impl Pipeline {
             output_dir: config.output.dir.clone(),
             sqlite: config.sqlite.clone(),
             mapping: config.mapping.clone(),
+            schema: config.schema.clone(),
             max_events: config.output.batch_max_events.max(1),
             max_bytes: config.output.batch_max_bytes.div_ceil(n_writers).max(1),
             linger: (mode == Mode::Daemon).then_some(config.output.batch_max_delay),

@@ -50,9 +50,19 @@ pub(crate) fn apply_pragmas(conn: &Connection, sqlite: &SqliteConfig) -> rusqlit
 /// Brings a DB to the newest schema, in one transaction, idempotently (cargo's scheme:
 /// `user_version` counts the migrations applied).
 pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
+    migrate_and(conn, migrations, |_| Ok(())).map(|_| ())
+}
+
+/// [`migrate`], running `also` in the migration's transaction when there is one (a new DB's
+/// further set-up then costs no second commit); returns whether it did.
+pub(crate) fn migrate_and(
+    conn: &mut Connection,
+    migrations: &[&str],
+    also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<bool> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version as usize >= migrations.len() {
-        return Ok(());
+        return Ok(false);
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Re-read under the write lock: another process may have migrated meanwhile.
@@ -61,7 +71,9 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::R
         tx.execute_batch(migration)?;
     }
     tx.pragma_update(None, "user_version", migrations.len() as i64)?;
-    tx.commit()
+    also(&tx)?;
+    tx.commit()?;
+    Ok(true)
 }
 
 /// What `PRAGMA wal_checkpoint` reports.

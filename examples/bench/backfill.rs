@@ -68,7 +68,7 @@ pub(crate) struct BackfillArgs {
 }
 
 /// Reads every input file once so the timed runs find it in the page cache.
-fn warm_cache(base: &Path, m: &Manifest) -> Result<()> {
+pub(crate) fn warm_cache(base: &Path, m: &Manifest) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     for f in &m.files {
         let mut file = File::open(base.join("raw").join(&f.name))?;
@@ -77,7 +77,7 @@ fn warm_cache(base: &Path, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn remove_outputs(base: &Path) -> Result<()> {
+pub(crate) fn remove_outputs(base: &Path) -> Result<()> {
     for d in ["db", "dlq"] {
         let p = base.join(d);
         if p.exists() {
@@ -134,7 +134,7 @@ fn count_output(base: &Path) -> Result<OutputCounts> {
 }
 
 /// Problems found in one rep's output; empty if it is as expected.
-fn verify(base: &Path, m: &Manifest, u: &Usage) -> Result<Vec<String>> {
+pub(crate) fn verify(base: &Path, m: &Manifest, u: &Usage) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     if !u.status.success() {
         problems.push(u.status.to_string());
@@ -168,13 +168,13 @@ fn verify(base: &Path, m: &Manifest, u: &Usage) -> Result<Vec<String>> {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Serialize, Clone, Copy, Default)]
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Stat {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
 }
 
-fn stat(xs: &[f64]) -> Stat {
+pub(crate) fn stat(xs: &[f64]) -> Stat {
     if xs.is_empty() {
         return Stat::default();
     }
@@ -186,7 +186,7 @@ fn stat(xs: &[f64]) -> Stat {
 }
 
 /// Three decimals are plenty for the JSON lines.
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

@@ -6,10 +6,12 @@
 //! cargo run --release --example bench -- gen      [--runs 50] [--events N] [--validate]
 //! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20]
 //!                                                [--files 1000 [--active 500]] ...
+//! cargo run --release --example bench -- columns  [--runs 50] [--reps 5] [--open-events 1000000]
+//!                                                [--no-write] [--no-open]
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
-//! `gen.rs` writes) and `tail.rs`; `common.rs` holds what they share.
+//! `gen.rs` writes), `tail.rs` and `columns.rs`; `common.rs` holds what they share.
 //!
 //! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
 //! (a no-op when it is up to date) unless `--bin PATH` or `--no-build` is given.
@@ -20,6 +22,7 @@
 #![allow(unsafe_code)]
 
 mod backfill;
+mod columns;
 mod common;
 mod gen;
 mod tail;
@@ -28,6 +31,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use backfill::{backfill, BackfillArgs};
+use columns::{columns, ColumnsArgs};
 use gen::{generate_cmd, GenArgs};
 use tail::{tail, TailArgs};
 
@@ -46,6 +50,9 @@ enum Mode {
     Gen(GenArgs),
     /// Measure append-to-committed latency and CPU of `jsonl-shipper run` under steady load.
     Tail(TailArgs),
+    /// What typed columns and indexes cost: backfill with and without, and applying them to
+    /// an existing DB at open.
+    Columns(ColumnsArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,6 +64,7 @@ fn main() -> Result<()> {
         Mode::Backfill(a) => backfill(a)?,
         Mode::Gen(a) => generate_cmd(a)?,
         Mode::Tail(a) => tail(a)?,
+        Mode::Columns(a) => columns(a)?,
     };
     if !ok {
         std::process::exit(1);

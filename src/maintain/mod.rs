@@ -114,7 +114,7 @@ pub(crate) fn run_once(
 }
 
 fn maintain_db(path: &Path, config: &Config, options: Options) -> rusqlite::Result<()> {
-    let conn = run_db::open(path, &config.sqlite)?;
+    let conn = run_db::open(path, &config.sqlite, &config.schema)?;
     if options.vacuum {
         conn.execute_batch("VACUUM")?;
     }

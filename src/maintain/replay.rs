@@ -131,7 +131,7 @@ fn ship_run(
     loop {
         attempt += 1;
         let result = (|| -> rusqlite::Result<Vec<HashSet<usize>>> {
-            let mut conn = run_db::open(path, &config.sqlite)?;
+            let mut conn = run_db::open(path, &config.sqlite, &config.schema)?;
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut failed = Vec::new();
             for (batch, _) in &batches {

@@ -570,7 +570,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.sqlite");
         let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
-        let conn = crate::sink::run_db::open(&path, &sqlite).unwrap();
+        let conn = crate::sink::run_db::open(&path, &sqlite, &Default::default()).unwrap();
         conn.execute_batch("INSERT INTO runs (run_id) VALUES ('r')").unwrap();
         let last_write = std::fs::metadata(sibling(&path, "-wal")).unwrap().modified().unwrap();
         let db = RunDb { path: path.clone(), bytes: 0, last_write };

@@ -13,8 +13,11 @@
 //!
 //! By job: `writer` (a writer thread's loop: buffers, commits, retries), `pool` (its LRU of
 //! run-DB connections), `release` (retention asking the writers to close a DB it deletes), `wal` (WAL checkpoints of its DBs, on the `checkpoint-N` thread and
-//! inline), `run_db` (one run DB: schema and writes), `run_path` and `merge` (pure helpers).
+//! inline), `run_db` (one run DB: schema and writes), `columns` (the configured typed columns
+//! and indexes of a run DB: applied at open, surveyed by `check-config`), `run_path` and
+//! `merge` (pure helpers).
 
+pub(crate) mod columns;
 pub(crate) mod merge;
 pub(crate) mod run_db;
 pub(crate) mod run_path;
@@ -35,6 +38,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::config::{Mapping, SqliteConfig};
 use crate::flow::{Batch, StateMsg};
 use crate::metrics::Counters;
+use crate::schema::Schema;
 
 /// When writers checkpoint their databases' WALs.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +56,8 @@ pub(crate) struct WriterConfig {
     pub output_dir: PathBuf,
     pub sqlite: SqliteConfig,
     pub mapping: Mapping,
+    /// `[columns]` and `[[indexes]]`, applied to every DB the writers open.
+    pub schema: Schema,
     pub max_events: usize,
     pub max_bytes: usize,
     /// Flush when the oldest buffered record is this old; None = flush by size only.

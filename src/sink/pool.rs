@@ -15,6 +15,7 @@ use super::wal::{
 use super::{run_db, run_path};
 use crate::config::SqliteConfig;
 use crate::metrics::Counters;
+use crate::schema::Schema;
 
 /// Page cache per writer, shared by its open connections (see `Pool::share_cache`).
 const CACHE_BUDGET: usize = 16 << 20;
@@ -36,6 +37,8 @@ pub(super) struct Pool {
     counters: Arc<Counters>,
     dir: PathBuf,
     sqlite: SqliteConfig,
+    /// Typed columns and indexes, applied at every open (`columns`).
+    schema: Schema,
     cap: usize,
     /// By run_id.
     conns: HashMap<String, Open>,
@@ -50,6 +53,7 @@ impl Pool {
     pub(super) fn new(
         dir: PathBuf,
         sqlite: SqliteConfig,
+        schema: Schema,
         cap: usize,
         counters: Arc<Counters>,
     ) -> Pool {
@@ -57,6 +61,7 @@ impl Pool {
             counters,
             dir,
             sqlite,
+            schema,
             cap: cap.max(1),
             conns: HashMap::new(),
             tick: 0,
@@ -80,7 +85,7 @@ impl Pool {
                     self.evict(&lru);
                 }
             }
-            let conn = run_db::open(&self.path_of(run_id), &self.sqlite)?;
+            let conn = run_db::open(&self.path_of(run_id), &self.sqlite, &self.schema)?;
             if self.sqlite.wal_autocheckpoint > 0 {
                 conn.wal_hook(Some(note_wal_pages));
             }
@@ -235,7 +240,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
         let counters = Arc::new(Counters::default());
-        let mut pool = Pool::new(dir.path().to_path_buf(), sqlite, 4, counters.clone());
+        let mut pool =
+            Pool::new(dir.path().to_path_buf(), sqlite, Schema::default(), 4, counters.clone());
         let files = |pool: &Pool| {
             ["", "-wal", "-shm"]
                 .iter()

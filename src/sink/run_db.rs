@@ -10,6 +10,10 @@
 //!   positions), so a replayed older line never overwrites a newer one and the winner of a
 //!   tie does not depend on which file was read first.
 //! - `run_records`: every distinct run record, keyed by its line identity (for the refold).
+//!
+//! Beyond the migrations, `events` gets the configured typed columns and indexes
+//! (`[columns]`, `[[indexes]]`) at every open (`sink::columns`): in the migration's
+//! transaction for a new DB, otherwise only what is missing.
 
 use std::path::Path;
 
@@ -19,8 +23,10 @@ use serde_json::Value;
 use crate::config::{Mapping, SqliteConfig};
 use crate::flow::Batch;
 use crate::parse::Kind;
+use crate::schema::Schema;
+use crate::sink::columns;
 use crate::sink::merge::fold_run_record;
-use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate, quarantine};
+use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate_and, quarantine};
 
 #[cfg(test)]
 pub(crate) const SCHEMA_VERSION: i64 = 2;
@@ -85,7 +91,7 @@ fn register_migration_fns(conn: &Connection) -> rusqlite::Result<()> {
     })
 }
 
-/// Opens (creating if needed) a run DB.
+/// Opens (creating if needed) a run DB, with `schema`'s typed columns and indexes.
 ///
 /// Closing it does not checkpoint: with thousands of runs the pool closes and reopens DBs
 /// often, and a checkpoint plus WAL delete/recreate on every close cost more than the writes.
@@ -95,13 +101,17 @@ fn register_migration_fns(conn: &Connection) -> rusqlite::Result<()> {
 /// aside (see [`quarantine`]) and a fresh one takes its place: the run keeps flowing, and the
 /// old file is kept for an operator. A DB unlinked while we opened it (retention deletes under
 /// an exclusive lock, which we waited for) is opened again, so no write lands in a deleted file.
-pub(crate) fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
+pub(crate) fn open(
+    path: &Path,
+    sqlite: &SqliteConfig,
+    schema: &Schema,
+) -> rusqlite::Result<Connection> {
     let mut quarantined = false;
     let mut attempts = 0;
     loop {
         attempts += 1;
         let inode_before = inode(path);
-        match open_once(path, sqlite) {
+        match open_once(path, sqlite, schema) {
             Ok((conn, unmoved)) if unmoved || attempts >= 3 => return Ok(conn),
             Ok(_) => continue,
             Err(e) if is_corrupt(&e) && !quarantined => {
@@ -120,14 +130,20 @@ pub(crate) fn open(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Conne
 
 /// Opens once; the flag says whether `path` still names the file opened (checked after the
 /// first lock was taken, which waits out a deleting retention).
-fn open_once(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<(Connection, bool)> {
+fn open_once(
+    path: &Path,
+    sqlite: &SqliteConfig,
+    schema: &Schema,
+) -> rusqlite::Result<(Connection, bool)> {
     create_private_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     let before = inode(path);
     let mut conn = Connection::open(path)?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     apply_pragmas(&conn, sqlite)?;
     register_migration_fns(&conn)?;
-    migrate(&mut conn, MIGRATIONS)?;
+    if !migrate_and(&mut conn, MIGRATIONS, |tx| columns::apply_in(tx, schema, path))? {
+        columns::apply(&mut conn, schema, path)?;
+    }
     conn.set_prepared_statement_cache_capacity(16);
     let unmoved = before.is_some() && inode(path) == before;
     Ok((conn, unmoved))
@@ -381,6 +397,7 @@ fn json_to_sql(v: Option<&Value>) -> rusqlite::types::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite::migrate;
     use std::time::Instant;
 
     #[test]
@@ -388,8 +405,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.sqlite");
         let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
-        drop(open(&path, &sqlite).unwrap());
-        let conn = open(&path, &sqlite).unwrap();
+        drop(open(&path, &sqlite, &Schema::default()).unwrap());
+        let conn = open(&path, &sqlite, &Schema::default()).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
         use std::os::unix::fs::PermissionsExt;
@@ -463,7 +480,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let conn = open(&path, &sqlite).unwrap();
+        let conn = open(&path, &sqlite, &Schema::default()).unwrap();
         let new_key = line_key(20240301, 3, &digest(line.as_bytes())).to_vec();
         let row = |sql: &str| -> (Vec<u8>, i64) {
             conn.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
@@ -490,7 +507,7 @@ mod tests {
         let v1 = dir.path().join("v1.sqlite");
         v1_fixture(&v1);
         for path in [&v0, &v1] {
-            let mut conn = open(path, &sqlite).unwrap();
+            let mut conn = open(path, &sqlite, &Schema::default()).unwrap();
             let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
             assert_eq!(version, SCHEMA_VERSION, "{}", path.display());
             let before = schema(&conn);
@@ -504,16 +521,78 @@ mod tests {
             assert_eq!(after, rows);
             drop(conn);
             // Reopening (which migrates again) keeps the data too.
-            let conn = open(path, &sqlite).unwrap();
+            let conn = open(path, &sqlite, &Schema::default()).unwrap();
             assert_eq!(schema(&conn), before);
         }
         // The v1 fixture's rows survive untouched.
-        let conn = open(&v1, &sqlite).unwrap();
+        let conn = open(&v1, &sqlite, &Schema::default()).unwrap();
         let status: String =
             conn.query_row("SELECT status FROM runs WHERE run_id = 'r'", [], |r| r.get(0)).unwrap();
         assert_eq!(status, "finished");
         // Same tables and columns whichever version it started from.
-        assert_eq!(columns(&conn), columns(&open(&v0, &sqlite).unwrap()));
+        assert_eq!(columns(&conn), columns(&open(&v0, &sqlite, &Schema::default()).unwrap()));
+    }
+
+    /// `schema::BUILTIN_COLUMNS` (what config validation and the scratch schema use) is what
+    /// the migrations make.
+    #[test]
+    fn builtin_columns_are_the_migrated_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let conn = open(&dir.path().join("r.sqlite"), &sqlite, &Schema::default()).unwrap();
+        let events: Vec<String> = columns(&conn)
+            .into_iter()
+            .filter(|(table, _)| table == "events")
+            .map(|(_, column)| column)
+            .collect();
+        assert_eq!(events, crate::schema::BUILTIN_COLUMNS);
+    }
+
+    /// A new DB gets its typed columns and indexes in the migration's transaction, and an old
+    /// (version 1) DB in the transaction that migrates it.
+    #[test]
+    fn new_and_migrated_dbs_get_the_typed_columns() {
+        use crate::schema::{ColumnType, Index, TypedColumn};
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let schema = Schema {
+            columns: vec![TypedColumn {
+                name: "n".into(),
+                path: "$.n".into(),
+                ty: ColumnType::Integer,
+            }],
+            indexes: vec![Index { columns: vec!["n".into()], condition: None }],
+        };
+        let v1 = dir.path().join("v1.sqlite");
+        v1_fixture(&v1);
+        Connection::open(&v1)
+            .unwrap()
+            .execute("UPDATE events SET data = '{\"n\": 7}'", [])
+            .unwrap();
+        for path in [dir.path().join("new.sqlite"), v1] {
+            let conn = open(&path, &sqlite, &schema).unwrap();
+            let typed: Vec<(String, String, i64)> = conn
+                .prepare(
+                    "SELECT name, type, hidden FROM pragma_table_xinfo('events') WHERE hidden <> 0",
+                )
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(typed, [("n".to_string(), "INTEGER".to_string(), 2)]);
+            let index: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+                    [schema.indexes[0].name()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(index, 1, "{}", path.display());
+        }
+        let conn = open(&dir.path().join("v1.sqlite"), &sqlite, &schema).unwrap();
+        let n: i64 = conn.query_row("SELECT n FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 7);
     }
 
     #[test]
@@ -524,7 +603,7 @@ mod tests {
         let garbage = vec![0xA5u8; 8192];
         std::fs::write(&path, &garbage).unwrap();
         std::fs::write(dir.path().join("r.sqlite-wal"), b"old wal").unwrap();
-        let conn = open(&path, &sqlite).unwrap();
+        let conn = open(&path, &sqlite, &Schema::default()).unwrap();
         conn.execute_batch("INSERT INTO runs (run_id) VALUES ('r')").unwrap();
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -574,7 +653,8 @@ mod tests {
     fn a_run_record_whose_merge_is_too_big_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::config::Config::for_base(dir.path());
-        let mut conn = open(&dir.path().join("r.sqlite"), &config.sqlite).unwrap();
+        let mut conn =
+            open(&dir.path().join("r.sqlite"), &config.sqlite, &Schema::default()).unwrap();
         // SQLite's longest string (and row) for this connection: each line fits, not all
         // of their merge.
         let limit = 400;

@@ -49,6 +49,7 @@ impl Writer {
             pool: Pool::new(
                 config.output_dir.clone(),
                 config.sqlite.clone(),
+                config.schema.clone(),
                 config.max_open,
                 counters.clone(),
             ),
