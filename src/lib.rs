@@ -27,6 +27,7 @@ mod checkpoint;
 mod dlq;
 mod state;
 mod pipeline;
+mod catalog;
 mod maintain;
 
 mod sqlite;
