@@ -112,9 +112,19 @@ impl Keeper {
 
     /// A writer committed to `run_id`'s DB: its committed state now, and the `ts` range of
     /// the events of that commit.
-    pub(crate) fn committed(&self, run_id: &str, db_path: &Path, committed: Committed, ts: TsRange) {
-        let pending =
-            Pending { db_path: db_path.into(), committed: Some(committed), ts, ..Pending::default() };
+    pub(crate) fn committed(
+        &self,
+        run_id: &str,
+        db_path: &Path,
+        committed: Committed,
+        ts: TsRange,
+    ) {
+        let pending = Pending {
+            db_path: db_path.into(),
+            committed: Some(committed),
+            ts,
+            ..Pending::default()
+        };
         self.post(run_id, pending);
     }
 
@@ -175,7 +185,8 @@ impl KeeperThread {
         });
         let keeper = Keeper { shared: Some(shared.clone()) };
         let (stop, stopped) = crossbeam_channel::bounded(0);
-        let mut thread = Thread { path: catalog, output_dir, sqlite, catalog: None, last_warn: None };
+        let mut thread =
+            Thread { path: catalog, output_dir, sqlite, catalog: None, last_warn: None };
         let handle = std::thread::Builder::new()
             .name("catalog".into())
             .spawn(move || thread.run(&shared, &stopped))?;
@@ -300,7 +311,8 @@ impl Thread {
         let catalog = self.catalog()?;
         // IMMEDIATE, and the files stat'ed inside: retention deletes a DB file before its row
         // (under this lock), so a row is never written back for a file it just deleted.
-        let tx = catalog.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx =
+            catalog.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (run_id, p) in pending {
             let Some(file) = FileState::of(&p.db_path) else {
                 tx.prepare_cached("DELETE FROM runs WHERE run_id = ?1")?.execute([run_id])?;
@@ -325,7 +337,11 @@ impl Thread {
                     tx.prepare_cached(
                         "UPDATE runs SET db_bytes = ?2, last_write_at = ?3 WHERE run_id = ?1",
                     )?
-                    .execute(params![run_id, file.bytes as i64, file.last_write_at])?;
+                    .execute(params![
+                        run_id,
+                        file.bytes as i64,
+                        file.last_write_at
+                    ])?;
                 }
             }
             if let Some(summary) = &p.summary {
@@ -354,8 +370,9 @@ impl Thread {
         let mut known: HashMap<String, (i64, FileState)> = HashMap::new();
         {
             let catalog = self.catalog()?;
-            let mut rows =
-                catalog.conn.prepare("SELECT db_path, events, db_bytes, last_write_at FROM runs")?;
+            let mut rows = catalog
+                .conn
+                .prepare("SELECT db_path, events, db_bytes, last_write_at FROM runs")?;
             let rows = rows.query_map([], |r| {
                 let file = FileState {
                     bytes: r.get::<_, i64>(2)? as u64,
@@ -422,7 +439,8 @@ impl Thread {
         }
         let Some(state) = state else { return Ok(()) };
         let catalog = self.catalog()?;
-        let tx = catalog.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx =
+            catalog.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if let Some(file) = FileState::of(path) {
             upsert(
                 &tx,

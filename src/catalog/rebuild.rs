@@ -120,8 +120,9 @@ fn read_one(path: &Path) -> rusqlite::Result<Option<(super::scan::RunDbState, Fi
 /// Opens the catalog; one SQLite reports corrupt is moved aside (kept, one WARN) and a new
 /// one created: it is derived data, and this command is how it comes back.
 fn open_or_replace_corrupt(path: &Path, config: &Config) -> rusqlite::Result<Catalog> {
-    let opened = Catalog::open(path, &config.sqlite)
-        .and_then(|catalog| catalog.conn.query_row("SELECT count(*) FROM runs", [], |_| Ok(())).map(|()| catalog));
+    let opened = Catalog::open(path, &config.sqlite).and_then(|catalog| {
+        catalog.conn.query_row("SELECT count(*) FROM runs", [], |_| Ok(())).map(|()| catalog)
+    });
     match opened {
         Err(error) if crate::sqlite::is_corrupt(&error) => {
             let moved = crate::sqlite::quarantine(path)

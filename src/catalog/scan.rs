@@ -60,8 +60,7 @@ impl TsRange {
         if self.min.as_ref().is_none_or(|min| sqlite_cmp(value, min.into()) == Ordering::Less) {
             self.min = Some(value.into());
         }
-        if self.max.as_ref().is_none_or(|max| sqlite_cmp(value, max.into()) == Ordering::Greater)
-        {
+        if self.max.as_ref().is_none_or(|max| sqlite_cmp(value, max.into()) == Ordering::Greater) {
             self.max = Some(value.into());
         }
     }
@@ -89,9 +88,7 @@ fn sqlite_cmp(a: ValueRef<'_>, b: ValueRef<'_>) -> Ordering {
         (ValueRef::Integer(x), ValueRef::Real(y)) => (x as f64).total_cmp(&y),
         (ValueRef::Real(x), ValueRef::Integer(y)) => x.total_cmp(&(y as f64)),
         (ValueRef::Real(x), ValueRef::Real(y)) => x.total_cmp(&y),
-        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => {
-            x.cmp(y)
-        }
+        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x.cmp(y),
         _ => class(a).cmp(&class(b)),
     }
 }

@@ -1,3 +1,6 @@
+//! Unit tests of the catalog: its queries, its merge rules, and the claims its `events` count
+//! rests on.
+
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::Connection;
 
@@ -25,8 +28,14 @@ fn put(catalog: &Catalog, run_id: &str, status: &str, started: &str, ended: &str
     let file = FileState { bytes: 10, last_write_at: write.into() };
     let path = PathBuf::from(format!("/runs/{run_id}.sqlite"));
     let ts = TsRange::default();
-    let refresh =
-        Refresh { run_id, db_path: &path, committed: &committed, ts: &ts, file: &file, merge: true };
+    let refresh = Refresh {
+        run_id,
+        db_path: &path,
+        committed: &committed,
+        ts: &ts,
+        file: &file,
+        merge: true,
+    };
     upsert(&catalog.conn, &refresh).unwrap();
 }
 
@@ -119,10 +128,15 @@ fn ts_range_matches_sqlite_min_max() {
             conn.execute("INSERT INTO t VALUES (?1)", [v]).unwrap();
             range.note(ValueRef::from(v));
         }
-        let (min, max): (SqlValue, SqlValue) =
-            conn.query_row("SELECT min(v), max(v) FROM t", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let (min, max): (SqlValue, SqlValue) = conn
+            .query_row("SELECT min(v), max(v) FROM t", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
         let or_null = |v: Option<SqlValue>| v.unwrap_or(SqlValue::Null);
-        assert_eq!((or_null(range.min.clone()), or_null(range.max.clone())), (min, max), "{values:?}");
+        assert_eq!(
+            (or_null(range.min.clone()), or_null(range.max.clone())),
+            (min, max),
+            "{values:?}"
+        );
         // Merging the halves gives the same range.
         let (a, b) = values.split_at(values.len() / 2);
         let mut left = TsRange::default();
@@ -150,8 +164,14 @@ fn merge_never_rolls_a_row_back_and_replace_does() {
     let write = |events: i64, status: &str, min: i64, max: i64, merge: bool| {
         let committed = Committed { events, status: text(status), ..Committed::default() };
         let ts = TsRange { min: Some(SqlValue::Integer(min)), max: Some(SqlValue::Integer(max)) };
-        let refresh =
-            Refresh { run_id: "r", db_path: &path, committed: &committed, ts: &ts, file: &file, merge };
+        let refresh = Refresh {
+            run_id: "r",
+            db_path: &path,
+            committed: &committed,
+            ts: &ts,
+            file: &file,
+            merge,
+        };
         upsert(&catalog.conn, &refresh).unwrap();
         let row = catalog.run("r").unwrap().unwrap();
         (row.events, row.status.unwrap(), row.first_ts.unwrap(), row.last_ts.unwrap())

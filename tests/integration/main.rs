@@ -13,7 +13,8 @@
 //!   codes), `configured` (behaviour that needs `--config`), `ops` (`/metrics`, `/healthz`,
 //!   systemd notify, the packaged man pages and completions), `logs` (level, format, colours,
 //!   journald timestamps), `tailing` (live tailing: discovery latency, file identity, rotation,
-//!   copytruncate, deletion, SIGHUP, many files, a model).
+//!   copytruncate, deletion, SIGHUP, many files, a model), `catalog` (the run catalog: kept
+//!   current, after crashes and retention, rebuilt).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
@@ -33,3 +34,4 @@ mod retention;
 mod ops;
 mod logs;
 mod tailing;
+mod catalog;
