@@ -101,6 +101,11 @@ pub enum Command {
         #[arg(long)]
         vacuum: bool,
     },
+    /// The run catalog (output.catalog): one row per run DB.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Inspect or replay the dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -127,6 +132,15 @@ pub enum Generate {
     All {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Recreate the catalog from the run DBs (read-only; safe while the daemon runs).
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 

@@ -298,14 +298,16 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the directories the agent will write (output.dir, parent of output.state_db,
-    /// dlq.dir): creates missing ones (mode 0750), and fails naming the key and path if one is
+    /// Checks the directories the agent will write (output.dir, parents of output.state_db
+    /// and output.catalog, dlq.dir): creates missing ones (mode 0750), and fails naming the key and path if one is
     /// not a directory or not writable.
     pub fn prepare_dirs(&self) -> Result<(), ConfigError> {
         let state_parent = self.output.state_db.parent().unwrap_or(Path::new("/"));
+        let catalog_parent = self.output.catalog.parent().unwrap_or(Path::new("/"));
         for (key, dir) in [
             ("output.dir", self.output.dir.as_path()),
             ("output.state_db", state_parent),
+            ("output.catalog", catalog_parent),
             ("dlq.dir", self.dlq.dir.as_path()),
         ] {
             let fail = |problem, source| ConfigError::Dir {
@@ -335,11 +337,26 @@ impl Config {
                 .and_then(|()| std::fs::remove_file(&probe))
                 .map_err(|e| fail("directory not writable", Some(e)))?;
         }
-        if self.output.state_db.is_dir() {
+        for (key, path) in
+            [("output.state_db", &self.output.state_db), ("output.catalog", &self.output.catalog)]
+        {
+            if path.is_dir() {
+                return Err(ConfigError::Dir {
+                    key,
+                    path: path.clone(),
+                    problem: "is a directory, expected a database file",
+                    source: None,
+                });
+            }
+        }
+        // `validate` compares the paths as written; a symlink can still put the catalog among
+        // the run DBs, where retention would take it for one.
+        let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+        if canonical(catalog_parent).is_some_and(|p| Some(p) == canonical(&self.output.dir)) {
             return Err(ConfigError::Dir {
-                key: "output.state_db",
-                path: self.output.state_db.clone(),
-                problem: "is a directory, expected a database file",
+                key: "output.catalog",
+                path: self.output.catalog.clone(),
+                problem: "is in output.dir (through a symlink), where run DBs are named",
                 source: None,
             });
         }
@@ -354,10 +371,40 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Bad> {
+        /// `a/./b/../c` as `a/c`, without touching the file system.
+        fn lexical(path: &Path) -> PathBuf {
+            let mut out = PathBuf::new();
+            for component in path.components() {
+                match component {
+                    std::path::Component::CurDir => {}
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    other => out.push(other),
+                }
+            }
+            out
+        }
         let (s, m, o, r, d, x) =
             (&self.sources, &self.mapping, &self.output, &self.retention, &self.dlq, &self.metrics);
         let ensure = |ok: bool, key, message: String| if ok { Ok(()) } else { Err((key, message)) };
         ensure(!s.paths.is_empty(), "sources.paths", "must list at least one glob".into())?;
+        // Every `*.sqlite` in output.dir is a run DB (retention ages and deletes them; the
+        // run "catalog" is named catalog.sqlite), and the state DB is another DB.
+        let catalog = lexical(&o.catalog);
+        ensure(
+            !catalog.starts_with(lexical(&o.dir)),
+            "output.catalog",
+            format!(
+                "must not be inside output.dir ({}), where run DBs are named after their run_id",
+                o.dir.display()
+            ),
+        )?;
+        ensure(
+            catalog != lexical(&o.state_db),
+            "output.catalog",
+            "must not be the same file as output.state_db".into(),
+        )?;
         for p in &s.paths {
             glob::Pattern::new(p)
                 .map_err(|e| ("sources.paths", format!("invalid glob {p:?}: {e}")))?;
@@ -1266,6 +1313,37 @@ columns = ["ttfp_ms"]
         for (text, want) in cases {
             check_err(text, want);
         }
+    }
+
+    /// Issue 11: the catalog cannot sit where a run DB could take its name (or retention take
+    /// it for a run DB), nor be the state DB.
+    #[test]
+    fn catalog_is_not_among_the_run_dbs() {
+        let inside = "must not be inside output.dir (/etc/js/runs), where run DBs are named";
+        check_err("output.dir = \"runs\"\noutput.catalog = \"runs/catalog.sqlite\"", inside);
+        check_err("output.dir = \"runs\"\noutput.catalog = \"runs/x/c.sqlite\"", inside);
+        check_err("output.dir = \"runs\"\noutput.catalog = \"x/../runs/./c.sqlite\"", inside);
+        check_err(
+            "output.state_db = \"s.sqlite\"\noutput.catalog = \"./s.sqlite\"",
+            "output.catalog: must not be the same file as output.state_db",
+        );
+        check_ok("output.dir = \"runs\"\noutput.catalog = \"runs-catalog.sqlite\"", |c| {
+            c.output.dir = PathBuf::from("/etc/js/runs");
+            c.output.catalog = PathBuf::from("/etc/js/runs-catalog.sqlite");
+        });
+
+        // Through a symlink, found when the directories exist.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::for_base(tmp.path());
+        c.prepare_dirs().unwrap();
+        std::os::unix::fs::symlink(&c.output.dir, tmp.path().join("link")).unwrap();
+        c.output.catalog = tmp.path().join("link/catalog.sqlite");
+        let err = c.prepare_dirs().unwrap_err().to_string();
+        assert!(err.starts_with("output.catalog: ") && err.contains("through a symlink"), "{err}");
+        // Its directory is created like the others'.
+        c.output.catalog = tmp.path().join("cat/alog/catalog.sqlite");
+        c.prepare_dirs().unwrap();
+        assert!(tmp.path().join("cat/alog").is_dir());
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod checkpoint;
 mod dlq;
 mod state;
 mod pipeline;
+mod catalog;
 mod maintain;
 
 mod sqlite;

@@ -4,11 +4,13 @@
 //! Threads and channels (all data channels bounded):
 //! ```text
 //! reader(s) ──Batch──▶ writer-N (run DBs) ──acks spans──┐
+//!     │                    └──after each commit: run state (coalesced per run)──▶ catalog thread
 //!     └──StateMsg (open, span + dead letters)──▶ state thread (DLQ files, state DB)
 //! ```
 //! The state thread ([`crate::state`]) is the only writer of the state DB and the DLQ while the
 //! pipeline runs. Shutdown is the channels closing in flow order: readers drop their senders,
-//! writers drain and exit, then the state thread makes its last pass and exits.
+//! writers drain and exit, then the state thread makes its last pass and exits, then the
+//! catalog thread writes what the writers' last commits and closes posted and exits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{bounded, Sender};
 
+use crate::catalog::KeeperThread;
 use crate::checkpoint::{Checkpoint, StateDb};
 use crate::config::Config;
 use crate::dlq::{self, DlqLock};
@@ -58,6 +61,8 @@ pub(crate) struct Pipeline {
     state_drain: Sender<()>,
     writers: Vec<JoinHandle<()>>,
     state: JoinHandle<anyhow::Result<()>>,
+    /// Keeps `output.catalog` current from the writers' commits (see `catalog::keeper`).
+    catalog: KeeperThread,
     checkpoints: Arc<HashMap<FileId, Checkpoint>>,
     /// How retention asks these writers to let go of a run DB it deletes.
     releases: Arc<Releases>,
@@ -114,6 +119,12 @@ impl Pipeline {
             }),
             max_raw_bytes: config.dlq.max_raw_bytes,
         });
+        let catalog = KeeperThread::spawn(
+            config.output.catalog.clone(),
+            config.output.dir.clone(),
+            config.sqlite.clone(),
+        )
+        .context("spawning the catalog thread")?;
         let releases = Arc::new(Releases::default());
         let mut writer_txs = Vec::new();
         let mut writers = Vec::new();
@@ -128,6 +139,7 @@ impl Pipeline {
                     state_tx.clone(),
                     counters.clone(),
                     &releases,
+                    catalog.keeper(),
                 )
                 .context("spawning writer thread")?,
             );
@@ -148,6 +160,7 @@ impl Pipeline {
             state_drain,
             writers,
             state,
+            catalog,
             checkpoints: Arc::new(checkpoints),
             releases,
             disk_bytes: Default::default(),
@@ -209,9 +222,12 @@ impl Pipeline {
                 anyhow::bail!("a writer thread panicked");
             }
         }
-        match self.state.join() {
+        let state = match self.state.join() {
             Ok(result) => result,
             Err(_) => anyhow::bail!("the state thread panicked"),
-        }
+        };
+        // After the writers: their final commits and closes are posted by now.
+        self.catalog.finish();
+        state
     }
 }

@@ -19,6 +19,9 @@ _jsonl__shipper() {
             jsonl__shipper,backfill)
                 cmd="jsonl__shipper__subcmd__backfill"
                 ;;
+            jsonl__shipper,catalog)
+                cmd="jsonl__shipper__subcmd__catalog"
+                ;;
             jsonl__shipper,check-config)
                 cmd="jsonl__shipper__subcmd__check__subcmd__config"
                 ;;
@@ -36,6 +39,18 @@ _jsonl__shipper() {
                 ;;
             jsonl__shipper,status)
                 cmd="jsonl__shipper__subcmd__status"
+                ;;
+            jsonl__shipper__subcmd__catalog,help)
+                cmd="jsonl__shipper__subcmd__catalog__subcmd__help"
+                ;;
+            jsonl__shipper__subcmd__catalog,rebuild)
+                cmd="jsonl__shipper__subcmd__catalog__subcmd__rebuild"
+                ;;
+            jsonl__shipper__subcmd__catalog__subcmd__help,help)
+                cmd="jsonl__shipper__subcmd__catalog__subcmd__help__subcmd__help"
+                ;;
+            jsonl__shipper__subcmd__catalog__subcmd__help,rebuild)
+                cmd="jsonl__shipper__subcmd__catalog__subcmd__help__subcmd__rebuild"
                 ;;
             jsonl__shipper__subcmd__dlq,help)
                 cmd="jsonl__shipper__subcmd__dlq__subcmd__help"
@@ -58,6 +73,9 @@ _jsonl__shipper() {
             jsonl__shipper__subcmd__help,backfill)
                 cmd="jsonl__shipper__subcmd__help__subcmd__backfill"
                 ;;
+            jsonl__shipper__subcmd__help,catalog)
+                cmd="jsonl__shipper__subcmd__help__subcmd__catalog"
+                ;;
             jsonl__shipper__subcmd__help,check-config)
                 cmd="jsonl__shipper__subcmd__help__subcmd__check__subcmd__config"
                 ;;
@@ -76,6 +94,9 @@ _jsonl__shipper() {
             jsonl__shipper__subcmd__help,status)
                 cmd="jsonl__shipper__subcmd__help__subcmd__status"
                 ;;
+            jsonl__shipper__subcmd__help__subcmd__catalog,rebuild)
+                cmd="jsonl__shipper__subcmd__help__subcmd__catalog__subcmd__rebuild"
+                ;;
             jsonl__shipper__subcmd__help__subcmd__dlq,list)
                 cmd="jsonl__shipper__subcmd__help__subcmd__dlq__subcmd__list"
                 ;;
@@ -89,7 +110,7 @@ _jsonl__shipper() {
 
     case "${cmd}" in
         jsonl__shipper)
-            opts="-h -V --help --version run backfill status check-config maintain dlq help"
+            opts="-h -V --help --version run backfill status check-config maintain catalog dlq help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -131,6 +152,88 @@ _jsonl__shipper() {
                     ;;
                 --run)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__catalog)
+            opts="-h -V --help --version rebuild help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__catalog__subcmd__help)
+            opts="rebuild help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__catalog__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__catalog__subcmd__help__subcmd__rebuild)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__catalog__subcmd__rebuild)
+            opts="-h -V --config --base --log-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -297,7 +400,7 @@ _jsonl__shipper() {
             return 0
             ;;
         jsonl__subcmd__shipper__subcmd__help)
-            opts="run backfill status check-config maintain dlq help"
+            opts="run backfill status check-config maintain catalog dlq help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -313,6 +416,34 @@ _jsonl__shipper() {
         jsonl__subcmd__shipper__subcmd__help__subcmd__backfill)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__help__subcmd__catalog)
+            opts="rebuild"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__help__subcmd__catalog__subcmd__rebuild)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

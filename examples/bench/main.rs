@@ -4,6 +4,7 @@
 //! cargo run --release --example bench -- backfill [--runs 1,50,5000] [--events 1000000] [--reps 3]
 //!                                                [--jobs N] [--keep] [--dir D] [--bin PATH]
 //! cargo run --release --example bench -- gen      [--runs 50] [--events N] [--validate]
+//! cargo run --release --example bench -- catalog  [--runs 5000] [--reps 3]
 //! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20]
 //!                                                [--files 1000 [--active 500]] ...
 //! cargo run --release --example bench -- columns  [--runs 50] [--reps 5] [--open-events 1000000]
@@ -23,6 +24,7 @@
 
 mod backfill;
 mod columns;
+mod catalog;
 mod common;
 mod gen;
 mod tail;
@@ -32,6 +34,7 @@ use clap::{Parser, Subcommand};
 
 use backfill::{backfill, BackfillArgs};
 use columns::{columns, ColumnsArgs};
+use catalog::{catalog, CatalogArgs};
 use gen::{generate_cmd, GenArgs};
 use tail::{tail, TailArgs};
 
@@ -46,6 +49,8 @@ struct Cli {
 enum Mode {
     /// Time `jsonl-shipper backfill` on generated data sets and verify the output.
     Backfill(BackfillArgs),
+    /// Time `jsonl-shipper catalog rebuild` over a backfilled data set's run DBs.
+    Catalog(CatalogArgs),
     /// Only generate (or reuse) the data set of one set-up; optionally validate it.
     Gen(GenArgs),
     /// Measure append-to-committed latency and CPU of `jsonl-shipper run` under steady load.
@@ -62,6 +67,7 @@ fn main() -> Result<()> {
     }
     let ok = match cli.mode {
         Mode::Backfill(a) => backfill(a)?,
+        Mode::Catalog(a) => catalog(a)?,
         Mode::Gen(a) => generate_cmd(a)?,
         Mode::Tail(a) => tail(a)?,
         Mode::Columns(a) => columns(a)?,

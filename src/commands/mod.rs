@@ -12,6 +12,7 @@
 //! ([`exit_code`]: a [`UsageError`] or a corrupt state DB exits 2).
 
 mod backfill;
+mod catalog;
 mod check_config;
 mod dlq;
 mod generate;
@@ -23,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::{Command, ConfigArgs, DlqCommand, Invoked};
+use crate::cli::{CatalogCommand, Command, ConfigArgs, DlqCommand, Invoked};
 use crate::config::Config;
 
 /// Exit code for success.
@@ -235,6 +236,9 @@ pub fn dispatch(invoked: Invoked) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => status::status(&load_config(&config)?, json),
         Command::CheckConfig { config } => check_config::check_config(load_config(&config)?),
         Command::Maintain { config, vacuum } => maintain::maintain(load_config(&config)?, vacuum),
+        Command::Catalog { command } => match command {
+            CatalogCommand::Rebuild { config } => catalog::rebuild(&load_config(&config)?),
+        },
         Command::Dlq { command } => match command {
             DlqCommand::List { config, reason, json } => {
                 dlq::list(&load_config(&config)?, reason.as_deref(), json)

@@ -1,6 +1,11 @@
 //! `status`: per-file progress from the state DB (read-only), run DB count and size, dead
 //! letters by reason. Safe while the daemon runs.
 //!
+//! The run DB count and size come from listing `output.dir`, not from the catalog: the WAL
+//! sizes need the listing anyway, it is exact (the catalog lags by up to a second and only
+//! knows what `run`/`backfill` wrote) and costs one `stat` per file. The catalog's own totals
+//! (rows, events) are shown beside them (`runs.catalog`; null without a catalog).
+//!
 //! `--json` is for scripts: keys are only ever added (a test pins the set). The human output
 //! is a table that fits an 80-column terminal, sizes in IEC units, long paths shortened in the
 //! middle.
@@ -55,6 +60,18 @@ struct RunsStatus {
     wal_bytes: u64,
     /// The largest non-empty `-wal` files, largest first (at most [`LARGEST_WALS`]).
     largest_wals: Vec<WalFile>,
+    /// What the catalog (`output.catalog`) adds up to; None if there is none.
+    catalog: Option<CatalogStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct CatalogStatus {
+    path: String,
+    /// Rows (run DBs it knows).
+    runs: u64,
+    /// Their events, summed.
+    events: u64,
+    bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,7 +118,18 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
 
-    let mut runs = RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: Vec::new() };
+    let catalog_path = &config.output.catalog;
+    let catalog = crate::catalog::Catalog::open_read_only(catalog_path)
+        .and_then(|catalog| catalog.map(|c| c.totals()).transpose())
+        .with_context(|| format!("reading the catalog {}", catalog_path.display()))?
+        .map(|totals| CatalogStatus {
+            path: catalog_path.display().to_string(),
+            runs: totals.runs,
+            events: totals.events,
+            bytes: totals.bytes,
+        });
+    let mut runs =
+        RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: Vec::new(), catalog };
     let mut wals = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&config.output.dir) {
         for entry in entries.flatten() {
@@ -198,6 +226,10 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
     row(dirs.runs, [&runs.count.to_string(), &size(runs.bytes), &size(runs.wal_bytes)], "");
     for wal in &runs.largest_wals {
         row(&format!("  {}", wal.name), ["", "", &size(wal.bytes)], "");
+    }
+    if let Some(catalog) = &runs.catalog {
+        let first = format!("  catalog: {} events", catalog.events);
+        row(&first, [&catalog.runs.to_string(), &size(catalog.bytes), ""], "");
     }
     row("", ["", "", ""], "");
 
@@ -326,6 +358,12 @@ mod tests {
                     WalFile { name: "crawl-2024-01-07.sqlite-wal".into(), bytes: 8 << 20 },
                     WalFile { name: "crawl-b.sqlite-wal".into(), bytes: 1 << 20 },
                 ],
+                catalog: Some(CatalogStatus {
+                    path: "/var/lib/jsonl-shipper/db/catalog.sqlite".into(),
+                    runs: 1233,
+                    events: 98_765_432,
+                    bytes: (5 << 30) - (9 << 20),
+                }),
             },
             dlq: DlqStatus {
                 lines: 4,
@@ -357,6 +395,7 @@ RUN DBS                                   COUNT       SIZE        WAL
 /var/lib/jsonl-shipper/db/runs             1234    5.0 GiB    9.0 MiB
   crawl-2024-01-07.sqlite-wal                                 8.0 MiB
   crawl-b.sqlite-wal                                          1.0 MiB
+  catalog: 98765432 events                 1233    5.0 GiB
 
 DEAD LETTERS                              LINES
 /var/lib/jsonl-shipper/dlq                    4
@@ -381,7 +420,13 @@ DEAD LETTERS                              LINES
         files[2].lag_bytes = Some(5);
         let status = Status {
             files,
-            runs: RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: vec![] },
+            runs: RunsStatus {
+                count: 0,
+                bytes: 0,
+                wal_bytes: 0,
+                largest_wals: vec![],
+                catalog: None,
+            },
             dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
         };
         let got = table(&status, &Dirs { runs: "/d/db/runs", dlq: "/d/dlq" }, now(), WIDTH);
@@ -399,7 +444,13 @@ DEAD LETTERS                              LINES
     fn short_paths_are_whole_and_the_table_narrows_to_them() {
         let status = Status {
             files: vec![file("/d/raw/events_20240107.ndjson", 10, Some(10), Some(75))],
-            runs: RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: vec![] },
+            runs: RunsStatus {
+                count: 0,
+                bytes: 0,
+                wal_bytes: 0,
+                largest_wals: vec![],
+                catalog: None,
+            },
             dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
         };
         let got = table(&status, &Dirs { runs: "/d/db/runs", dlq: "/d/dlq" }, now(), WIDTH);

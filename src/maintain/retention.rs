@@ -10,6 +10,8 @@
 //!   unmodified for that long. `.gz` files are never deleted: their checkpoint counts
 //!   decompressed bytes, so the state DB cannot tell that one was read to its end.
 //!
+//! The catalog rows of deleted run DBs are removed after them (`catalog::remove_deleted`).
+//!
 //! `apply` deletes a run DB only while holding SQLite's exclusive lock on it, so a DB another
 //! connection has open (the daemon's writer pool keeps a shared lock) is skipped, not pulled
 //! from under it; and `run_db::open` reopens a DB whose file vanished while it waited. In the
@@ -315,6 +317,17 @@ pub(crate) fn apply(
                 out.skipped.push((run.path.clone(), why));
             }
         }
+    }
+    // After the files: the catalog thread writes a row only for a file it finds (in its own
+    // transaction), so a row removed after its file is gone for good.
+    if let Err(error) =
+        crate::catalog::remove_deleted(&config.output.catalog, &config.sqlite, &out.runs)
+    {
+        tracing::warn!(
+            path = %config.output.catalog.display(),
+            %error,
+            "retention: cannot remove deleted run DBs from the catalog; the next start of run or backfill does"
+        );
     }
     if !plan.dlq.is_empty() {
         let dir = &config.dlq.dir;

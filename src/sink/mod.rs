@@ -7,7 +7,10 @@
 //! commit is one IMMEDIATE transaction for one run; only after it are the spans acked. A locked or full database is retried with backoff, forever, never dead-lettered;
 //! a record that fails on its own (too big, or making its run's merged `data` too big)
 //! becomes a `write_failed` dead letter; a DB found corrupt on a write is moved aside as at open
-//! (`Pool::quarantine`) and the batch goes to a fresh DB.
+//! (`Pool::quarantine`) and the batch goes to a fresh DB. After each commit the writer reads
+//! the run's committed state (two O(log n) lookups on its own connection) and posts it, with
+//! the commit's `ts` range, to the catalog thread ([`crate::catalog::Keeper`]: never waits);
+//! its pool posts a DB created or replaced and a DB closed.
 //!
 //! No other module opens a run DB for writing.
 //!
@@ -35,6 +38,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::catalog::Keeper;
 use crate::config::{Mapping, SqliteConfig};
 use crate::flow::{Batch, StateMsg};
 use crate::metrics::Counters;
@@ -77,9 +81,10 @@ pub(crate) fn spawn(
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
     releases: &Releases,
+    catalog: Keeper,
 ) -> std::io::Result<JoinHandle<()>> {
     let releases = releases.register();
-    std::thread::Builder::new()
-        .name(format!("writer-{shard}"))
-        .spawn(move || writer::Writer::new(shard, config, state, counters, releases).run(inbox))
+    std::thread::Builder::new().name(format!("writer-{shard}")).spawn(move || {
+        writer::Writer::new(shard, config, state, counters, releases, catalog).run(inbox)
+    })
 }

@@ -13,6 +13,7 @@ use super::wal::{
     open_existing, RESTART_WAL_LIMIT,
 };
 use super::{run_db, run_path};
+use crate::catalog::Keeper;
 use crate::config::SqliteConfig;
 use crate::metrics::Counters;
 use crate::schema::Schema;
@@ -47,6 +48,8 @@ pub(super) struct Pool {
     uncheckpointed: HashSet<String>,
     /// The page cache each connection currently gets (see `share_cache`).
     cache_share: usize,
+    /// The catalog thread: told when a run's DB file is new and when it is closed.
+    catalog: Keeper,
 }
 
 impl Pool {
@@ -56,6 +59,7 @@ impl Pool {
         schema: Schema,
         cap: usize,
         counters: Arc<Counters>,
+        catalog: Keeper,
     ) -> Pool {
         Pool {
             counters,
@@ -67,6 +71,7 @@ impl Pool {
             tick: 0,
             uncheckpointed: HashSet::new(),
             cache_share: 0,
+            catalog,
         }
     }
 
@@ -85,14 +90,21 @@ impl Pool {
                     self.evict(&lru);
                 }
             }
-            let conn = run_db::open(&self.path_of(run_id), &self.sqlite, &self.schema)?;
+            let path = self.path_of(run_id);
+            let inode_before = run_db::inode(&path);
+            let conn = run_db::open(&path, &self.sqlite, &self.schema)?;
             if self.sqlite.wal_autocheckpoint > 0 {
                 conn.wal_hook(Some(note_wal_pages));
             }
             // SQLite cuts the WAL back only this far when it restarts; `maintain` does the rest.
             let limit = self.sqlite.journal_size_limit.max(RESTART_WAL_LIMIT) as i64;
             conn.pragma_update(None, "journal_size_limit", limit)?;
-            let inode = run_db::inode(&self.path_of(run_id));
+            let inode = run_db::inode(&path);
+            if inode != inode_before {
+                // Created, or a corrupt one moved aside: the catalog row must not carry the
+                // old file's numbers over.
+                self.catalog.replaced(run_id, &path);
+            }
             self.conns.insert(run_id.to_string(), Open { conn, tick, used: Instant::now(), inode });
             self.counters.open_run_dbs.inc();
             self.share_cache();
@@ -180,6 +192,7 @@ impl Pool {
                 tracing::debug!(run_id, %error, "PRAGMA optimize failed");
             }
             checkpoint_wal_and_close(conn, &self.path_of(&run_id), counters);
+            self.catalog.closed(&run_id, &self.path_of(&run_id));
             self.uncheckpointed.remove(&run_id);
         }
         self.checkpoint_wal_of_closed(counters);
@@ -199,6 +212,7 @@ impl Pool {
             if let Some(Open { conn, .. }) = self.conns.remove(&run_id) {
                 counters.open_run_dbs.dec();
                 checkpoint_wal_and_close(conn, &self.path_of(&run_id), counters);
+                self.catalog.closed(&run_id, &self.path_of(&run_id));
                 self.uncheckpointed.remove(&run_id);
             }
         }
@@ -217,7 +231,10 @@ impl Pool {
         for run_id in std::mem::take(&mut self.uncheckpointed) {
             let path = self.path_of(&run_id);
             match open_existing(&path, &self.sqlite) {
-                Ok(conn) => checkpoint_wal_and_close(conn, &path, counters),
+                Ok(conn) => {
+                    checkpoint_wal_and_close(conn, &path, counters);
+                    self.catalog.closed(&run_id, &path);
+                }
                 Err(error) if is_gone(&error, &path) => {
                     tracing::debug!(path = %path.display(), "run DB deleted since closed; nothing to checkpoint")
                 }
@@ -241,7 +258,14 @@ mod tests {
         let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
         let counters = Arc::new(Counters::default());
         let mut pool =
-            Pool::new(dir.path().to_path_buf(), sqlite, Schema::default(), 4, counters.clone());
+            Pool::new(
+                dir.path().to_path_buf(),
+                sqlite,
+                Schema::default(),
+                4,
+                counters.clone(),
+                Keeper::disabled(),
+            );
         let files = |pool: &Pool| {
             ["", "-wal", "-shm"]
                 .iter()

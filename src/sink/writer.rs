@@ -11,6 +11,7 @@ use super::pool::Pool;
 use super::release::Release;
 use super::wal::{self, WalCheckpointer};
 use super::{run_db, WriterConfig};
+use crate::catalog::{Keeper, TsRange};
 use crate::flow::{Batch, DeadLetter, Span, StateMsg};
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
@@ -31,6 +32,8 @@ pub(super) struct Writer {
     seen_runs: Option<HashSet<String>>,
     /// Retention's requests to close a run DB (see `release`).
     releases: Receiver<Release>,
+    /// The catalog thread, told about every commit.
+    catalog: Keeper,
 }
 
 impl Writer {
@@ -40,6 +43,7 @@ impl Writer {
         state: Sender<StateMsg>,
         counters: Arc<Counters>,
         releases: Receiver<Release>,
+        catalog: Keeper,
     ) -> Writer {
         let seen_runs = config.linger.is_none().then(Default::default);
         let wal_checkpointer = WalCheckpointer::spawn(shard, &config.sqlite, &counters);
@@ -52,7 +56,9 @@ impl Writer {
                 config.schema.clone(),
                 config.max_open,
                 counters.clone(),
+                catalog.clone(),
             ),
+            catalog,
             config,
             state,
             counters,
@@ -247,6 +253,7 @@ impl Writer {
                 Ok(outcome) => {
                     self.counters.commit_succeeded(attempt_started.elapsed()); // ops: metrics
                     self.after_commit(run_id);
+                    self.tell_catalog(run_id, batch, &outcome);
                     if attempt > 0 {
                         tracing::info!(
                             run_id,
@@ -316,6 +323,36 @@ impl Writer {
         } else {
             self.wal_checkpointer.request(path);
         }
+    }
+}
+
+impl Writer {
+    /// Posts the run's committed state and the `ts` range of the events just committed to the
+    /// catalog thread. Cheap and never waiting: two lookups on pages the commit left in this
+    /// connection's cache, a pass over the batch's `ts` values, a map merge.
+    fn tell_catalog(&self, run_id: &str, batch: &Batch, outcome: &run_db::WriteOutcome) {
+        if !self.catalog.is_enabled() {
+            return;
+        }
+        let Some(conn) = self.pool.open_conn(run_id) else { return };
+        let committed = match crate::catalog::read_committed(conn, run_id) {
+            Ok(committed) => committed,
+            Err(error) => {
+                // The next commit or the next start's reconciliation catches up.
+                tracing::debug!(run_id, %error, "cannot read the run's state for the catalog");
+                return;
+            }
+        };
+        let failed: HashSet<usize> = outcome.failed.iter().map(|(i, _)| *i).collect();
+        let mut ts = TsRange::default();
+        for (i, rec) in batch.recs.iter().enumerate() {
+            if rec.kind == crate::parse::Kind::Event && !failed.contains(&i) {
+                if let rusqlite::types::ToSqlOutput::Borrowed(value) = batch.value(rec.ts) {
+                    ts.note(value);
+                }
+            }
+        }
+        self.catalog.committed(run_id, &self.pool.path_of(run_id), committed, ts);
     }
 }
 

@@ -60,6 +60,7 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
     allowed.extend(["base/raw/events_20240101.json".into(), "base/raw/notes.txt".into()]);
     for suffix in ["", "-wal", "-shm"] {
         allowed.insert(format!("base/db/shipper-state.sqlite{suffix}"));
+        allowed.insert(format!("base/db/catalog.sqlite{suffix}"));
         for db in &want_dbs {
             allowed.insert(format!("base/db/runs/{db}{suffix}"));
         }

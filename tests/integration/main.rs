@@ -14,7 +14,8 @@
 //!   systemd notify, the packaged man pages and completions), `logs` (level, format, colours,
 //!   journald timestamps), `tailing` (live tailing: discovery latency, file identity, rotation,
 //!   copytruncate, deletion, SIGHUP, many files, a model), `columns` (typed columns and
-//!   indexes from config on old and new run DBs, and `check-config`'s report of them).
+//!   indexes from config on old and new run DBs, and `check-config`'s report of them),
+//!   `catalog` (the run catalog: kept current, after crashes and retention, rebuilt).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
@@ -35,3 +36,4 @@ mod ops;
 mod logs;
 mod tailing;
 mod columns;
+mod catalog;

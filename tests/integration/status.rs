@@ -176,7 +176,7 @@ fn status_json_has_exactly_its_documented_keys_and_counts_wal_files() {
         ["lag_bytes", "last_read_at", "line_no", "offset", "path", "present", "size"]
     );
     assert_eq!((&files[0]["line_no"], &files[0]["present"]), (&json!(2), &json!(true)));
-    assert_eq!(keys(&got["runs"]), ["bytes", "count", "largest_wals", "wal_bytes"]);
+    assert_eq!(keys(&got["runs"]), ["bytes", "catalog", "count", "largest_wals", "wal_bytes"]);
     assert_eq!(got["runs"]["wal_bytes"], json!(wal));
     assert_eq!(got["runs"]["largest_wals"], json!([{"name": "w.sqlite-wal", "bytes": wal}]));
     assert_eq!(got["runs"]["bytes"], json!(run_db_bytes(&shipper)));

@@ -1,0 +1,60 @@
+//! `catalog rebuild`: recreates the run catalog (`output.catalog`) from the run DBs, read-only
+//! (see `crate::catalog::rebuild`). Safe while the daemon runs: one transaction swaps the rows.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::config::Config;
+
+pub(super) fn rebuild(config: &Config) -> anyhow::Result<ExitCode> {
+    super::prepare_dirs(config)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} run DBs, ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let path = &config.output.catalog;
+    let rebuilt = crate::catalog::rebuild::rebuild(config, |done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    })
+    .with_context(|| format!("rebuilding the catalog {}", path.display()))?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let unreadable = rebuilt.skipped.len();
+    if config.log.format == crate::config::LogFormat::Json {
+        tracing::info!(
+            path = %path.display(),
+            runs = rebuilt.runs,
+            events = rebuilt.events,
+            empty = rebuilt.empty,
+            unreadable,
+            seconds = rebuilt.seconds,
+            "catalog rebuilt"
+        );
+    } else {
+        eprintln!(
+            "catalog rebuilt: {} runs, {} events, {} run DBs without a run yet, {unreadable} unreadable (no row), {:.1}s; {}",
+            rebuilt.runs,
+            rebuilt.events,
+            rebuilt.empty,
+            rebuilt.seconds,
+            path.display(),
+        );
+    }
+    // Each unreadable run DB was logged (WARN) with its error.
+    if unreadable > 0 {
+        return Ok(ExitCode::from(super::EXIT_FAILURE));
+    }
+    Ok(ExitCode::SUCCESS)
+}
