@@ -28,6 +28,7 @@ mod dlq;
 mod state;
 mod pipeline;
 mod maintain;
+mod summary;
 
 mod sqlite;
 mod crash;

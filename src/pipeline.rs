@@ -64,6 +64,8 @@ pub(crate) struct Pipeline {
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
     pub disk_bytes: Arc<crate::metrics::Counter>,
     rebuild: Option<Rebuild>,
+    /// Summaries of runs that reached a terminal status (after the writers, off their path).
+    summaries: crate::summary::Worker,
 }
 
 impl Pipeline {
@@ -114,6 +116,12 @@ impl Pipeline {
             max_raw_bytes: config.dlq.max_raw_bytes,
         });
         let releases = Arc::new(Releases::default());
+        let timing = match mode {
+            Mode::Daemon => crate::summary::worker::Timing::Daemon,
+            Mode::Backfill => crate::summary::worker::Timing::AtEnd,
+        };
+        let summaries = crate::summary::Worker::spawn(config.clone(), counters.clone(), timing)
+            .context("spawning the summary thread")?;
         let mut writer_txs = Vec::new();
         let mut writers = Vec::new();
         for shard in 0..n_writers {
@@ -127,6 +135,7 @@ impl Pipeline {
                     state_tx.clone(),
                     counters.clone(),
                     &releases,
+                    summaries.notifier(),
                 )
                 .context("spawning writer thread")?,
             );
@@ -151,6 +160,7 @@ impl Pipeline {
             releases,
             disk_bytes: Default::default(),
             rebuild: None,
+            summaries,
         })
     }
 
@@ -208,9 +218,12 @@ impl Pipeline {
                 anyhow::bail!("a writer thread panicked");
             }
         }
-        match self.state.join() {
+        let state = match self.state.join() {
             Ok(result) => result,
             Err(_) => anyhow::bail!("the state thread panicked"),
-        }
+        };
+        // After the state thread's last pass, so summaries never delay the checkpoints.
+        self.summaries.finish();
+        state
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Mapping, SqliteConfig};
-use crate::flow::{Batch, StateMsg};
+use crate::flow::{Batch, RunChanged, StateMsg};
 use crate::metrics::Counters;
 
 /// When writers checkpoint their databases' WALs.
@@ -71,9 +71,10 @@ pub(crate) fn spawn(
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
     releases: &Releases,
+    summaries: Sender<RunChanged>,
 ) -> std::io::Result<JoinHandle<()>> {
     let releases = releases.register();
-    std::thread::Builder::new()
-        .name(format!("writer-{shard}"))
-        .spawn(move || writer::Writer::new(shard, config, state, counters, releases).run(inbox))
+    std::thread::Builder::new().name(format!("writer-{shard}")).spawn(move || {
+        writer::Writer::new(shard, config, state, counters, releases, summaries).run(inbox)
+    })
 }

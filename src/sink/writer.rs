@@ -11,7 +11,7 @@ use super::pool::Pool;
 use super::release::Release;
 use super::wal::{self, WalCheckpointer};
 use super::{run_db, WriterConfig};
-use crate::flow::{Batch, DeadLetter, Span, StateMsg};
+use crate::flow::{Batch, DeadLetter, RunChanged, Span, StateMsg};
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
 use crate::tail::LineMeta;
@@ -31,6 +31,8 @@ pub(super) struct Writer {
     seen_runs: Option<HashSet<String>>,
     /// Retention's requests to close a run DB (see `release`).
     releases: Receiver<Release>,
+    /// The summary thread: told after a commit to a terminal run, never waited for.
+    summaries: Sender<RunChanged>,
 }
 
 impl Writer {
@@ -40,12 +42,14 @@ impl Writer {
         state: Sender<StateMsg>,
         counters: Arc<Counters>,
         releases: Receiver<Release>,
+        summaries: Sender<RunChanged>,
     ) -> Writer {
         let seen_runs = config.linger.is_none().then(Default::default);
         let wal_checkpointer = WalCheckpointer::spawn(shard, &config.sqlite, &counters);
         Writer {
             seen_runs,
             releases,
+            summaries,
             pool: Pool::new(
                 config.output_dir.clone(),
                 config.sqlite.clone(),
@@ -187,6 +191,14 @@ impl Writer {
             self.oldest = None;
         }
         let outcome = self.write_with_retry(run_id, &batch);
+        if outcome.terminal {
+            // After the commit; a full inbox drops the request rather than wait (`summary`
+            // and `catalog rebuild` compute what is dropped).
+            let changed = RunChanged { run_id: run_id.to_string(), path: self.pool.path_of(run_id) };
+            if self.summaries.try_send(changed).is_err() {
+                self.counters.summaries_dropped.add(1);
+            }
+        }
         self.counters.events_written.add(outcome.written);
         self.counters.events_unchanged.add(outcome.unchanged);
         if let Some(seen) = &mut self.seen_runs {
