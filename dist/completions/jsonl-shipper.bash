@@ -34,8 +34,14 @@ _jsonl__shipper() {
             jsonl__shipper,run)
                 cmd="jsonl__shipper__subcmd__run"
                 ;;
+            jsonl__shipper,slo)
+                cmd="jsonl__shipper__subcmd__slo"
+                ;;
             jsonl__shipper,status)
                 cmd="jsonl__shipper__subcmd__status"
+                ;;
+            jsonl__shipper,summary)
+                cmd="jsonl__shipper__subcmd__summary"
                 ;;
             jsonl__shipper__subcmd__dlq,help)
                 cmd="jsonl__shipper__subcmd__dlq__subcmd__help"
@@ -73,8 +79,14 @@ _jsonl__shipper() {
             jsonl__shipper__subcmd__help,run)
                 cmd="jsonl__shipper__subcmd__help__subcmd__run"
                 ;;
+            jsonl__shipper__subcmd__help,slo)
+                cmd="jsonl__shipper__subcmd__help__subcmd__slo"
+                ;;
             jsonl__shipper__subcmd__help,status)
                 cmd="jsonl__shipper__subcmd__help__subcmd__status"
+                ;;
+            jsonl__shipper__subcmd__help,summary)
+                cmd="jsonl__shipper__subcmd__help__subcmd__summary"
                 ;;
             jsonl__shipper__subcmd__help__subcmd__dlq,list)
                 cmd="jsonl__shipper__subcmd__help__subcmd__dlq__subcmd__list"
@@ -89,7 +101,7 @@ _jsonl__shipper() {
 
     case "${cmd}" in
         jsonl__shipper)
-            opts="-h -V --help --version run backfill status check-config maintain dlq help"
+            opts="-h -V --help --version run backfill status check-config maintain dlq summary slo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -103,7 +115,7 @@ _jsonl__shipper() {
             return 0
             ;;
         jsonl__subcmd__shipper__subcmd__backfill)
-            opts="-j -h -V --config --base --log-format --jobs --help --version"
+            opts="-j -h -V --config --base --log-format --jobs --from-start --run --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -126,6 +138,10 @@ _jsonl__shipper() {
                     return 0
                     ;;
                 -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -293,7 +309,7 @@ _jsonl__shipper() {
             return 0
             ;;
         jsonl__subcmd__shipper__subcmd__help)
-            opts="run backfill status check-config maintain dlq help"
+            opts="run backfill status check-config maintain dlq summary slo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -418,7 +434,35 @@ _jsonl__shipper() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        jsonl__subcmd__shipper__subcmd__help__subcmd__slo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         jsonl__subcmd__shipper__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__help__subcmd__summary)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -484,7 +528,63 @@ _jsonl__shipper() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        jsonl__subcmd__shipper__subcmd__slo)
+            opts="-h -V --config --base --log-format --last --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --last)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         jsonl__subcmd__shipper__subcmd__status)
+            opts="-h -V --config --base --log-format --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__summary)
             opts="-h -V --config --base --log-format --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -194,7 +194,8 @@ impl Writer {
         if outcome.terminal {
             // After the commit; a full inbox drops the request rather than wait (`summary`
             // and `catalog rebuild` compute what is dropped).
-            let changed = RunChanged { run_id: run_id.to_string(), path: self.pool.path_of(run_id) };
+            let changed =
+                RunChanged { run_id: run_id.to_string(), path: self.pool.path_of(run_id) };
             if self.summaries.try_send(changed).is_err() {
                 self.counters.summaries_dropped.add(1);
             }

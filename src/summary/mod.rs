@@ -142,11 +142,7 @@ pub(crate) fn compute(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite:
         ("last_ts", aggregates.last_ts.clone()),
     ];
     for (name, value) in builtins {
-        summary.metrics.push(Metric {
-            name: name.into(),
-            value,
-            definition: BUILT_IN.into(),
-        });
+        summary.metrics.push(Metric { name: name.into(), value, definition: BUILT_IN.into() });
     }
     let percentiles = query::percentiles(&tx, metrics, &aggregates)?;
     for (i, m) in metrics.iter().enumerate() {
@@ -205,13 +201,11 @@ pub(crate) fn stored(
         .chain(metrics.iter().map(|m| (m.name.clone(), definition(m))));
     let mut out = Vec::new();
     {
-        let mut row = tx.prepare(
-            "SELECT value, definition, run_commits FROM summary WHERE name = ?1",
-        )?;
+        let mut row =
+            tx.prepare("SELECT value, definition, run_commits FROM summary WHERE name = ?1")?;
         for (name, want_definition) in wanted {
-            let found: Option<(String, String, i64)> = row
-                .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
+            let found: Option<(String, String, i64)> =
+                row.query_row([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
             match found {
                 Some((value, definition, commits))
                     if definition == want_definition && commits == head.commits =>

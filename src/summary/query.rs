@@ -192,7 +192,8 @@ pub(super) fn events_by_type(conn: &Connection) -> rusqlite::Result<Value> {
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let name: Option<String> = row.get(0)?;
-        *counts.entry(name.unwrap_or_else(|| NO_TYPE.into())).or_default() += row.get::<_, i64>(1)?;
+        *counts.entry(name.unwrap_or_else(|| NO_TYPE.into())).or_default() +=
+            row.get::<_, i64>(1)?;
     }
     Ok(Value::Object(counts.into_iter().map(|(k, v)| (k, Value::from(v))).collect()))
 }

@@ -80,7 +80,11 @@ mod tests {
             commits: 1,
             metrics: metrics
                 .iter()
-                .map(|(n, v)| Metric { name: n.to_string(), value: v.clone(), definition: "x".into() })
+                .map(|(n, v)| Metric {
+                    name: n.to_string(),
+                    value: v.clone(),
+                    definition: "x".into(),
+                })
                 .collect(),
         }
     }

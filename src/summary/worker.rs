@@ -161,7 +161,11 @@ impl Thread {
             self.summarise(&run_id, &p.path);
         }
         if n > 0 {
-            tracing::info!(runs = n, seconds = started.elapsed().as_secs_f64(), "summaries of ended runs computed");
+            tracing::info!(
+                runs = n,
+                seconds = started.elapsed().as_secs_f64(),
+                "summaries of ended runs computed"
+            );
         }
     }
 
