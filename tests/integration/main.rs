@@ -33,3 +33,4 @@ mod retention;
 mod ops;
 mod logs;
 mod tailing;
+mod summary;
