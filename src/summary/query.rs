@@ -222,11 +222,13 @@ pub(super) fn percentiles(
             out.push(conn.query_row(&sql, [k as i64], |r| Ok(json(r.get_ref(0)?)))?);
             continue;
         }
-        let key = (column, m.filter.as_ref());
-        if !sorted.contains_key(&key) {
-            sorted.insert(key, Sorted::load(conn, &values_sql(column, m.filter.as_ref()))?);
-        }
-        out.push(sorted[&key].at(k));
+        let values = match sorted.entry((column, m.filter.as_ref())) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Sorted::load(conn, &values_sql(column, m.filter.as_ref()))?)
+            }
+        };
+        out.push(values.at(k));
     }
     Ok(out)
 }
