@@ -6,6 +6,7 @@
 //! cargo run --release --example bench -- gen      [--runs 50] [--events N] [--validate]
 //! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20]
 //!                                                [--files 1000 [--active 500]] ...
+//! cargo run --release --example bench -- summary  [--events 1000000] [--reps 5] [--metrics F]
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
@@ -22,6 +23,7 @@
 mod backfill;
 mod common;
 mod gen;
+mod summary;
 mod tail;
 
 use anyhow::Result;
@@ -29,6 +31,7 @@ use clap::{Parser, Subcommand};
 
 use backfill::{backfill, BackfillArgs};
 use gen::{generate_cmd, GenArgs};
+use summary::{summary, SummaryArgs};
 use tail::{tail, TailArgs};
 
 #[derive(Parser)]
@@ -46,6 +49,8 @@ enum Mode {
     Gen(GenArgs),
     /// Measure append-to-committed latency and CPU of `jsonl-shipper run` under steady load.
     Tail(TailArgs),
+    /// Time `jsonl-shipper summary` on a 1-run data set (5 metrics, two percentiles).
+    Summary(SummaryArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,6 +62,7 @@ fn main() -> Result<()> {
         Mode::Backfill(a) => backfill(a)?,
         Mode::Gen(a) => generate_cmd(a)?,
         Mode::Tail(a) => tail(a)?,
+        Mode::Summary(a) => summary(a)?,
     };
     if !ok {
         std::process::exit(1);
