@@ -133,23 +133,18 @@ pub(crate) fn compute(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite:
         commits: head.commits,
         metrics: Vec::new(),
     };
-    let aggregates = query::aggregates(&tx, metrics)?;
+    let scan = query::scan(&tx, metrics)?;
     let builtins = [
-        ("events", Value::from(aggregates.events)),
-        ("events_by_type", query::events_by_type(&tx)?),
+        ("events", Value::from(scan.events)),
+        ("events_by_type", scan.events_by_type),
         ("duration_s", duration_s(&head.started_at, &head.ended_at)),
-        ("first_ts", aggregates.first_ts.clone()),
-        ("last_ts", aggregates.last_ts.clone()),
+        ("first_ts", scan.first_ts),
+        ("last_ts", scan.last_ts),
     ];
     for (name, value) in builtins {
         summary.metrics.push(Metric { name: name.into(), value, definition: BUILT_IN.into() });
     }
-    let percentiles = query::percentiles(&tx, metrics, &aggregates)?;
-    for (i, m) in metrics.iter().enumerate() {
-        let value = match m.agg.percentile() {
-            Some(_) => percentiles[i].clone(),
-            None => aggregates.configured[i].clone(),
-        };
+    for (m, value) in metrics.iter().zip(scan.configured) {
         summary.metrics.push(Metric { name: m.name.clone(), value, definition: definition(m) });
     }
     tx.commit()?;

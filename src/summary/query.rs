@@ -1,12 +1,14 @@
-//! The SQL a summary runs over one run DB, in as few passes over `events` as it can: one
-//! aggregate scan for every count, sum, avg, min, max and ratio (each with its own `FILTER`),
-//! one `GROUP BY` for `events_by_type`, and one pass per distinct (column, where) of the
-//! percentiles, whose values are sorted here.
+//! The SQL a summary runs over one run DB: **one pass** over `events` that yields, per row,
+//! its type, `ts`, the configured columns and each distinct `where`/`of` fragment evaluated
+//! once (`IS TRUE`), and the aggregation here. SQLite would evaluate a fragment once per
+//! aggregate that names it, and every percentile or `GROUP BY` would be another pass; each
+//! pass over a JSON condition parses every row's `data` again (measured: `bench summary`, from
+//! 6.4 s of CPU with a pass per percentile and an SQL aggregate scan, see README).
 //!
 //! Percentiles are exact, by nearest rank: of the N numeric values in ascending order, the
-//! p-th percentile is the one at rank ⌈p·N/100⌉ (1-based), always an observed value. Sorting
-//! in Rust beats SQLite's sorter (measured: `bench summary`); past [`IN_MEMORY_VALUES`] values
-//! the rank is taken by SQLite instead (`ORDER BY … LIMIT 1 OFFSET k`, its sorter spills to
+//! p-th percentile is the one at rank ⌈p·N/100⌉ (1-based), always an observed value. The
+//! values of each (column, where) are kept and sorted here up to [`IN_MEMORY_VALUES`]; past
+//! that the rank is taken by SQLite (`ORDER BY … LIMIT 1 OFFSET k`, its sorter spills to
 //! temporary files), so memory stays bounded whatever the run's size.
 //!
 //! Values of the wrong type are ignored: sum, avg, min, max and the percentiles see only
@@ -21,7 +23,7 @@ use serde_json::Value;
 use crate::config::{Agg, SummaryMetric};
 
 /// Values of one percentile column held in memory at most (8 bytes each: 32 MiB).
-const IN_MEMORY_VALUES: i64 = 4 << 20;
+const IN_MEMORY_VALUES: usize = 4 << 20;
 
 /// The `events_by_type` key of events without an `event_type`.
 pub(super) const NO_TYPE: &str = "(none)";
@@ -54,18 +56,6 @@ pub(super) fn run_head(conn: &Connection) -> rusqlite::Result<Head> {
     )
 }
 
-/// What the aggregate scan found.
-pub(super) struct Aggregates {
-    pub events: i64,
-    /// Min and max of `ts`: over its numbers when it has any, else over its text.
-    pub first_ts: Value,
-    pub last_ts: Value,
-    /// Per configured metric (null for the percentiles, computed apart).
-    pub configured: Vec<Value>,
-    /// Per configured metric: how many numeric values its column has under its `where`.
-    pub numeric: Vec<i64>,
-}
-
 /// A configured fragment as an SQL condition; the newline keeps a trailing `--` comment from
 /// swallowing the parenthesis.
 pub(super) fn cond(fragment: Option<&String>) -> String {
@@ -80,197 +70,322 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn numeric(column: &str) -> String {
-    format!("typeof({}) IN ('integer', 'real')", ident(column))
+/// The one pass: its SQL and where each metric finds its column and fragments in a row.
+struct Plan<'a> {
+    sql: String,
+    /// Per metric: (column index, where index, of index) into the row; None = absent.
+    slots: Vec<(Option<usize>, Option<usize>, Option<usize>)>,
+    /// Distinct (column, where) of the percentiles, and each percentile metric's group.
+    groups: Vec<(&'a str, Option<&'a String>)>,
+    group_of: Vec<Option<usize>>,
+    /// Per group: (column index, where index) into the row.
+    group_slots: Vec<(usize, Option<usize>)>,
 }
 
-/// Two result columns per metric: its value and an auxiliary count (see [`aggregates`]).
-fn metric_columns(m: &SummaryMetric) -> [String; 2] {
-    let w = cond(m.filter.as_ref());
-    let column = m.column.as_deref().unwrap_or("event_key");
-    let (c, num) = (ident(column), numeric(column));
-    let over = |f: &str| format!("{f}({c}) FILTER (WHERE {num} AND {w})");
-    let count_numeric = format!("count({c}) FILTER (WHERE {num} AND {w})");
-    match m.agg {
-        Agg::Count => [format!("count(*) FILTER (WHERE {w})"), "NULL".into()],
-        Agg::Ratio => {
-            let of = cond(m.of.as_ref());
-            [
-                format!("count(*) FILTER (WHERE {w} AND {of})"),
-                format!("count(*) FILTER (WHERE {of})"),
-            ]
+/// Row layout: 0 = event_type as text, 1 = ts, then the distinct columns, then the distinct
+/// fragments.
+fn plan(metrics: &[SummaryMetric]) -> Plan<'_> {
+    let mut columns: Vec<&str> = Vec::new();
+    let mut fragments: Vec<&String> = Vec::new();
+    let mut slots = Vec::new();
+    let (mut groups, mut group_of) = (Vec::new(), Vec::new());
+    for m in metrics {
+        let column = m.column.as_deref().map(|c| index_of(&mut columns, c));
+        let filter = m.filter.as_ref().map(|f| index_of(&mut fragments, f));
+        let of = m.of.as_ref().map(|f| index_of(&mut fragments, f));
+        slots.push((column, filter, of));
+        group_of.push(match (m.agg.percentile(), m.column.as_deref()) {
+            (Some(_), Some(c)) => Some(index_of(&mut groups, (c, m.filter.as_ref()))),
+            _ => None,
+        });
+    }
+    let base = 2 + columns.len();
+    let slots: Vec<(Option<usize>, Option<usize>, Option<usize>)> = slots
+        .into_iter()
+        .map(|(c, w, o)| (c.map(|c| 2 + c), w.map(|w| base + w), o.map(|o| base + o)))
+        .collect();
+    let group_slots = (0..groups.len())
+        .map(|g| {
+            let member = group_of.iter().position(|x| *x == Some(g)).expect("a member");
+            let (column, filter, _) = slots[member];
+            (column.expect("a percentile has a column"), filter)
+        })
+        .collect();
+    let mut select = vec!["CAST(event_type AS TEXT)".to_string(), "ts".to_string()];
+    select.extend(columns.iter().map(|c| ident(c)));
+    select.extend(fragments.iter().map(|f| format!("{} IS TRUE", cond(Some(f)))));
+    let sql = format!("SELECT {} FROM events", select.join(",\n "));
+    Plan { sql, slots, groups, group_of, group_slots }
+}
+
+/// The index of `item` in `list`, added if new.
+fn index_of<T: PartialEq>(list: &mut Vec<T>, item: T) -> usize {
+    match list.iter().position(|x| *x == item) {
+        Some(i) => i,
+        None => {
+            list.push(item);
+            list.len() - 1
         }
-        // total() never overflows (sum() fails the whole query on an integer overflow).
-        Agg::Sum => [over("total"), count_numeric],
-        Agg::Avg => [over("avg"), count_numeric],
-        Agg::Min => [over("min"), count_numeric],
-        Agg::Max => [over("max"), count_numeric],
-        Agg::P50 | Agg::P90 | Agg::P95 | Agg::P99 => ["NULL".into(), count_numeric],
     }
 }
 
-fn aggregate_sql(metrics: &[SummaryMetric]) -> String {
-    let mut columns = vec![
-        "count(*)".to_string(),
-        format!("min(ts) FILTER (WHERE {})", numeric("ts")),
-        format!("max(ts) FILTER (WHERE {})", numeric("ts")),
-        "min(ts) FILTER (WHERE typeof(ts) = 'text')".into(),
-        "max(ts) FILTER (WHERE typeof(ts) = 'text')".into(),
-    ];
-    columns.extend(metrics.iter().flat_map(metric_columns));
-    format!("SELECT {} FROM events", columns.join(",\n "))
-}
-
-const EVENTS_BY_TYPE: &str =
-    "SELECT CAST(event_type AS TEXT), count(*) FROM events GROUP BY event_type";
-
-fn values_sql(column: &str, filter: Option<&String>) -> String {
-    format!("SELECT {} FROM events WHERE {} AND {}", ident(column), numeric(column), cond(filter))
-}
-
 fn rank_sql(column: &str, filter: Option<&String>) -> String {
-    format!("{} ORDER BY 1 LIMIT 1 OFFSET ?1", values_sql(column, filter))
+    format!(
+        "SELECT {c} FROM events WHERE typeof({c}) IN ('integer', 'real') AND {} \
+         ORDER BY 1 LIMIT 1 OFFSET ?1",
+        cond(filter),
+        c = ident(column)
+    )
 }
 
 /// Every statement a summary with `metrics` prepares (for `check_sql`).
 pub(super) fn all_sql(metrics: &[SummaryMetric]) -> Vec<String> {
-    let mut all = vec![aggregate_sql(metrics), EVENTS_BY_TYPE.to_string()];
-    for m in metrics.iter().filter(|m| m.agg.percentile().is_some()) {
-        let column = m.column.as_deref().unwrap_or_default();
-        all.push(values_sql(column, m.filter.as_ref()));
-        all.push(rank_sql(column, m.filter.as_ref()));
-    }
+    let plan = plan(metrics);
+    let mut all = vec![plan.sql.clone()];
+    all.extend(plan.groups.iter().map(|(c, w)| rank_sql(c, *w)));
     all
 }
 
-/// The one aggregate scan.
-pub(super) fn aggregates(
-    conn: &Connection,
-    metrics: &[SummaryMetric],
-) -> rusqlite::Result<Aggregates> {
-    conn.query_row(&aggregate_sql(metrics), [], |r| {
-        let pick_ts = |numeric: usize, text: usize| -> rusqlite::Result<Value> {
-            Ok(match r.get_ref(numeric)? {
-                ValueRef::Null => json(r.get_ref(text)?),
-                v => json(v),
-            })
-        };
-        let mut out = Aggregates {
-            events: r.get(0)?,
-            first_ts: pick_ts(1, 3)?,
-            last_ts: pick_ts(2, 4)?,
-            configured: Vec::new(),
-            numeric: Vec::new(),
-        };
-        for (i, m) in metrics.iter().enumerate() {
-            let (value, aux) = (r.get_ref(5 + 2 * i)?, r.get_ref(6 + 2 * i)?);
-            let aux = match aux {
-                ValueRef::Integer(n) => n,
-                _ => 0,
-            };
-            let value = match (m.agg, value) {
-                (Agg::Ratio, ValueRef::Integer(hits)) if aux > 0 => {
-                    Value::from(hits as f64 / aux as f64)
-                }
-                (Agg::Ratio, _) => Value::Null,
-                // total() is 0.0 over nothing: null says there was nothing to add.
-                (Agg::Sum, _) if aux == 0 => Value::Null,
-                (_, v) => json(v),
-            };
-            out.configured.push(value);
-            out.numeric.push(aux);
-        }
-        Ok(out)
-    })
+/// What the pass found.
+pub(super) struct Scan {
+    pub events: i64,
+    pub events_by_type: Value,
+    /// Min and max of `ts`: over its numbers when it has any, else over its text.
+    pub first_ts: Value,
+    pub last_ts: Value,
+    /// Per configured metric, in order.
+    pub configured: Vec<Value>,
 }
 
-/// `{event_type: count}`; an event without a type counts under [`NO_TYPE`], a non-text type
-/// under its text form.
-pub(super) fn events_by_type(conn: &Connection) -> rusqlite::Result<Value> {
-    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
-    let mut stmt = conn.prepare(EVENTS_BY_TYPE)?;
+/// A numeric SQLite value, compared as SQLite does (INTEGER and REAL by value).
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i64),
+    Real(f64),
+}
+
+impl Num {
+    fn of(v: ValueRef<'_>) -> Option<Num> {
+        match v {
+            ValueRef::Integer(i) => Some(Num::Int(i)),
+            ValueRef::Real(f) => Some(Num::Real(f)),
+            _ => None,
+        }
+    }
+
+    fn f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Real(f) => f,
+        }
+    }
+
+    fn less(self, other: Num) -> bool {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a < b,
+            (a, b) => a.f64() < b.f64(),
+        }
+    }
+
+    fn json(self) -> Value {
+        match self {
+            Num::Int(i) => Value::from(i),
+            Num::Real(f) => Value::from(f),
+        }
+    }
+}
+
+/// Min and max of the values offered.
+#[derive(Debug, Default)]
+struct MinMax {
+    min: Option<Num>,
+    max: Option<Num>,
+}
+
+impl MinMax {
+    fn offer(&mut self, v: Num) {
+        if self.min.is_none_or(|m| v.less(m)) {
+            self.min = Some(v);
+        }
+        if self.max.is_none_or(|m| m.less(v)) {
+            self.max = Some(v);
+        }
+    }
+}
+
+/// One configured metric's running state.
+#[derive(Debug, Default)]
+struct Acc {
+    /// Rows counted (count), `of` rows (ratio), numeric values (the others).
+    n: i64,
+    /// Ratio: rows matching `where` among the `of` rows.
+    hits: i64,
+    /// Sum of the integers (exact) and of the reals.
+    ints: i128,
+    reals: f64,
+    range: MinMax,
+}
+
+/// A percentile group's values.
+#[derive(Debug, Default)]
+struct Values {
+    values: Vec<f64>,
+    n: usize,
+    integers: bool,
+    /// More than [`IN_MEMORY_VALUES`]: SQLite takes the rank.
+    spilled: bool,
+}
+
+/// The one pass, and the percentiles.
+pub(super) fn scan(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite::Result<Scan> {
+    let plan = plan(metrics);
+    let mut accs: Vec<Acc> = metrics.iter().map(|_| Acc::default()).collect();
+    let mut groups: Vec<Values> =
+        plan.groups.iter().map(|_| Values { integers: true, ..Default::default() }).collect();
+    let mut by_type: HashMap<Vec<u8>, i64> = HashMap::new();
+    let (mut events, mut ts_num, mut ts_text) =
+        (0i64, MinMax::default(), (None::<String>, None::<String>));
+    let mut stmt = conn.prepare(&plan.sql)?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let name: Option<String> = row.get(0)?;
-        *counts.entry(name.unwrap_or_else(|| NO_TYPE.into())).or_default() +=
-            row.get::<_, i64>(1)?;
-    }
-    Ok(Value::Object(counts.into_iter().map(|(k, v)| (k, Value::from(v))).collect()))
-}
-
-/// The percentile metrics' values (null for the others), one pass per (column, where).
-pub(super) fn percentiles(
-    conn: &Connection,
-    metrics: &[SummaryMetric],
-    aggregates: &Aggregates,
-) -> rusqlite::Result<Vec<Value>> {
-    let mut sorted: HashMap<(&str, Option<&String>), Sorted> = HashMap::new();
-    let mut out = Vec::with_capacity(metrics.len());
-    for (i, m) in metrics.iter().enumerate() {
-        let (Some(p), Some(column)) = (m.agg.percentile(), m.column.as_deref()) else {
-            out.push(Value::Null);
-            continue;
+        events += 1;
+        let kind = match row.get_ref(0)? {
+            ValueRef::Text(t) => t,
+            _ => NO_TYPE.as_bytes(),
         };
-        let n = aggregates.numeric[i];
-        if n == 0 {
-            out.push(Value::Null);
-            continue;
+        match by_type.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                by_type.insert(kind.to_vec(), 1);
+            }
         }
-        let k = nearest_rank(p, n as usize) - 1;
-        if n > IN_MEMORY_VALUES {
-            let sql = rank_sql(column, m.filter.as_ref());
-            out.push(conn.query_row(&sql, [k as i64], |r| Ok(json(r.get_ref(0)?)))?);
-            continue;
+        match row.get_ref(1)? {
+            ValueRef::Text(t) => {
+                let t = String::from_utf8_lossy(t);
+                if ts_text.0.as_deref().is_none_or(|m| *t < *m) {
+                    ts_text.0 = Some(t.to_string());
+                }
+                if ts_text.1.as_deref().is_none_or(|m| *t > *m) {
+                    ts_text.1 = Some(t.into_owned());
+                }
+            }
+            v => {
+                if let Some(v) = Num::of(v) {
+                    ts_num.offer(v);
+                }
+            }
         }
-        let values = match sorted.entry((column, m.filter.as_ref())) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Sorted::load(conn, &values_sql(column, m.filter.as_ref()))?)
+        let holds = |slot: Option<usize>| -> rusqlite::Result<bool> {
+            match slot {
+                None => Ok(true),
+                Some(i) => Ok(matches!(row.get_ref(i)?, ValueRef::Integer(1))),
             }
         };
-        out.push(values.at(k));
+        for (i, m) in metrics.iter().enumerate() {
+            let (column, filter, of) = plan.slots[i];
+            let acc = &mut accs[i];
+            match m.agg {
+                Agg::Count => acc.n += i64::from(holds(filter)?),
+                Agg::Ratio => {
+                    if holds(of)? {
+                        acc.n += 1;
+                        acc.hits += i64::from(holds(filter)?);
+                    }
+                }
+                _ => {
+                    let Some(c) = column else { continue };
+                    let Some(v) = Num::of(row.get_ref(c)?) else { continue };
+                    if !holds(filter)? {
+                        continue;
+                    }
+                    acc.n += 1;
+                    match v {
+                        Num::Int(x) => acc.ints += i128::from(x),
+                        Num::Real(x) => acc.reals += x,
+                    }
+                    acc.range.offer(v);
+                }
+            }
+        }
+        // A group's values are collected once, whatever number of percentiles share it.
+        for (g, &(c, w)) in plan.group_slots.iter().enumerate() {
+            let Some(v) = Num::of(row.get_ref(c)?) else { continue };
+            if !holds(w)? {
+                continue;
+            }
+            let values = &mut groups[g];
+            values.n += 1;
+            values.integers &= matches!(v, Num::Int(_));
+            if values.n > IN_MEMORY_VALUES {
+                values.spilled = true;
+                values.values = Vec::new();
+            } else {
+                values.values.push(v.f64());
+            }
+        }
     }
-    Ok(out)
+    drop(rows);
+    for values in &mut groups {
+        values.values.sort_unstable_by(f64::total_cmp);
+    }
+    let mut configured = Vec::with_capacity(metrics.len());
+    for (i, m) in metrics.iter().enumerate() {
+        let acc = &accs[i];
+        let value = match m.agg {
+            Agg::Count => Value::from(acc.n),
+            // Null: nothing matched `of`, or the column had no numeric value.
+            _ if acc.n == 0 => Value::Null,
+            Agg::Ratio => Value::from(acc.hits as f64 / acc.n as f64),
+            // Like SQLite's total(): a float, and never an overflow.
+            Agg::Sum => Value::from(acc.ints as f64 + acc.reals),
+            Agg::Avg => Value::from((acc.ints as f64 + acc.reals) / acc.n as f64),
+            Agg::Min => acc.range.min.map_or(Value::Null, Num::json),
+            Agg::Max => acc.range.max.map_or(Value::Null, Num::json),
+            Agg::P50 | Agg::P90 | Agg::P95 | Agg::P99 => {
+                let g = plan.group_of[i].expect("a percentile has a group");
+                let values = &groups[g];
+                let p = m.agg.percentile().expect("a percentile");
+                match values.n {
+                    0 => Value::Null,
+                    n => {
+                        let k = nearest_rank(p, n) - 1;
+                        if values.spilled {
+                            let (column, filter) = plan.groups[g];
+                            conn.query_row(&rank_sql(column, filter), [k as i64], |r| {
+                                Ok(json(r.get_ref(0)?))
+                            })?
+                        } else if values.integers {
+                            Value::from(values.values[k] as i64)
+                        } else {
+                            Value::from(values.values[k])
+                        }
+                    }
+                }
+            }
+        };
+        configured.push(value);
+    }
+    let (first_ts, last_ts) = match (ts_num.min, ts_num.max) {
+        (Some(min), Some(max)) => (min.json(), max.json()),
+        _ => {
+            (ts_text.0.map_or(Value::Null, Value::from), ts_text.1.map_or(Value::Null, Value::from))
+        }
+    };
+    let by_type: BTreeMap<String, i64> = by_type
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+        .fold(BTreeMap::new(), |mut m, (k, v)| {
+            *m.entry(k).or_default() += v;
+            m
+        });
+    let events_by_type =
+        Value::Object(by_type.into_iter().map(|(k, v)| (k, Value::from(v))).collect());
+    Ok(Scan { events, events_by_type, first_ts, last_ts, configured })
 }
 
 /// The 1-based nearest rank of the p-th percentile of n values: ⌈p·n/100⌉, at least 1.
 pub(super) fn nearest_rank(p: u32, n: usize) -> usize {
     (p as usize * n).div_ceil(100).max(1)
-}
-
-/// A column's numeric values, ascending.
-struct Sorted {
-    values: Vec<f64>,
-    /// Every value was an INTEGER: answers are integers too.
-    integers: bool,
-}
-
-impl Sorted {
-    fn load(conn: &Connection, sql: &str) -> rusqlite::Result<Sorted> {
-        let mut stmt = conn.prepare(sql)?;
-        let mut rows = stmt.query([])?;
-        let (mut values, mut integers) = (Vec::new(), true);
-        while let Some(row) = rows.next()? {
-            match row.get_ref(0)? {
-                ValueRef::Integer(v) => values.push(v as f64),
-                ValueRef::Real(v) => {
-                    integers = false;
-                    values.push(v);
-                }
-                _ => {}
-            }
-        }
-        values.sort_unstable_by(f64::total_cmp);
-        Ok(Sorted { values, integers })
-    }
-
-    fn at(&self, k: usize) -> Value {
-        match self.values.get(k) {
-            Some(&v) if self.integers => Value::from(v as i64),
-            Some(&v) => Value::from(v),
-            None => Value::Null,
-        }
-    }
 }
 
 /// An SQLite value as JSON: numbers as numbers, text as a string, NULL and BLOB as null.
