@@ -111,6 +111,33 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Print a run's summary: the built-in metrics and the configured [[summary]] ones (the
+    /// stored summary if current, else computed and stored).
+    Summary {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The run.
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+        /// Machine-readable output: {"run_id","status","metrics":{name: value}}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The SLO gate: judge the configured [[slo]] on a run, or on the N most recently ended
+    /// runs. Exit 0 when every SLO holds, 1 when any fails or its metric is missing.
+    Slo {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The run.
+        #[arg(value_name = "RUN_ID", required_unless_present = "last", conflicts_with = "last")]
+        run_id: Option<String>,
+        /// The N most recently ended runs instead.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        last: Option<u32>,
+        /// Machine-readable output: {"ok","runs":[{"run_id","ok","slos":[...]}]}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -100,6 +100,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[columns]` and `[[indexes]]`: typed columns and indexes of the run DBs' `events`.
     pub schema: Schema,
+    /// `[[summary]]`: named metrics over a run's events, in config order.
+    pub summary: Vec<SummaryMetric>,
+    /// `[[slo]]`: bounds on summary metrics (the `slo` gate, `jsonl_shipper_slo_ok`).
+    pub slo: Vec<Slo>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -216,6 +220,78 @@ pub enum LogFormat {
     Json,
 }
 
+/// The metrics every summary has without config (`summary` module). `events_by_type` is an
+/// object; the others are numbers (`first_ts`/`last_ts`: whatever type `ts` has) or null.
+pub(crate) const BUILTIN_METRICS: [&str; 5] =
+    ["events", "events_by_type", "duration_s", "first_ts", "last_ts"];
+
+/// The columns of `events` in every run DB (`sink::run_db`'s schema; a test in `summary`
+/// keeps this list equal to it).
+pub(crate) const BUILTIN_COLUMNS: [&str; 8] =
+    ["event_key", "run_id", "event_type", "ts", "data", "source", "line_no", "pos"];
+
+/// `[[summary]]`: one named metric over a run's events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryMetric {
+    pub name: String,
+    pub agg: Agg,
+    /// The column aggregated; `None` exactly for `count` and `ratio`.
+    pub column: Option<String>,
+    /// `where`: an SQL condition over events' columns (checked by `summary::check_sql`).
+    pub filter: Option<String>,
+    /// `of` (ratio only): the denominator's condition; `None` = every event.
+    pub of: Option<String>,
+}
+
+/// What a summary metric computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    P50,
+    P90,
+    P95,
+    P99,
+    Ratio,
+}
+
+impl Agg {
+    /// The percentile (nearest rank), for p50..p99.
+    pub fn percentile(&self) -> Option<u32> {
+        match self {
+            Agg::P50 => Some(50),
+            Agg::P90 => Some(90),
+            Agg::P95 => Some(95),
+            Agg::P99 => Some(99),
+            _ => None,
+        }
+    }
+
+    /// Whether it aggregates a column (everything but `count` and `ratio`).
+    pub fn needs_column(&self) -> bool {
+        !matches!(self, Agg::Count | Agg::Ratio)
+    }
+}
+
+/// `[[slo]]`: a bound on one metric of a run's summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slo {
+    pub name: String,
+    /// A `[[summary]]` name or a numeric built-in metric.
+    pub metric: String,
+    pub bound: Bound,
+}
+
+/// An SLO holds when the metric is at most `Max` or at least `Min` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    Max(f64),
+    Min(f64),
+}
+
 /// Every message names the file and the key, or the key and the path.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -286,9 +362,15 @@ impl Config {
                 return Err(invalid((key, "path must not be empty".into())));
             }
         }
+        let typed: Vec<String> = raw.columns.iter().flat_map(|c| c.keys().cloned()).collect();
+        let (summary, slo) =
+            parse_analytics(&raw.summary, &raw.slo, &typed).map_err(|(key, message)| {
+                ConfigError::Invalid { origin: origin.to_path_buf(), key, message }
+            })?;
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let base = raw.base.as_ref().map_or(PathBuf::from(DEFAULT_BASE), |b| dir.join(b));
-        let config = raw.into_config(&base, &dir);
+        let mut config = raw.into_config(&base, &dir);
+        (config.summary, config.slo) = (summary, slo);
         config.validate().map_err(invalid)?;
         config.schema.validate().map_err(|(key, message)| ConfigError::Invalid {
             origin: origin.to_path_buf(),
@@ -478,6 +560,123 @@ impl Config {
 /// A validation failure: the key and what is wrong with it.
 type Bad = (&'static str, String);
 
+/// The columns a summary may aggregate: the built-in ones of `events` and the typed columns.
+fn summary_columns(typed: &[String]) -> Vec<&str> {
+    BUILTIN_COLUMNS.iter().copied().chain(typed.iter().map(String::as_str)).collect()
+}
+
+/// `[[summary]]` and `[[slo]]` as typed values, or the first problem with its element's key
+/// (`summary[1].column`). The SQL of `where`/`of` is checked later against a run DB's schema
+/// (`summary::check_sql`, called by `commands::load_config`): this module does no SQLite.
+fn parse_analytics(
+    raw_summary: &[RawSummary],
+    raw_slo: &[RawSlo],
+    typed: &[String],
+) -> Result<(Vec<SummaryMetric>, Vec<Slo>), (String, String)> {
+    let mut summary: Vec<SummaryMetric> = Vec::new();
+    for (i, r) in raw_summary.iter().enumerate() {
+        let key = |field: &str| format!("summary[{i}].{field}");
+        let name = required_name(r.name.as_deref(), &key("name"))?;
+        if BUILTIN_METRICS.contains(&name.as_str()) {
+            return Err((key("name"), format!("{name:?} is a built-in metric; choose another")));
+        }
+        if summary.iter().any(|m| m.name == name) {
+            return Err((key("name"), format!("duplicate summary name {name:?}")));
+        }
+        let agg = r.agg.ok_or_else(|| {
+            (
+                key("agg"),
+                "missing (count, sum, avg, min, max, p50, p90, p95, p99 or ratio)".to_string(),
+            )
+        })?;
+        let column = match (&r.column, agg.needs_column()) {
+            (None, true) => {
+                return Err((
+                    key("column"),
+                    format!("missing: agg = \"{}\" needs a column", agg.as_str()),
+                ))
+            }
+            (Some(_), false) => {
+                return Err((key("column"), format!("not allowed with agg = \"{}\"", agg.as_str())))
+            }
+            (Some(c), true) if !summary_columns(typed).contains(&c.as_str()) => {
+                let known = summary_columns(typed).join(", ");
+                return Err((
+                    key("column"),
+                    format!("unknown column {c:?}; expected one of: {known}"),
+                ));
+            }
+            (column, _) => column.clone(),
+        };
+        if r.of.is_some() && agg != Agg::Ratio {
+            return Err((key("of"), format!("only for agg = \"ratio\", not \"{}\"", agg.as_str())));
+        }
+        for (field, fragment) in [("where", &r.filter), ("of", &r.of)] {
+            if fragment.as_ref().is_some_and(|f| f.trim().is_empty()) {
+                return Err((
+                    key(field),
+                    "must not be empty (leave it out for every event)".into(),
+                ));
+            }
+        }
+        summary.push(SummaryMetric {
+            name,
+            agg,
+            column,
+            filter: r.filter.clone(),
+            of: r.of.clone(),
+        });
+    }
+    let mut slo: Vec<Slo> = Vec::new();
+    for (i, r) in raw_slo.iter().enumerate() {
+        let key = |field: &str| format!("slo[{i}].{field}");
+        let name = required_name(r.name.as_deref(), &key("name"))?;
+        if slo.iter().any(|s| s.name == name) {
+            return Err((key("name"), format!("duplicate slo name {name:?}")));
+        }
+        let metric = required_name(r.metric.as_deref(), &key("metric"))?;
+        if metric == "events_by_type" {
+            return Err((key("metric"), "events_by_type is an object, not a number".into()));
+        }
+        if !BUILTIN_METRICS.contains(&metric.as_str()) && !summary.iter().any(|m| m.name == metric)
+        {
+            return Err((
+                key("metric"),
+                format!(
+                    "unknown metric {metric:?}: not a [[summary]] name nor one of {}",
+                    BUILTIN_METRICS.join(", ")
+                ),
+            ));
+        }
+        let bound = match (r.max, r.min) {
+            (Some(max), None) => Bound::Max(max),
+            (None, Some(min)) => Bound::Min(min),
+            (Some(_), Some(_)) => {
+                return Err((key("max"), "set exactly one of max and min, not both".into()))
+            }
+            (None, None) => {
+                return Err((key("max"), "missing: set exactly one of max and min".into()))
+            }
+        };
+        let (Bound::Max(threshold) | Bound::Min(threshold)) = bound;
+        if !threshold.is_finite() {
+            let field = if r.max.is_some() { "max" } else { "min" };
+            return Err((key(field), format!("must be a finite number, got {threshold}")));
+        }
+        slo.push(Slo { name, metric, bound });
+    }
+    Ok((summary, slo))
+}
+
+/// A name that must be present and not blank.
+fn required_name(value: Option<&str>, key: &str) -> Result<String, (String, String)> {
+    match value {
+        None => Err((key.to_string(), "missing".into())),
+        Some(v) if v.trim().is_empty() => Err((key.to_string(), "must not be empty".into())),
+        Some(v) => Ok(v.to_string()),
+    }
+}
+
 /// `rel` under `dir`, with `dir` escaped so its own `*?[]` stay literal.
 fn glob_under(dir: &Path, rel: &str) -> String {
     let dir = glob::Pattern::escape(&dir.to_string_lossy());
@@ -488,14 +687,24 @@ fn glob_under(dir: &Path, rel: &str) -> String {
 /// only (an array element has no key of its own). For an unknown key it is that key, under its
 /// table. `None` at the top of the document.
 fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
-    let keys: Vec<&str> = path
-        .iter()
-        .filter_map(|segment| match segment {
-            serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
-            _ => None,
-        })
-        .collect();
-    (!keys.is_empty()).then(|| keys.join("."))
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let mut key = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        match segment {
+            Segment::Map { key: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            // An element of an array of tables has keys of its own (`summary[1].where`); a
+            // scalar element is named by its array's key alone.
+            Segment::Seq { index } if i + 1 < segments.len() => key.push_str(&format!("[{index}]")),
+            _ => {}
+        }
+    }
+    (!key.is_empty()).then_some(key)
 }
 
 /// Turns toml's error into one naming `key`, or, for a syntax error (no key), the line and
@@ -639,6 +848,10 @@ macro_rules! human_enum {
 human_enum!(ReadFrom { Beginning = "beginning", End = "end" });
 human_enum!(Synchronous { Off = "off", Normal = "normal", Full = "full", Extra = "extra" });
 human_enum!(LogFormat { Text = "text", Json = "json" });
+human_enum!(Agg {
+    Count = "count", Sum = "sum", Avg = "avg", Min = "min", Max = "max",
+    P50 = "p50", P90 = "p90", P95 = "p95", P99 = "p99", Ratio = "ratio"
+});
 
 /// Spelled by `schema::ColumnType::as_str`.
 impl Human for ColumnType {
@@ -732,6 +945,10 @@ struct RawConfig {
     columns: Option<std::collections::BTreeMap<String, RawColumn>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     indexes: Option<Vec<RawIndex>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    summary: Vec<RawSummary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    slo: Vec<RawSlo>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -854,6 +1071,29 @@ struct RawLog {
     format: Option<LogFormat>,
 }
 
+/// Required keys are `Option`s checked by `validate_analytics`, so that a missing one is
+/// named with its element (`summary[1].name`), like every other error of an element.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSummary {
+    name: Option<String>,
+    #[serde(with = "human")]
+    agg: Option<Agg>,
+    column: Option<String>,
+    #[serde(rename = "where")]
+    filter: Option<String>,
+    of: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSlo {
+    name: Option<String>,
+    metric: Option<String>,
+    max: Option<f64>,
+    min: Option<f64>,
+}
+
 impl RawConfig {
     /// Fills in the defaults, with paths under `base`, and resolves relative paths against
     /// `dir`, the config file's directory.
@@ -951,6 +1191,9 @@ impl RawConfig {
                     .map(|i| Index { columns: i.columns, condition: i.condition })
                     .collect(),
             },
+            // Typed by `parse_analytics`, which names the element of an error.
+            summary: Vec::new(),
+            slo: Vec::new(),
         }
     }
 }
@@ -1028,6 +1271,29 @@ impl From<&Config> for RawConfig {
                 };
                 c.schema.indexes.iter().map(index).collect()
             }),
+            summary: (c.summary.iter())
+                .map(|m| RawSummary {
+                    name: Some(m.name.clone()),
+                    agg: Some(m.agg),
+                    column: m.column.clone(),
+                    filter: m.filter.clone(),
+                    of: m.of.clone(),
+                })
+                .collect(),
+            slo: (c.slo.iter())
+                .map(|s| RawSlo {
+                    name: Some(s.name.clone()),
+                    metric: Some(s.metric.clone()),
+                    max: match s.bound {
+                        Bound::Max(v) => Some(v),
+                        Bound::Min(_) => None,
+                    },
+                    min: match s.bound {
+                        Bound::Min(v) => Some(v),
+                        Bound::Max(_) => None,
+                    },
+                })
+                .collect(),
         }
     }
 }
@@ -1156,6 +1422,95 @@ mod tests {
         ];
         for (text, want) in cases {
             check_err(text, want);
+        }
+    }
+
+    const SUMMARY: &str = r#"
+[[summary]]
+name = "p95_line"
+agg = "P95"
+column = "line_no"
+where = "event_type = 'fetch'"
+
+[[summary]]
+name = "ratio_429"
+agg = "ratio"
+where = "json_extract(data, '$.status') = 429"
+of = "event_type = 'fetch'"
+
+[[slo]]
+name = "429 ratio"
+metric = "ratio_429"
+max = 0.02
+
+[[slo]]
+name = "enough events"
+metric = "events"
+min = 100
+"#;
+
+    #[test]
+    fn summaries_and_slos_parse_in_order_and_round_trip() {
+        let c = parse(SUMMARY).unwrap();
+        let want = [
+            SummaryMetric {
+                name: "p95_line".into(),
+                agg: Agg::P95,
+                column: Some("line_no".into()),
+                filter: Some("event_type = 'fetch'".into()),
+                of: None,
+            },
+            SummaryMetric {
+                name: "ratio_429".into(),
+                agg: Agg::Ratio,
+                column: None,
+                filter: Some("json_extract(data, '$.status') = 429".into()),
+                of: Some("event_type = 'fetch'".into()),
+            },
+        ];
+        assert_eq!(c.summary, want);
+        let slos = [
+            Slo { name: "429 ratio".into(), metric: "ratio_429".into(), bound: Bound::Max(0.02) },
+            Slo { name: "enough events".into(), metric: "events".into(), bound: Bound::Min(100.0) },
+        ];
+        assert_eq!(c.slo, slos);
+        let text = c.to_toml_string();
+        assert!(text.contains("[[summary]]") && text.contains("agg = \"p95\""), "{text}");
+        assert_eq!(parse(&text).unwrap(), c, "{text}");
+    }
+
+    /// Every error of an element names it: `summary[1].where`, `slo[0].metric`.
+    #[test]
+    fn summary_and_slo_errors_name_the_element_and_key() {
+        let s = |body: &str| {
+            format!("[[summary]]\nname = \"ok\"\nagg = \"count\"\n[[summary]]\n{body}")
+        };
+        #[rustfmt::skip]
+        let cases = [
+            (s("agg = \"count\""), "summary[1].name: missing"),
+            (s("name = \" \"\nagg = \"count\""), "summary[1].name: must not be empty"),
+            (s("name = \"ok\"\nagg = \"count\""), "summary[1].name: duplicate summary name \"ok\""),
+            (s("name = \"events\"\nagg = \"count\""), "summary[1].name: \"events\" is a built-in metric"),
+            (s("name = \"x\""), "summary[1].agg: missing"),
+            (s("name = \"x\"\nagg = \"median\""), "summary[1].agg: invalid value \"median\", expected one of: count, sum, avg, min, max, p50, p90, p95, p99, ratio"),
+            (s("name = \"x\"\nagg = \"p95\""), "summary[1].column: missing: agg = \"p95\" needs a column"),
+            (s("name = \"x\"\nagg = \"count\"\ncolumn = \"ts\""), "summary[1].column: not allowed with agg = \"count\""),
+            (s("name = \"x\"\nagg = \"max\"\ncolumn = \"nope\""), "summary[1].column: unknown column \"nope\"; expected one of: event_key, run_id"),
+            (s("name = \"x\"\nagg = \"count\"\nof = \"1\""), "summary[1].of: only for agg = \"ratio\", not \"count\""),
+            (s("name = \"x\"\nagg = \"count\"\nwhere = \"\""), "summary[1].where: must not be empty"),
+            (s("name = \"x\"\nagg = \"count\"\nwhere = 3"), "summary[1].where: invalid type: integer `3`"),
+            (s("name = \"x\"\nagg = \"count\"\nwhen = \"1\""), "summary[1].when: unknown field `when`"),
+            ("[[slo]]\nname = \"a\"\nmetric = \"nope\"\nmax = 1".into(), "slo[0].metric: unknown metric \"nope\""),
+            ("[[slo]]\nname = \"a\"\nmax = 1".into(), "slo[0].metric: missing"),
+            ("[[slo]]\nname = \"a\"\nmetric = \"events_by_type\"\nmax = 1".into(), "slo[0].metric: events_by_type is an object"),
+            ("[[slo]]\nname = \"a\"\nmetric = \"events\"".into(), "slo[0].max: missing: set exactly one of max and min"),
+            ("[[slo]]\nname = \"a\"\nmetric = \"events\"\nmax = 1\nmin = 0".into(), "slo[0].max: set exactly one of max and min, not both"),
+            ("[[slo]]\nname = \"a\"\nmetric = \"events\"\nmin = nan".into(), "slo[0].min: must be a finite number"),
+            ("[[slo]]\nname = \"a\"\nmetric = \"events\"\nmin = \"5\"".into(), "slo[0].min: invalid type: string"),
+            ("[[slo]]\nname = \"a\"\nmetric = \"events\"\nmin = 1\n[[slo]]\nname = \"a\"\nmetric = \"events\"\nmin = 1".into(), "slo[1].name: duplicate slo name \"a\""),
+        ];
+        for (text, want) in cases {
+            check_err(&text, want);
         }
     }
 
@@ -1308,7 +1663,7 @@ columns = ["ttfp_ms"]
             (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\n[[indexes]]\ncolumns = [\"http_statuz\"]"), "indexes[1].columns: unknown column \"http_statuz\""),
             (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\nwhere = \"http_status >=\""), "indexes[0].where: incomplete input"),
             (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\nwhere = \"http_statuz >= 400\""), "indexes[0].where: no such column: http_statuz"),
-            (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\nwhen = \"x\""), "indexes.when: unknown field `when`"),
+            (&format!("{col}[[indexes]]\ncolumns = [\"ts\"]\nwhen = \"x\""), "indexes[0].when: unknown field `when`"),
         ];
         for (text, want) in cases {
             check_err(text, want);

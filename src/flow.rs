@@ -252,6 +252,14 @@ pub(crate) enum StateMsg {
     Dead(Vec<(DeadLetter, Arc<Span>)>),
 }
 
+/// A writer committed to a run whose status is terminal: its summary is due (sent to the
+/// summary thread, `summary::Worker`, never waited for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunChanged {
+    pub run_id: String,
+    pub path: std::path::PathBuf,
+}
+
 /// A batch being filled, before its span exists. Public for `dlq replay`, which must give a
 /// replayed line exactly the identity (`key`, `pos`) it gets when read from its file.
 #[derive(Default)]

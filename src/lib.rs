@@ -30,6 +30,7 @@ mod state;
 mod pipeline;
 mod catalog;
 mod maintain;
+mod summary;
 
 mod sqlite;
 mod crash;

@@ -152,6 +152,46 @@ pub(crate) struct Counters {
     pub last_commit_unix_ms: Gauge,
     /// Run-DB writes in progress (the health signal), see [`Counters::write_started`].
     writes: InFlight,
+    /// `jsonl_shipper_summaries_dropped_total`: terminal runs' summaries a writer could not
+    /// ask for (the summary thread's inbox was full); `summary RUN_ID` computes them.
+    pub summaries_dropped: Counter,
+    /// `jsonl_shipper_summary_value{metric}`, `jsonl_shipper_slo_ok{slo}`: the most recently
+    /// ended run's (set by the summary thread).
+    pub slis: Slis,
+}
+
+/// The SLIs of the most recently ended run: its numeric summary metrics and its SLO verdicts.
+/// Behind a mutex: set once per summary, read once per scrape.
+#[derive(Debug, Default)]
+pub(crate) struct Slis(std::sync::Mutex<Option<SliSnapshot>>);
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SliSnapshot {
+    pub run_id: String,
+    pub path: std::path::PathBuf,
+    /// When the run ended (seconds since the epoch): a later summary of an earlier run does
+    /// not replace these.
+    pub ended: f64,
+    pub values: Vec<(String, f64)>,
+    pub slos: Vec<(String, bool)>,
+}
+
+impl Slis {
+    pub(crate) fn get(&self) -> Option<SliSnapshot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes `snapshot` if its run ended no earlier than the one shown (or is that run).
+    pub(crate) fn offer(&self, snapshot: SliSnapshot) -> bool {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let newer = current
+            .as_ref()
+            .is_none_or(|c| c.run_id == snapshot.run_id || snapshot.ended >= c.ended);
+        if newer {
+            *current = Some(snapshot);
+        }
+        newer
+    }
 }
 
 impl Counters {
@@ -366,7 +406,7 @@ impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
         // The text encoder appends `_total` to counters and the unit to names with one.
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             ("jsonl_shipper_lines_read", "Lines read from source files.", &c.lines_read),
             ("jsonl_shipper_bytes_read", "Bytes read from source files.", &c.bytes_read),
             (
@@ -410,6 +450,12 @@ impl Collector for Exposition {
                 "Bytes of deleted source files closed before they were read, because the \
                  pipeline was held up for sources.close_inactive (their space is freed).",
                 &c.deleted_unread_bytes,
+            ),
+            (
+                "jsonl_shipper_summaries_dropped",
+                "Summaries of ended runs not computed because the summary thread's queue was \
+                 full (`jsonl-shipper summary RUN_ID` computes one).",
+                &c.summaries_dropped,
             ),
         ];
         for (name, help, counter) in counters {
@@ -466,6 +512,30 @@ impl Collector for Exposition {
                 Some(&Unit::Seconds),
                 metric.metric_type(),
             )?)?;
+        }
+
+        // Families with a label per configured name (bounded by the config), no run_id.
+        if let Some(slis) = c.slis.get() {
+            let mut family = enc.encode_descriptor(
+                "jsonl_shipper_summary_value",
+                "Numeric summary metrics of the most recently ended run.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (metric, value) in &slis.values {
+                let labels = [("metric", metric.as_str())];
+                ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
+            }
+            let mut family = enc.encode_descriptor(
+                "jsonl_shipper_slo_ok",
+                "1 if the SLO holds for the most recently ended run, else 0.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (slo, ok) in &slis.slos {
+                let labels = [("slo", slo.as_str())];
+                ConstGauge::new(i64::from(*ok)).encode(family.encode_family(&labels)?)?;
+            }
         }
 
         let snap = c.commit_seconds.snapshot();
@@ -528,6 +598,32 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }
         assert!(text.contains("jsonl_shipper_last_commit_timestamp_seconds 1"), "{text}");
+    }
+
+    #[test]
+    fn slis_show_the_latest_ended_run() {
+        let c = Counters::default();
+        assert!(!render(Counters::default()).contains("jsonl_shipper_summary_value"));
+        let snap = |run: &str, ended: f64, value: f64| SliSnapshot {
+            run_id: run.into(),
+            path: format!("/o/{run}.sqlite").into(),
+            ended,
+            values: vec![("events".into(), value), ("p95 ms".into(), 1.5)],
+            slos: vec![("fast".into(), true), ("few 429".into(), false)],
+        };
+        assert!(c.slis.offer(snap("b", 200.0, 7.0)));
+        assert!(!c.slis.offer(snap("a", 100.0, 9.0)), "an earlier run does not replace it");
+        assert!(c.slis.offer(snap("b", 200.0, 8.0)), "the same run is recomputed");
+        let text = render(c);
+        for line in [
+            "jsonl_shipper_summary_value{metric=\"events\"} 8.0",
+            "jsonl_shipper_summary_value{metric=\"p95 ms\"} 1.5",
+            "jsonl_shipper_slo_ok{slo=\"fast\"} 1",
+            "jsonl_shipper_slo_ok{slo=\"few 429\"} 0",
+            "jsonl_shipper_summaries_dropped_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
     }
 
     #[test]

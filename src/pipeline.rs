@@ -69,6 +69,8 @@ pub(crate) struct Pipeline {
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
     pub disk_bytes: Arc<crate::metrics::Counter>,
     rebuild: Option<Rebuild>,
+    /// Summaries of runs that reached a terminal status (after the writers, off their path).
+    summaries: crate::summary::Worker,
 }
 
 impl Pipeline {
@@ -126,6 +128,12 @@ impl Pipeline {
         )
         .context("spawning the catalog thread")?;
         let releases = Arc::new(Releases::default());
+        let timing = match mode {
+            Mode::Daemon => crate::summary::worker::Timing::Daemon,
+            Mode::Backfill => crate::summary::worker::Timing::AtEnd,
+        };
+        let summaries = crate::summary::Worker::spawn(config.clone(), counters.clone(), timing)
+            .context("spawning the summary thread")?;
         let mut writer_txs = Vec::new();
         let mut writers = Vec::new();
         for shard in 0..n_writers {
@@ -139,7 +147,7 @@ impl Pipeline {
                     state_tx.clone(),
                     counters.clone(),
                     &releases,
-                    catalog.keeper(),
+                    sink::Listeners { catalog: catalog.keeper(), summaries: summaries.notifier() },
                 )
                 .context("spawning writer thread")?,
             );
@@ -165,6 +173,7 @@ impl Pipeline {
             releases,
             disk_bytes: Default::default(),
             rebuild: None,
+            summaries,
         })
     }
 
@@ -228,6 +237,8 @@ impl Pipeline {
         };
         // After the writers: their final commits and closes are posted by now.
         self.catalog.finish();
+        // After the state thread's last pass, so summaries never delay the checkpoints.
+        self.summaries.finish();
         state
     }
 }

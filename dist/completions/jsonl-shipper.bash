@@ -37,8 +37,14 @@ _jsonl__shipper() {
             jsonl__shipper,run)
                 cmd="jsonl__shipper__subcmd__run"
                 ;;
+            jsonl__shipper,slo)
+                cmd="jsonl__shipper__subcmd__slo"
+                ;;
             jsonl__shipper,status)
                 cmd="jsonl__shipper__subcmd__status"
+                ;;
+            jsonl__shipper,summary)
+                cmd="jsonl__shipper__subcmd__summary"
                 ;;
             jsonl__shipper__subcmd__catalog,help)
                 cmd="jsonl__shipper__subcmd__catalog__subcmd__help"
@@ -91,8 +97,14 @@ _jsonl__shipper() {
             jsonl__shipper__subcmd__help,run)
                 cmd="jsonl__shipper__subcmd__help__subcmd__run"
                 ;;
+            jsonl__shipper__subcmd__help,slo)
+                cmd="jsonl__shipper__subcmd__help__subcmd__slo"
+                ;;
             jsonl__shipper__subcmd__help,status)
                 cmd="jsonl__shipper__subcmd__help__subcmd__status"
+                ;;
+            jsonl__shipper__subcmd__help,summary)
+                cmd="jsonl__shipper__subcmd__help__subcmd__summary"
                 ;;
             jsonl__shipper__subcmd__help__subcmd__catalog,rebuild)
                 cmd="jsonl__shipper__subcmd__help__subcmd__catalog__subcmd__rebuild"
@@ -110,7 +122,7 @@ _jsonl__shipper() {
 
     case "${cmd}" in
         jsonl__shipper)
-            opts="-h -V --help --version run backfill status check-config maintain catalog dlq help"
+            opts="-h -V --help --version run backfill status check-config maintain catalog dlq summary slo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -400,7 +412,7 @@ _jsonl__shipper() {
             return 0
             ;;
         jsonl__subcmd__shipper__subcmd__help)
-            opts="run backfill status check-config maintain catalog dlq help"
+            opts="run backfill status check-config maintain catalog dlq summary slo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -553,7 +565,35 @@ _jsonl__shipper() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        jsonl__subcmd__shipper__subcmd__help__subcmd__slo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         jsonl__subcmd__shipper__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__help__subcmd__summary)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -619,7 +659,63 @@ _jsonl__shipper() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        jsonl__subcmd__shipper__subcmd__slo)
+            opts="-h -V --config --base --log-format --last --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --last)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         jsonl__subcmd__shipper__subcmd__status)
+            opts="-h -V --config --base --log-format --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__summary)
             opts="-h -V --config --base --log-format --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -33,6 +33,8 @@ complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "check-c
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "maintain" -d 'One-off upkeep for cron or an operator: retention now, WAL checkpoint (TRUNCATE) and PRAGMA optimize of every run DB, optionally VACUUM'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "catalog" -d 'The run catalog (output.catalog): one row per run DB'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "dlq" -d 'Inspect or replay the dead-letter queue'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "summary" -d 'Print a run\'s summary: the built-in metrics and the configured [[summary]] ones (the stored summary if current, else computed and stored)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "slo" -d 'The SLO gate: judge the configured [[slo]] on a run, or on the N most recently ended runs. Exit 0 when every SLO holds, 1 when any fails or its metric is missing'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand run" -l config -d 'Config file (TOML)' -r -F
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand run" -l base -d 'Zero-config mode: sources in D/raw/events_*.ndjson, run DBs in D/db/runs, state DB in D/db/shipper-state.sqlite, DLQ in D/dlq' -r -F
@@ -104,14 +106,31 @@ complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __f
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __fish_seen_subcommand_from help" -f -a "list" -d 'List dead letters'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __fish_seen_subcommand_from help" -f -a "replay" -d 'Re-ingest dead letters through the current mapping; remove those that now succeed'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "run" -d 'Run the daemon in the foreground (SIGTERM/SIGINT drain and exit 0; SIGHUP reloads)'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "backfill" -d 'Ship historic files to their end and exit (resumable; safe while the daemon runs)'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "status" -d 'Show per-file progress, run DBs and dead letters'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "check-config" -d 'Validate the configuration and print the effective config'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "maintain" -d 'One-off upkeep for cron or an operator: retention now, WAL checkpoint (TRUNCATE) and PRAGMA optimize of every run DB, optionally VACUUM'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "catalog" -d 'The run catalog (output.catalog): one row per run DB'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "dlq" -d 'Inspect or replay the dead-letter queue'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand summary" -l config -d 'Config file (TOML)' -r -F
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand summary" -l base -d 'Zero-config mode: sources in D/raw/events_*.ndjson, run DBs in D/db/runs, state DB in D/db/shipper-state.sqlite, DLQ in D/dlq' -r -F
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand summary" -l log-format -d 'Log line format on stderr (overrides `log.format`): `text`, or `json` for log pipelines' -r -f -a "text\t''
+json\t''"
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand summary" -l json -d 'Machine-readable output: {"run_id","status","metrics":{name: value}}'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand summary" -s h -l help -d 'Print help'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand summary" -s V -l version -d 'Print version'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand slo" -l config -d 'Config file (TOML)' -r -F
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand slo" -l base -d 'Zero-config mode: sources in D/raw/events_*.ndjson, run DBs in D/db/runs, state DB in D/db/shipper-state.sqlite, DLQ in D/dlq' -r -F
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand slo" -l log-format -d 'Log line format on stderr (overrides `log.format`): `text`, or `json` for log pipelines' -r -f -a "text\t''
+json\t''"
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand slo" -l last -d 'The N most recently ended runs instead' -r
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand slo" -l json -d 'Machine-readable output: {"ok","runs":[{"run_id","ok","slos":[...]}]}'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand slo" -s h -l help -d 'Print help'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand slo" -s V -l version -d 'Print version'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "run" -d 'Run the daemon in the foreground (SIGTERM/SIGINT drain and exit 0; SIGHUP reloads)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "backfill" -d 'Ship historic files to their end and exit (resumable; safe while the daemon runs)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "status" -d 'Show per-file progress, run DBs and dead letters'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "check-config" -d 'Validate the configuration and print the effective config'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "maintain" -d 'One-off upkeep for cron or an operator: retention now, WAL checkpoint (TRUNCATE) and PRAGMA optimize of every run DB, optionally VACUUM'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "catalog" -d 'The run catalog (output.catalog): one row per run DB'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "dlq" -d 'Inspect or replay the dead-letter queue'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "summary" -d 'Print a run\'s summary: the built-in metrics and the configured [[summary]] ones (the stored summary if current, else computed and stored)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "slo" -d 'The SLO gate: judge the configured [[slo]] on a run, or on the N most recently ended runs. Exit 0 when every SLO holds, 1 when any fails or its metric is missing'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain catalog dlq summary slo help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and __fish_seen_subcommand_from catalog" -f -a "rebuild" -d 'Recreate the catalog from the run DBs (read-only; safe while the daemon runs)'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and __fish_seen_subcommand_from dlq" -f -a "list" -d 'List dead letters'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and __fish_seen_subcommand_from dlq" -f -a "replay" -d 'Re-ingest dead letters through the current mapping; remove those that now succeed'

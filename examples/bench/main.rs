@@ -9,6 +9,7 @@
 //!                                                [--files 1000 [--active 500]] ...
 //! cargo run --release --example bench -- columns  [--runs 50] [--reps 5] [--open-events 1000000]
 //!                                                [--no-write] [--no-open]
+//! cargo run --release --example bench -- summary  [--events 1000000] [--reps 5] [--metrics F]
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
@@ -27,15 +28,17 @@ mod columns;
 mod catalog;
 mod common;
 mod gen;
+mod summary;
 mod tail;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use backfill::{backfill, BackfillArgs};
-use columns::{columns, ColumnsArgs};
 use catalog::{catalog, CatalogArgs};
+use columns::{columns, ColumnsArgs};
 use gen::{generate_cmd, GenArgs};
+use summary::{summary, SummaryArgs};
 use tail::{tail, TailArgs};
 
 #[derive(Parser)]
@@ -58,6 +61,8 @@ enum Mode {
     /// What typed columns and indexes cost: backfill with and without, and applying them to
     /// an existing DB at open.
     Columns(ColumnsArgs),
+    /// Time `jsonl-shipper summary` on a 1-run data set (5 metrics, two percentiles).
+    Summary(SummaryArgs),
 }
 
 fn main() -> Result<()> {
@@ -71,6 +76,7 @@ fn main() -> Result<()> {
         Mode::Gen(a) => generate_cmd(a)?,
         Mode::Tail(a) => tail(a)?,
         Mode::Columns(a) => columns(a)?,
+        Mode::Summary(a) => summary(a)?,
     };
     if !ok {
         std::process::exit(1);

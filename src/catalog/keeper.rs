@@ -139,15 +139,6 @@ impl Keeper {
         self.post(run_id, Pending { db_path: db_path.into(), ..Pending::default() });
     }
 
-    /// Sets the run's summary (a JSON object's text), written with the next flush; only a run
-    /// the catalog has a row for gets it.
-    #[allow(dead_code)] // for the per-run summaries (issue 11 #3)
-    pub(crate) fn set_summary(&self, run_id: &str, db_path: &Path, summary_json: String) {
-        let pending =
-            Pending { db_path: db_path.into(), summary: Some(summary_json), ..Pending::default() };
-        self.post(run_id, pending);
-    }
-
     fn post(&self, run_id: &str, pending: Pending) {
         let Some(shared) = &self.shared else { return };
         let mut map = shared.pending.lock().unwrap_or_else(|e| e.into_inner());

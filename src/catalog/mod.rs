@@ -60,7 +60,6 @@ const MIGRATIONS: &[&str] = &[
 /// `status` or `ts`) are given in their text form here; the DB keeps them as they are.
 // The queries below are the API of `slo --last`, the SLI gauges, `export --since` and
 // `summary` (issue 11), which other branches build on; until they land only tests call them.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct RunRow {
     pub run_id: String,
@@ -91,7 +90,6 @@ pub(crate) struct Catalog {
     conn: Connection,
 }
 
-#[allow(dead_code)]
 const COLUMNS: &str = "run_id, db_path, status, started_at, ended_at, events, first_ts, last_ts,
     db_bytes, last_write_at, summary";
 
@@ -126,13 +124,13 @@ impl Catalog {
     }
 
     /// Every row, by `run_id`.
-    #[allow(dead_code)]
+    #[allow(dead_code)] // `export` (issue 11 #6) reads these
     pub(crate) fn runs(&self) -> rusqlite::Result<Vec<RunRow>> {
         self.query(&format!("SELECT {COLUMNS} FROM runs ORDER BY run_id"), [])
     }
 
     /// One run's row.
-    #[allow(dead_code)]
+    #[cfg_attr(not(test), allow(dead_code))] // `export` (issue 11 #6) reads these
     pub(crate) fn run(&self, run_id: &str) -> rusqlite::Result<Option<RunRow>> {
         let sql = format!("SELECT {COLUMNS} FROM runs WHERE run_id = ?1");
         self.conn.query_row(&sql, [run_id], row_of).optional()
@@ -142,7 +140,6 @@ impl Catalog {
     /// Ended = a status other than "running" (the contract's terminal status); most recent =
     /// the latest `ended_at` (compared as a time, so time zone offsets are honoured), a run
     /// without a parsable `ended_at` by its `last_write_at`.
-    #[allow(dead_code)]
     pub(crate) fn last_ended(&self, n: usize) -> rusqlite::Result<Vec<RunRow>> {
         self.query(
             &format!(
@@ -159,7 +156,7 @@ impl Catalog {
     /// `until` None = no end), by `run_id` (`export --since/--until`). A run's day is the UTC
     /// date of its `started_at`, else of its `first_ts`, else of its `last_write_at` (the first
     /// that SQLite's `date()` parses: RFC 3339 with or without an offset).
-    #[allow(dead_code)]
+    #[cfg_attr(not(test), allow(dead_code))] // `export` (issue 11 #6) reads these
     pub(crate) fn runs_between(
         &self,
         since: &str,
@@ -191,18 +188,29 @@ impl Catalog {
         )
     }
 
-    /// Sets a run's summary (a JSON object's text). Returns false if the catalog has no row
-    /// for the run (yet). For code outside the pipeline (a command); the daemon's summaries go
-    /// through [`Keeper::set_summary`], so that only its catalog thread writes.
-    #[allow(dead_code)]
-    pub(crate) fn set_summary(&self, run_id: &str, summary_json: &str) -> rusqlite::Result<bool> {
-        let n = self
-            .conn
-            .execute("UPDATE runs SET summary = ?2 WHERE run_id = ?1", [run_id, summary_json])?;
+    /// Sets a run's summary (a JSON object's text) and, given the run DB's file state after
+    /// storing it there, its size and last write. Returns false if the catalog has no row for
+    /// the run (yet: the catalog thread adds it, and a rebuild copies the stored summary).
+    pub(crate) fn set_summary(
+        &self,
+        run_id: &str,
+        summary_json: &str,
+        file: Option<&FileState>,
+    ) -> rusqlite::Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE runs SET summary = ?2, db_bytes = coalesce(?3, db_bytes),
+                last_write_at = coalesce(?4, last_write_at)
+             WHERE run_id = ?1",
+            rusqlite::params![
+                run_id,
+                summary_json,
+                file.map(|f| f.bytes as i64),
+                file.map(|f| f.last_write_at.as_str())
+            ],
+        )?;
         Ok(n > 0)
     }
 
-    #[allow(dead_code)]
     fn query<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<Vec<RunRow>> {
         let mut statement = self.conn.prepare(sql)?;
         let rows = statement.query_map(params, row_of)?;
@@ -302,7 +310,6 @@ fn path_text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-#[allow(dead_code)]
 fn text_of(value: ValueRef<'_>) -> Option<String> {
     match value {
         ValueRef::Null => None,
@@ -313,7 +320,6 @@ fn text_of(value: ValueRef<'_>) -> Option<String> {
     }
 }
 
-#[allow(dead_code)]
 fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
         run_id: r.get(0)?,

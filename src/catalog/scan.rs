@@ -141,13 +141,24 @@ pub(crate) fn read_run_db(
     Ok(Some(RunDbState { run_id, committed, ts, summary }))
 }
 
-/// The run's summary as stored in its run DB (JSON object text).
-///
-/// HOOK for per-run summaries (issue 11 #3): they are stored in the run DB and copied into
-/// the catalog. When the run DB gains their table, read it here (check that the table exists:
-/// older run DBs lack it, and this connection never migrates); `catalog rebuild` and the
-/// reconciliation then copy it into `runs.summary`. Until then a rebuild keeps the summary the
-/// catalog already had for the run.
-fn stored_summary(_conn: &Connection) -> rusqlite::Result<Option<String>> {
-    Ok(None)
+/// The run's summary as stored in its run DB (`summary` table, schema 3): a JSON object of
+/// its metrics, or None for an older DB (this connection never migrates) or none stored.
+fn stored_summary(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'summary'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    let mut metrics = serde_json::Map::new();
+    let mut stmt = conn.prepare("SELECT name, value FROM summary ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let value: String = row.get(1)?;
+        let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+        metrics.insert(row.get(0)?, value);
+    }
+    Ok((!metrics.is_empty()).then(|| serde_json::Value::Object(metrics).to_string()))
 }

@@ -222,8 +222,8 @@ fn totals_and_summary() {
     put(&catalog, "a", "done", "", "", "2024-05-01T00:00:00.000Z");
     put(&catalog, "b", "done", "", "", "2024-05-01T00:00:00.000Z");
     assert_eq!(catalog.totals().unwrap(), Totals { runs: 2, events: 2, bytes: 20 });
-    assert!(catalog.set_summary("a", r#"{"events":1}"#).unwrap());
-    assert!(!catalog.set_summary("zz", "{}").unwrap());
+    assert!(catalog.set_summary("a", r#"{"events":1}"#, None).unwrap());
+    assert!(!catalog.set_summary("zz", "{}", None).unwrap());
     assert_eq!(catalog.run("a").unwrap().unwrap().summary.as_deref(), Some(r#"{"events":1}"#));
     assert_eq!(catalog.run("zz").unwrap(), None);
 }

@@ -18,7 +18,9 @@ mod dlq;
 mod generate;
 mod maintain;
 mod run;
+mod slo;
 mod status;
+mod summary;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -75,7 +77,13 @@ pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
         (Some(base), _) => Config::for_base(&absolute(base)),
         (None, config) => {
             let path = config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-            Config::load(&path).map_err(|e| UsageError(format!("{:#}", anyhow::Error::new(e))))?
+            let config = Config::load(&path)
+                .map_err(|e| UsageError(format!("{:#}", anyhow::Error::new(e))))?;
+            // The SQL of [[summary]], against a run DB's schema (config itself does no SQLite).
+            crate::summary::check_sql(&config.summary, &config.schema).map_err(
+                |(key, message)| UsageError(format!("{}: {key}: {message}", path.display())),
+            )?;
+            config
         }
     };
     let mut log = config.log.clone();
@@ -247,6 +255,12 @@ pub fn dispatch(invoked: Invoked) -> anyhow::Result<ExitCode> {
                 dlq::replay(load_config(&config)?, reason.as_deref())
             }
         },
+        Command::Summary { config, run_id, json } => {
+            summary::summary(&load_config(&config)?, &run_id, json)
+        }
+        Command::Slo { config, run_id, last, json } => {
+            slo::slo(&load_config(&config)?, run_id.as_deref(), last.map(|n| n as usize), json)
+        }
     }
 }
 

@@ -40,7 +40,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::catalog::Keeper;
 use crate::config::{Mapping, SqliteConfig};
-use crate::flow::{Batch, StateMsg};
+use crate::flow::{Batch, RunChanged, StateMsg};
 use crate::metrics::Counters;
 use crate::schema::Schema;
 
@@ -73,6 +73,13 @@ pub(crate) struct WriterConfig {
     pub max_raw_bytes: usize,
 }
 
+/// Who a writer tells after a commit, never waiting for them: the catalog thread (every run it
+/// wrote) and the summary thread (a run that is terminal now).
+pub(crate) struct Listeners {
+    pub catalog: Keeper,
+    pub summaries: Sender<RunChanged>,
+}
+
 /// Starts writer thread `shard`.
 pub(crate) fn spawn(
     shard: usize,
@@ -81,10 +88,11 @@ pub(crate) fn spawn(
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
     releases: &Releases,
-    catalog: Keeper,
+    listeners: Listeners,
 ) -> std::io::Result<JoinHandle<()>> {
     let releases = releases.register();
     std::thread::Builder::new().name(format!("writer-{shard}")).spawn(move || {
-        writer::Writer::new(shard, config, state, counters, releases, catalog).run(inbox)
+        let Listeners { catalog, summaries } = listeners;
+        writer::Writer::new(shard, config, state, counters, releases, catalog, summaries).run(inbox)
     })
 }

@@ -257,15 +257,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
         let counters = Arc::new(Counters::default());
-        let mut pool =
-            Pool::new(
-                dir.path().to_path_buf(),
-                sqlite,
-                Schema::default(),
-                4,
-                counters.clone(),
-                Keeper::disabled(),
-            );
+        let mut pool = Pool::new(
+            dir.path().to_path_buf(),
+            sqlite,
+            Schema::default(),
+            4,
+            counters.clone(),
+            Keeper::disabled(),
+        );
         let files = |pool: &Pool| {
             ["", "-wal", "-shm"]
                 .iter()

@@ -1,7 +1,7 @@
 //! One run database: open (pragmas, schema, migrations, file mode) in one place, and the
 //! batched, idempotent writes.
 //!
-//! Schema (version 2; 1 had derived keys without the day):
+//! Schema (version 3; 1 had derived keys without the day, 2 no summaries):
 //! - `runs`: one row per run; `data` is the merge of the run records in stream order,
 //!   recomputed from `run_records` whenever a record arrives out of order, so replays and
 //!   parallel backfills never roll a run back.
@@ -10,6 +10,9 @@
 //!   positions), so a replayed older line never overwrites a newer one and the winner of a
 //!   tie does not depend on which file was read first.
 //! - `run_records`: every distinct run record, keyed by its line identity (for the refold).
+//! - `runs.commits`: transactions that wrote the run, so a stored summary can tell whether it
+//!   is current (`summary`).
+//! - `summary`: the run's summary metrics (`summary::store`), one row per metric.
 //!
 //! Beyond the migrations, `events` gets the configured typed columns and indexes
 //! (`[columns]`, `[[indexes]]`) at every open (`sink::columns`): in the migration's
@@ -29,7 +32,7 @@ use crate::sink::merge::fold_run_record;
 use crate::sqlite::{apply_pragmas, create_private_file, is_corrupt, migrate_and, quarantine};
 
 #[cfg(test)]
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations by version; entry N brings a DB from version N to N+1. Never edit or remove one.
 pub(crate) const MIGRATIONS: &[&str] = &[
@@ -70,6 +73,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     UPDATE run_records SET pos = jss_stream_pos(source, line_no),
         record_key = jss_line_key(source, line_no, data);
     UPDATE runs SET merged_pos = (SELECT coalesce(max(pos), -1) FROM run_records);",
+    // 2 → 3: summaries. `commits` counts the transactions that wrote the run (bumped by
+    // `write_run`); a summary row keeps the count it was computed at and the metric's
+    // definition, so a reader tells a current summary from a stale one without recomputing.
+    "ALTER TABLE runs ADD COLUMN commits INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE summary (
+        name TEXT PRIMARY KEY,
+        value TEXT,
+        definition TEXT NOT NULL,
+        run_commits INTEGER NOT NULL,
+        computed_at INTEGER NOT NULL
+    );",
 ];
 
 /// The SQL functions the migrations call (registered on every connection that may migrate).
@@ -149,6 +163,29 @@ fn open_once(
     Ok((conn, unmoved))
 }
 
+/// Opens an existing run DB for a short job beside the writers (storing a summary): never
+/// creates one, so a run DB retention just deleted stays deleted; migrates it as `open` does.
+/// No pragmas beyond the busy timeout: the caller's job decides them.
+pub(crate) fn open_existing(path: &Path, sqlite: &SqliteConfig) -> rusqlite::Result<Connection> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(sqlite.busy_timeout)?;
+    register_migration_fns(&conn)?;
+    crate::sqlite::migrate(&mut conn, MIGRATIONS)?;
+    Ok(conn)
+}
+
+/// An in-memory DB with the run-DB schema, the configured typed columns and no rows:
+/// `check-config` prepares the configured SQL fragments against it (`summary::check_sql`), so
+/// a fragment naming a typed column prepares.
+pub(crate) fn empty_schema(schema: &Schema) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    register_migration_fns(&conn)?;
+    migrate_and(&mut conn, MIGRATIONS, |tx| columns::apply_in(tx, schema, Path::new(":memory:")))?;
+    Ok(conn)
+}
+
 /// Moves a run DB SQLite found corrupt aside (see [`quarantine`]: kept, never deleted) and logs
 /// the one ERROR saying where it went; `when` is what found it ("opening", "writing"). The
 /// caller opens a fresh DB in its place.
@@ -183,6 +220,9 @@ pub(crate) struct WriteOutcome {
     pub unchanged: u64,
     /// Records that failed on their own (e.g. too big): `(record index, error)`.
     pub failed: Vec<(usize, rusqlite::Error)>,
+    /// The run's status is terminal (anything but "running") after this write: its summary
+    /// is due (`summary`'s worker, told by the writer after the commit).
+    pub terminal: bool,
 }
 
 /// Whether an error belongs to one record (dead-letter it) rather than to the database
@@ -202,8 +242,11 @@ pub(crate) fn write_run(
     mapping: &Mapping,
 ) -> rusqlite::Result<WriteOutcome> {
     let mut out = WriteOutcome::default();
-    tx.prepare_cached("INSERT INTO runs (run_id) VALUES (?1) ON CONFLICT (run_id) DO NOTHING")?
-        .execute([run_id])?;
+    tx.prepare_cached(
+        "INSERT INTO runs (run_id, commits) VALUES (?1, 1)
+         ON CONFLICT (run_id) DO UPDATE SET commits = commits + 1",
+    )?
+    .execute([run_id])?;
     // (pos, data, record index) of the run records this batch adds.
     let mut new_run_records: Vec<(i64, &str, usize)> = Vec::new();
     {
@@ -267,7 +310,22 @@ pub(crate) fn write_run(
             Err(e) => return Err(e),
         }
     }
+    // One primary-key lookup on a page this transaction just wrote.
+    let status: rusqlite::types::Value = tx
+        .prepare_cached("SELECT status FROM runs WHERE run_id = ?1")?
+        .query_row([run_id], |r| r.get(0))?;
+    out.terminal = is_terminal(&status);
     Ok(out)
+}
+
+/// The contract's terminal status: anything but "running" (and not absent).
+pub(crate) fn is_terminal(status: &rusqlite::types::Value) -> bool {
+    use rusqlite::types::Value;
+    match status {
+        Value::Null => false,
+        Value::Text(s) => s != "running",
+        _ => true,
+    }
 }
 
 fn is_too_big(e: &rusqlite::Error) -> bool {
@@ -593,6 +651,50 @@ mod tests {
         let conn = open(&dir.path().join("v1.sqlite"), &sqlite, &schema).unwrap();
         let n: i64 = conn.query_row("SELECT n FROM events", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 7);
+    }
+
+    /// Schema 2 (the v1 tables, rekeyed): opening adds `runs.commits` (0 for the old run,
+    /// counted from the next write) and the empty `summary` table; rows are kept.
+    #[test]
+    fn a_v2_db_gains_commits_and_the_summary_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::for_base(dir.path());
+        let path = dir.path().join("r.sqlite");
+        v1_fixture(&path);
+        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 2").unwrap();
+        let mut conn = open(&path, &config.sqlite, &Default::default()).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 3);
+        let (status, commits): (String, i64) = conn
+            .query_row("SELECT status, commits FROM runs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((status.as_str(), commits), ("finished", 0));
+        let rows: i64 = conn.query_row("SELECT count(*) FROM summary", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+        // Each write counts, and says whether the run is terminal.
+        let batch = batch_of(&[r#"{"run_id":"r","event_id":"e9"}"#.to_string()], &config.mapping);
+        for want in [1, 2] {
+            let tx = conn.transaction().unwrap();
+            let out = write_run(&tx, "r", &batch, &config.mapping).unwrap();
+            tx.commit().unwrap();
+            assert!(out.terminal);
+            let commits: i64 =
+                conn.query_row("SELECT commits FROM runs", [], |r| r.get(0)).unwrap();
+            assert_eq!(commits, want);
+        }
+        let fresh =
+            open(&dir.path().join("new.sqlite"), &config.sqlite, &Default::default()).unwrap();
+        assert_eq!(columns(&conn), columns(&fresh));
+    }
+
+    #[test]
+    fn terminal_is_anything_but_running() {
+        use rusqlite::types::Value;
+        assert!(!is_terminal(&Value::Null));
+        assert!(!is_terminal(&Value::Text("running".into())));
+        assert!(is_terminal(&Value::Text("finished".into())));
+        assert!(is_terminal(&Value::Text("".into())));
+        assert!(is_terminal(&Value::Integer(0)));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::release::Release;
 use super::wal::{self, WalCheckpointer};
 use super::{run_db, WriterConfig};
 use crate::catalog::{Keeper, TsRange};
-use crate::flow::{Batch, DeadLetter, Span, StateMsg};
+use crate::flow::{Batch, DeadLetter, RunChanged, Span, StateMsg};
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
 use crate::tail::LineMeta;
@@ -34,6 +34,8 @@ pub(super) struct Writer {
     releases: Receiver<Release>,
     /// The catalog thread, told about every commit.
     catalog: Keeper,
+    /// The summary thread: told after a commit to a terminal run, never waited for.
+    summaries: Sender<RunChanged>,
 }
 
 impl Writer {
@@ -44,12 +46,14 @@ impl Writer {
         counters: Arc<Counters>,
         releases: Receiver<Release>,
         catalog: Keeper,
+        summaries: Sender<RunChanged>,
     ) -> Writer {
         let seen_runs = config.linger.is_none().then(Default::default);
         let wal_checkpointer = WalCheckpointer::spawn(shard, &config.sqlite, &counters);
         Writer {
             seen_runs,
             releases,
+            summaries,
             pool: Pool::new(
                 config.output_dir.clone(),
                 config.sqlite.clone(),
@@ -194,6 +198,15 @@ impl Writer {
             self.oldest = None;
         }
         let outcome = self.write_with_retry(run_id, &batch);
+        if outcome.terminal {
+            // After the commit; a full inbox drops the request rather than wait (`summary`
+            // and `catalog rebuild` compute what is dropped).
+            let changed =
+                RunChanged { run_id: run_id.to_string(), path: self.pool.path_of(run_id) };
+            if self.summaries.try_send(changed).is_err() {
+                self.counters.summaries_dropped.add(1);
+            }
+        }
         self.counters.events_written.add(outcome.written);
         self.counters.events_unchanged.add(outcome.unchanged);
         if let Some(seen) = &mut self.seen_runs {

@@ -71,7 +71,7 @@ fn multi_day_set_ships_every_row_run_and_dead_letter_exactly() {
     for db in &want_dbs {
         // `data` is JSON that SQLite's own functions accept (what analysts query with).
         assert_eq!(shipper.rows_sqlite_rejects(db), Vec::<String>::new(), "{db}");
-        assert_eq!(shipper.user_version(db), 2, "{db}");
+        assert_eq!(shipper.user_version(db), 3, "{db}");
     }
 }
 

@@ -113,7 +113,7 @@ fn an_old_run_db_gets_the_configured_columns_when_the_daemon_next_opens_it() {
     let db = shipper.path("db/runs/r.sqlite");
     {
         let conn = open_ro(&db);
-        assert_eq!(shipper.user_version("r.sqlite"), 2);
+        assert_eq!(shipper.user_version("r.sqlite"), 3);
         assert_eq!(typed_columns(&conn), []);
     }
 

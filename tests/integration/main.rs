@@ -37,3 +37,4 @@ mod logs;
 mod tailing;
 mod columns;
 mod catalog;
+mod summary;

@@ -1,0 +1,249 @@
+//! The summary thread of `run` and `backfill`: computes the summary of each run that reached a
+//! terminal status, off the write path, and sets the SLI gauges from it.
+//!
+//! Writers tell it after a commit to a terminal run (`flow::RunChanged`, `try_send` on a
+//! bounded channel: a full inbox drops the request and counts it, never holds a writer). It
+//! coalesces requests per run: the daemon computes a run once it has been quiet for
+//! [`QUIET`] (at most [`MAX_WAIT`] after the first request), so events that keep coming after
+//! the end record recompute it, once per burst; backfill computes every requested run once,
+//! when its writers are done. A summary reads through its own read-only connection.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+
+use crate::config::Config;
+use crate::flow::RunChanged;
+use crate::metrics::{Counters, SliSnapshot};
+
+/// Requests in flight to the thread; it drains them into its own map at once.
+const INBOX: usize = 1024;
+/// Runs waiting for their summary, at most (an entry is a run_id and a path). Beyond, a
+/// request is dropped and counted like a full inbox.
+const MAX_PENDING: usize = 16 * 1024;
+/// The daemon computes a run's summary once no commit touched it for this long…
+pub(crate) const QUIET: Duration = Duration::from_secs(2);
+/// …or this long after the first commit that asked, whichever comes first.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// When the thread computes what it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timing {
+    /// After [`QUIET`] / [`MAX_WAIT`]; also loads the latest ended run's SLIs at start.
+    Daemon,
+    /// Everything once the writers are done (a long backfill would otherwise summarise a big
+    /// run over and over).
+    AtEnd,
+}
+
+/// The running thread; [`Worker::finish`] (or dropping it) computes what is pending and joins.
+pub(crate) struct Worker {
+    tx: Option<Sender<RunChanged>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub(crate) fn spawn(
+        config: Arc<Config>,
+        counters: Arc<Counters>,
+        timing: Timing,
+    ) -> std::io::Result<Worker> {
+        let (tx, rx) = bounded(INBOX);
+        let thread = std::thread::Builder::new()
+            .name("summary".into())
+            .spawn(move || Thread { config, counters, timing, pending: HashMap::new() }.run(rx))?;
+        Ok(Worker { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// For a writer: where to say that a terminal run changed.
+    pub(crate) fn notifier(&self) -> Sender<RunChanged> {
+        self.tx.clone().expect("until finish")
+    }
+
+    /// Once every notifier is dropped (the writers joined): computes what is pending, joins.
+    pub(crate) fn finish(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the summary thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+struct Pending {
+    path: PathBuf,
+    first: Instant,
+    last: Instant,
+}
+
+impl Pending {
+    fn due(&self) -> Instant {
+        (self.last + QUIET).min(self.first + MAX_WAIT)
+    }
+}
+
+struct Thread {
+    config: Arc<Config>,
+    counters: Arc<Counters>,
+    timing: Timing,
+    pending: HashMap<String, Pending>,
+}
+
+impl Thread {
+    fn run(mut self, rx: Receiver<RunChanged>) {
+        if self.timing == Timing::Daemon {
+            self.load_latest();
+        }
+        let mut last_full_warning: Option<Instant> = None;
+        loop {
+            let next = match self.timing {
+                Timing::Daemon => self.pending.values().map(Pending::due).min(),
+                Timing::AtEnd => None,
+            };
+            let timer = next.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            select! {
+                recv(rx) -> msg => match msg {
+                    Ok(changed) => {
+                        let now = Instant::now();
+                        let full = self.pending.len() >= MAX_PENDING;
+                        match self.pending.get_mut(&changed.run_id) {
+                            Some(p) => p.last = now,
+                            None if full => {
+                                self.counters.summaries_dropped.add(1);
+                                if last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                                    last_full_warning = Some(now);
+                                    tracing::warn!(pending = MAX_PENDING, "too many runs waiting for their summary; dropping requests (`jsonl-shipper summary RUN_ID` computes one)");
+                                }
+                            }
+                            None => {
+                                let p = Pending { path: changed.path, first: now, last: now };
+                                self.pending.insert(changed.run_id, p);
+                            }
+                        }
+                    }
+                    Err(_) => break,
+                },
+                recv(timer) -> _ => {}
+            }
+            let now = Instant::now();
+            let due: Vec<String> = (self.pending.iter())
+                .filter(|(_, p)| self.timing == Timing::Daemon && p.due() <= now)
+                .map(|(run_id, _)| run_id.clone())
+                .collect();
+            for run_id in due {
+                if let Some(p) = self.pending.remove(&run_id) {
+                    self.summarise(&run_id, &p.path);
+                }
+            }
+        }
+        // The writers are done: what is pending is computed now (a run that ended just before
+        // a shutdown, every run of a backfill).
+        let mut left: Vec<(String, Pending)> = self.pending.drain().collect();
+        left.sort_by(|a, b| a.0.cmp(&b.0));
+        let started = Instant::now();
+        let n = left.len();
+        for (run_id, p) in left {
+            self.summarise(&run_id, &p.path);
+        }
+        if n > 0 {
+            tracing::info!(
+                runs = n,
+                seconds = started.elapsed().as_secs_f64(),
+                "summaries of ended runs computed"
+            );
+        }
+    }
+
+    /// Computes and stores one run's summary, then offers its SLIs to the gauges.
+    fn summarise(&self, run_id: &str, path: &std::path::Path) {
+        let started = Instant::now();
+        match super::refresh(path, &self.config, true) {
+            Ok(summary) if summary.is_terminal() => {
+                let verdict = super::slo::judge(&summary, &self.config.slo);
+                let failed: Vec<&str> =
+                    verdict.slos.iter().filter(|v| !v.ok).map(|v| v.name.as_str()).collect();
+                let took_ms = started.elapsed().as_millis() as u64;
+                if self.timing == Timing::Daemon {
+                    tracing::info!(run_id, events = summary.get("events").map(|v| v.to_string()), took_ms, slos_failed = ?failed, "run summary computed");
+                } else {
+                    tracing::debug!(run_id, took_ms, slos_failed = ?failed, "run summary computed");
+                }
+                self.counters.slis.offer(snapshot(path, &summary, &verdict));
+            }
+            // Back to "running" cannot happen (the merge keeps a terminal status); a
+            // replaced DB might be anything.
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                run_id,
+                error = format!("{:#}", anyhow::Error::new(error)),
+                "cannot compute the run's summary"
+            ),
+        }
+    }
+
+    /// At the daemon's start (or a reload): the gauges show the latest ended run's SLIs under
+    /// the current config, so a restart does not blank a dashboard until the next run ends.
+    fn load_latest(&self) {
+        let shown = self.counters.slis.get().map(|s| s.path);
+        let latest = match shown {
+            Some(path) => Some(path),
+            None => match super::runs::last_ended(&self.config, 1) {
+                Ok(mut ended) => ended.pop().map(|e| e.path),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list the run DBs for the latest summary");
+                    None
+                }
+            },
+        };
+        if let Some(path) = latest {
+            match super::refresh(&path, &self.config, false) {
+                Ok(summary) => {
+                    let verdict = super::slo::judge(&summary, &self.config.slo);
+                    self.counters.slis.offer(snapshot(&path, &summary, &verdict));
+                }
+                Err(error) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    "cannot load the latest run's summary"
+                ),
+            }
+        }
+    }
+}
+
+/// The gauges' view of a summary: its numeric metrics and its SLO verdicts.
+fn snapshot(
+    path: &std::path::Path,
+    summary: &super::Summary,
+    verdict: &super::slo::RunVerdict,
+) -> SliSnapshot {
+    let ended = summary.ended_at.as_str().and_then(super::rfc3339).unwrap_or_else(|| {
+        // No RFC 3339 end time: it ended as far as we know now.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    });
+    SliSnapshot {
+        run_id: summary.run_id.clone(),
+        path: path.to_path_buf(),
+        ended,
+        values: (summary.metrics.iter())
+            .filter_map(|m| m.value.as_f64().map(|v| (m.name.clone(), v)))
+            .collect(),
+        slos: verdict.slos.iter().map(|v| (v.name.clone(), v.ok)).collect(),
+    }
+}
