@@ -28,6 +28,7 @@ mod dlq;
 mod state;
 mod pipeline;
 mod maintain;
+mod export;
 
 mod sqlite;
 mod crash;

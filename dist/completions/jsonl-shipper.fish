@@ -31,6 +31,7 @@ complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "backfil
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "status" -d 'Show per-file progress, run DBs and dead letters'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "check-config" -d 'Validate the configuration and print the effective config'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "maintain" -d 'One-off upkeep for cron or an operator: retention now, WAL checkpoint (TRUNCATE) and PRAGMA optimize of every run DB, optionally VACUUM'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "export" -d 'Export runs\' events to Parquet, NDJSON or CSV: DIR/<run>.<ext> per run plus DIR/runs.<ext> (their catalog rows). Reads the run DBs read-only; safe while the daemon runs. Exit 2 when a --run has no run DB (nothing is written); exit 1 when a run selected from the catalog could not be read (the others are exported)'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "dlq" -d 'Inspect or replay the dead-letter queue'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand run" -l config -d 'Config file (TOML)' -r -F
@@ -66,6 +67,19 @@ json\t''"
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand maintain" -l vacuum -d 'Also VACUUM every run DB (rewrites each file; needs free space as large as it)'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand maintain" -s h -l help -d 'Print help'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand maintain" -s V -l version -d 'Print version'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l config -d 'Config file (TOML)' -r -F
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l base -d 'Zero-config mode: sources in D/raw/events_*.ndjson, run DBs in D/db/runs, state DB in D/db/shipper-state.sqlite, DLQ in D/dlq' -r -F
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l log-format -d 'Log line format on stderr (overrides `log.format`): `text`, or `json` for log pipelines' -r -f -a "text\t''
+json\t''"
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l run -d 'A run to export (repeat for several)' -r
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l since -d 'The catalog\'s runs that started on or after this UTC day (started_at, else first_ts)' -r
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l until -d '... and on or before this UTC day (inclusive; default: no end)' -r
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l format -r -f -a "parquet\t'Apache Parquet, ZSTD-compressed, typed columns (the default)'
+ndjson\t'One JSON object per line; `data` embedded as a JSON value'
+csv\t'RFC 4180 CSV with a header row; NULL is an empty field, an empty string `""`'"
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -l out -d 'Directory to write into (created if missing); files of an earlier export are replaced' -r -F
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand export" -s V -l version -d 'Print version'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and not __fish_seen_subcommand_from list replay help" -s h -l help -d 'Print help'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and not __fish_seen_subcommand_from list replay help" -s V -l version -d 'Print version'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and not __fish_seen_subcommand_from list replay help" -f -a "list" -d 'List dead letters'
@@ -89,12 +103,13 @@ complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __f
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __fish_seen_subcommand_from help" -f -a "list" -d 'List dead letters'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __fish_seen_subcommand_from help" -f -a "replay" -d 'Re-ingest dead letters through the current mapping; remove those that now succeed'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand dlq; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain dlq help" -f -a "run" -d 'Run the daemon in the foreground (SIGTERM/SIGINT drain and exit 0; SIGHUP reloads)'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain dlq help" -f -a "backfill" -d 'Ship historic files to their end and exit (resumable; safe while the daemon runs)'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain dlq help" -f -a "status" -d 'Show per-file progress, run DBs and dead letters'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain dlq help" -f -a "check-config" -d 'Validate the configuration and print the effective config'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain dlq help" -f -a "maintain" -d 'One-off upkeep for cron or an operator: retention now, WAL checkpoint (TRUNCATE) and PRAGMA optimize of every run DB, optionally VACUUM'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain dlq help" -f -a "dlq" -d 'Inspect or replay the dead-letter queue'
-complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain dlq help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "run" -d 'Run the daemon in the foreground (SIGTERM/SIGINT drain and exit 0; SIGHUP reloads)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "backfill" -d 'Ship historic files to their end and exit (resumable; safe while the daemon runs)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "status" -d 'Show per-file progress, run DBs and dead letters'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "check-config" -d 'Validate the configuration and print the effective config'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "maintain" -d 'One-off upkeep for cron or an operator: retention now, WAL checkpoint (TRUNCATE) and PRAGMA optimize of every run DB, optionally VACUUM'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "export" -d 'Export runs\' events to Parquet, NDJSON or CSV: DIR/<run>.<ext> per run plus DIR/runs.<ext> (their catalog rows). Reads the run DBs read-only; safe while the daemon runs. Exit 2 when a --run has no run DB (nothing is written); exit 1 when a run selected from the catalog could not be read (the others are exported)'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "dlq" -d 'Inspect or replay the dead-letter queue'
+complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and not __fish_seen_subcommand_from run backfill status check-config maintain export dlq help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and __fish_seen_subcommand_from dlq" -f -a "list" -d 'List dead letters'
 complete -c jsonl-shipper -n "__fish_jsonl_shipper_using_subcommand help; and __fish_seen_subcommand_from dlq" -f -a "replay" -d 'Re-ingest dead letters through the current mapping; remove those that now succeed'

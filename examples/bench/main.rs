@@ -3,13 +3,15 @@
 //! ```text
 //! cargo run --release --example bench -- backfill [--runs 1,50,5000] [--events 1000000] [--reps 3]
 //!                                                [--jobs N] [--keep] [--dir D] [--bin PATH]
+//! cargo run --release --example bench -- export   [--runs 1] [--events 1000000] [--reps 3]
+//!                                                [--format parquet|ndjson|csv]
 //! cargo run --release --example bench -- gen      [--runs 50] [--events N] [--validate]
 //! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20]
 //!                                                [--files 1000 [--active 500]] ...
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
-//! `gen.rs` writes) and `tail.rs`; `common.rs` holds what they share.
+//! `gen.rs` writes), `export.rs` and `tail.rs`; `common.rs` holds what they share.
 //!
 //! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
 //! (a no-op when it is up to date) unless `--bin PATH` or `--no-build` is given.
@@ -21,6 +23,7 @@
 
 mod backfill;
 mod common;
+mod export;
 mod gen;
 mod tail;
 
@@ -28,6 +31,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use backfill::{backfill, BackfillArgs};
+use export::{export, ExportArgs};
 use gen::{generate_cmd, GenArgs};
 use tail::{tail, TailArgs};
 
@@ -42,6 +46,8 @@ struct Cli {
 enum Mode {
     /// Time `jsonl-shipper backfill` on generated data sets and verify the output.
     Backfill(BackfillArgs),
+    /// Time `jsonl-shipper export` of a shipped data set (typed columns added) and verify it.
+    Export(ExportArgs),
     /// Only generate (or reuse) the data set of one set-up; optionally validate it.
     Gen(GenArgs),
     /// Measure append-to-committed latency and CPU of `jsonl-shipper run` under steady load.
@@ -55,6 +61,7 @@ fn main() -> Result<()> {
     }
     let ok = match cli.mode {
         Mode::Backfill(a) => backfill(a)?,
+        Mode::Export(a) => export(a)?,
         Mode::Gen(a) => generate_cmd(a)?,
         Mode::Tail(a) => tail(a)?,
     };

@@ -14,6 +14,7 @@
 mod backfill;
 mod check_config;
 mod dlq;
+mod export;
 mod generate;
 mod maintain;
 mod run;
@@ -234,6 +235,13 @@ pub fn dispatch(invoked: Invoked) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => status::status(&load_config(&config)?, json),
         Command::CheckConfig { config } => check_config::check_config(load_config(&config)?),
         Command::Maintain { config, vacuum } => maintain::maintain(load_config(&config)?, vacuum),
+        Command::Export { config, runs, since, until, format, out } => {
+            let selection = match since {
+                Some(since) => export::Selection::Started { since, until },
+                None => export::Selection::Runs(runs),
+            };
+            export::export(&load_config(&config)?, &selection, format, &out)
+        }
         Command::Dlq { command } => match command {
             DlqCommand::List { config, reason, json } => {
                 dlq::list(&load_config(&config)?, reason.as_deref(), json)

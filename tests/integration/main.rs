@@ -13,7 +13,8 @@
 //!   codes), `configured` (behaviour that needs `--config`), `ops` (`/metrics`, `/healthz`,
 //!   systemd notify, the packaged man pages and completions), `logs` (level, format, colours,
 //!   journald timestamps), `tailing` (live tailing: discovery latency, file identity, rotation,
-//!   copytruncate, deletion, SIGHUP, many files, a model).
+//!   copytruncate, deletion, SIGHUP, many files, a model), `export` (Parquet, NDJSON, CSV read
+//!   back; selection by `--run` and from a catalog).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
@@ -33,3 +34,4 @@ mod retention;
 mod ops;
 mod logs;
 mod tailing;
+mod export;
