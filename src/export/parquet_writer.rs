@@ -30,8 +30,8 @@ pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
 pub(crate) const ROW_GROUP_BYTES: usize = 32 << 20;
 /// Batches waiting for the encoder thread.
 pub(crate) const ENCODE_QUEUE: usize = 2;
-/// zstd's fastest level: level 3 cost a quarter more time for a file 0.5 % smaller
-/// (`bench export`, 1M events: 80.3 vs 79.9 MB).
+/// zstd's fastest level: level 3 made a file only 0.5 % smaller (`bench export`, 1M events:
+/// 79.9 vs 80.3 MB); its time difference was within the noise of a loaded box.
 const ZSTD_LEVEL: i32 = 1;
 
 pub(crate) struct ParquetTable {
