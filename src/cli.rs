@@ -106,6 +106,33 @@ pub enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Export runs' events to Parquet, NDJSON or CSV: DIR/<run>.<ext> per run plus
+    /// DIR/runs.<ext> (their catalog rows). Reads the run DBs read-only; safe while the daemon
+    /// runs. Exit 2 when a --run has no run DB (nothing is written); exit 1 when a run selected
+    /// from the catalog could not be read (the others are exported).
+    Export {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A run to export (repeat for several).
+        #[arg(
+            long = "run",
+            value_name = "RUN_ID",
+            required_unless_present = "since",
+            conflicts_with = "since"
+        )]
+        runs: Vec<String>,
+        /// The catalog's runs that started on or after this UTC day (started_at, else first_ts).
+        #[arg(long, value_name = "YYYY-MM-DD", value_parser = crate::export::select::parse_day)]
+        since: Option<String>,
+        /// ... and on or before this UTC day (inclusive; default: no end).
+        #[arg(long, value_name = "YYYY-MM-DD", requires = "since", value_parser = crate::export::select::parse_day)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::export::Format::Parquet)]
+        format: crate::export::Format,
+        /// Directory to write into (created if missing); files of an earlier export are replaced.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Inspect or replay the dead-letter queue.
     Dlq {
         #[command(subcommand)]

@@ -31,6 +31,7 @@ mod pipeline;
 mod catalog;
 mod maintain;
 mod summary;
+mod export;
 
 mod sqlite;
 mod crash;

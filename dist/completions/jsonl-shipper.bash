@@ -28,6 +28,9 @@ _jsonl__shipper() {
             jsonl__shipper,dlq)
                 cmd="jsonl__shipper__subcmd__dlq"
                 ;;
+            jsonl__shipper,export)
+                cmd="jsonl__shipper__subcmd__export"
+                ;;
             jsonl__shipper,help)
                 cmd="jsonl__shipper__subcmd__help"
                 ;;
@@ -88,6 +91,9 @@ _jsonl__shipper() {
             jsonl__shipper__subcmd__help,dlq)
                 cmd="jsonl__shipper__subcmd__help__subcmd__dlq"
                 ;;
+            jsonl__shipper__subcmd__help,export)
+                cmd="jsonl__shipper__subcmd__help__subcmd__export"
+                ;;
             jsonl__shipper__subcmd__help,help)
                 cmd="jsonl__shipper__subcmd__help__subcmd__help"
                 ;;
@@ -122,7 +128,7 @@ _jsonl__shipper() {
 
     case "${cmd}" in
         jsonl__shipper)
-            opts="-h -V --help --version run backfill status check-config maintain catalog dlq summary slo help"
+            opts="-h -V --help --version run backfill status check-config maintain catalog export dlq summary slo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -411,8 +417,54 @@ _jsonl__shipper() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        jsonl__subcmd__shipper__subcmd__export)
+            opts="-h -V --config --base --log-format --run --since --until --format --out --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --run)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "parquet ndjson csv" -- "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         jsonl__subcmd__shipper__subcmd__help)
-            opts="run backfill status check-config maintain catalog dlq summary slo help"
+            opts="run backfill status check-config maintain catalog export dlq summary slo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -512,6 +564,20 @@ _jsonl__shipper() {
         jsonl__subcmd__shipper__subcmd__help__subcmd__dlq__subcmd__replay)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        jsonl__subcmd__shipper__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --release --example bench -- backfill [--runs 1,50,5000] [--events 1000000] [--reps 3]
 //!                                                [--jobs N] [--keep] [--dir D] [--bin PATH]
+//! cargo run --release --example bench -- export   [--runs 1] [--events 1000000] [--reps 3]
+//!                                                [--format parquet|ndjson|csv]
 //! cargo run --release --example bench -- gen      [--runs 50] [--events N] [--validate]
 //! cargo run --release --example bench -- catalog  [--runs 5000] [--reps 3]
 //! cargo run --release --example bench -- tail     [--producers 4] [--rate 5000] [--duration 20]
@@ -13,7 +15,8 @@
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
-//! `gen.rs` writes), `tail.rs` and `columns.rs`; `common.rs` holds what they share.
+//! `gen.rs` writes), `tail.rs`, `columns.rs`, `catalog.rs`, `summary.rs` and `export.rs`;
+//! `common.rs` holds what they share.
 //!
 //! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
 //! (a no-op when it is up to date) unless `--bin PATH` or `--no-build` is given.
@@ -27,6 +30,7 @@ mod backfill;
 mod columns;
 mod catalog;
 mod common;
+mod export;
 mod gen;
 mod summary;
 mod tail;
@@ -37,6 +41,7 @@ use clap::{Parser, Subcommand};
 use backfill::{backfill, BackfillArgs};
 use catalog::{catalog, CatalogArgs};
 use columns::{columns, ColumnsArgs};
+use export::{export, ExportArgs};
 use gen::{generate_cmd, GenArgs};
 use summary::{summary, SummaryArgs};
 use tail::{tail, TailArgs};
@@ -54,6 +59,8 @@ enum Mode {
     Backfill(BackfillArgs),
     /// Time `jsonl-shipper catalog rebuild` over a backfilled data set's run DBs.
     Catalog(CatalogArgs),
+    /// Time `jsonl-shipper export` of a shipped data set (typed columns added) and verify it.
+    Export(ExportArgs),
     /// Only generate (or reuse) the data set of one set-up; optionally validate it.
     Gen(GenArgs),
     /// Measure append-to-committed latency and CPU of `jsonl-shipper run` under steady load.
@@ -73,6 +80,7 @@ fn main() -> Result<()> {
     let ok = match cli.mode {
         Mode::Backfill(a) => backfill(a)?,
         Mode::Catalog(a) => catalog(a)?,
+        Mode::Export(a) => export(a)?,
         Mode::Gen(a) => generate_cmd(a)?,
         Mode::Tail(a) => tail(a)?,
         Mode::Columns(a) => columns(a)?,

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rusqlite::types::{Value as SqlValue, ValueRef};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::config::SqliteConfig;
@@ -123,17 +123,11 @@ impl Catalog {
         Ok(Some(Catalog { conn }))
     }
 
-    /// Every row, by `run_id`.
-    #[allow(dead_code)] // `export` (issue 11 #6) reads these
-    pub(crate) fn runs(&self) -> rusqlite::Result<Vec<RunRow>> {
-        self.query(&format!("SELECT {COLUMNS} FROM runs ORDER BY run_id"), [])
-    }
-
     /// One run's row.
-    #[cfg_attr(not(test), allow(dead_code))] // `export` (issue 11 #6) reads these
+    #[cfg(test)]
     pub(crate) fn run(&self, run_id: &str) -> rusqlite::Result<Option<RunRow>> {
         let sql = format!("SELECT {COLUMNS} FROM runs WHERE run_id = ?1");
-        self.conn.query_row(&sql, [run_id], row_of).optional()
+        rusqlite::OptionalExtension::optional(self.conn.query_row(&sql, [run_id], row_of))
     }
 
     /// The `n` most recently ended runs, most recent first (`slo --last N`, the SLI gauges).
@@ -149,27 +143,6 @@ impl Catalog {
                  LIMIT ?1"
             ),
             [n.min(i64::MAX as usize) as i64],
-        )
-    }
-
-    /// The runs whose day is within `since..=until` (`YYYY-MM-DD`, UTC, both inclusive;
-    /// `until` None = no end), by `run_id` (`export --since/--until`). A run's day is the UTC
-    /// date of its `started_at`, else of its `first_ts`, else of its `last_write_at` (the first
-    /// that SQLite's `date()` parses: RFC 3339 with or without an offset).
-    #[cfg_attr(not(test), allow(dead_code))] // `export` (issue 11 #6) reads these
-    pub(crate) fn runs_between(
-        &self,
-        since: &str,
-        until: Option<&str>,
-    ) -> rusqlite::Result<Vec<RunRow>> {
-        self.query(
-            &format!(
-                "SELECT {COLUMNS} FROM (SELECT *, coalesce(date(started_at), date(first_ts),
-                    date(last_write_at)) AS day FROM runs)
-                 WHERE day >= ?1 AND (?2 IS NULL OR day <= ?2)
-                 ORDER BY run_id"
-            ),
-            params![since, until],
         )
     }
 

@@ -201,21 +201,6 @@ fn last_ended_orders_by_end_time_and_skips_running_runs() {
 }
 
 #[test]
-fn runs_between_takes_the_utc_day_of_the_start() {
-    let (_dir, catalog) = catalog();
-    let w = "2024-05-01T00:00:00.000Z";
-    put(&catalog, "a", "done", "2024-03-01T00:00:00Z", "", w);
-    put(&catalog, "b", "done", "2024-03-01T23:30:00-05:00", "", w); // 2024-03-02 UTC
-    put(&catalog, "c", "done", "2024-03-03T12:00:00Z", "", w);
-    put(&catalog, "d", "done", "", "", "2024-03-02T08:00:00.000Z"); // by its last write
-    let between = |since, until| ids(catalog.runs_between(since, until).unwrap());
-    assert_eq!(between("2024-03-01", Some("2024-03-01")), ["a"]);
-    assert_eq!(between("2024-03-02", Some("2024-03-02")), ["b", "d"]);
-    assert_eq!(between("2024-03-02", None), ["b", "c", "d"]);
-    assert_eq!(between("2024-03-04", None), Vec::<String>::new());
-}
-
-#[test]
 fn totals_and_summary() {
     let (_dir, catalog) = catalog();
     assert_eq!(catalog.totals().unwrap(), Totals::default());

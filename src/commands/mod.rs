@@ -15,6 +15,7 @@ mod backfill;
 mod catalog;
 mod check_config;
 mod dlq;
+mod export;
 mod generate;
 mod maintain;
 mod run;
@@ -247,6 +248,13 @@ pub fn dispatch(invoked: Invoked) -> anyhow::Result<ExitCode> {
         Command::Catalog { command } => match command {
             CatalogCommand::Rebuild { config } => catalog::rebuild(&load_config(&config)?),
         },
+        Command::Export { config, runs, since, until, format, out } => {
+            let selection = match since {
+                Some(since) => export::Selection::Started { since, until },
+                None => export::Selection::Runs(runs),
+            };
+            export::export(&load_config(&config)?, &selection, format, &out)
+        }
         Command::Dlq { command } => match command {
             DlqCommand::List { config, reason, json } => {
                 dlq::list(&load_config(&config)?, reason.as_deref(), json)

@@ -15,7 +15,8 @@
 //!   journald timestamps), `tailing` (live tailing: discovery latency, file identity, rotation,
 //!   copytruncate, deletion, SIGHUP, many files, a model), `columns` (typed columns and
 //!   indexes from config on old and new run DBs, and `check-config`'s report of them),
-//!   `catalog` (the run catalog: kept current, after crashes and retention, rebuilt).
+//!   `catalog` (the run catalog: kept current, after crashes and retention, rebuilt),
+//!   `export` (Parquet, NDJSON, CSV read back; selection by `--run` and from a catalog).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
@@ -38,3 +39,4 @@ mod tailing;
 mod columns;
 mod catalog;
 mod summary;
+mod export;
