@@ -192,7 +192,13 @@ fn export_parquet_reads_back_typed_with_hex_keys_and_a_typed_column() {
         .unwrap()[..]
     );
     assert!(r1_row[8].as_i64().unwrap() > 0, "db_bytes {}", r1_row[8]);
-    assert_eq!(r1_row[9..], [Json::Null, Json::Null]);
+    // From the catalog the backfill kept: its last write, and the summary of the ended run.
+    assert!(r1_row[9].as_str().is_some_and(|t| t.ends_with('Z')), "last_write_at {}", r1_row[9]);
+    assert!(
+        r1_row[10].as_str().is_some_and(|s| s.contains(r#""events":3"#)),
+        "summary {}",
+        r1_row[10]
+    );
     assert_eq!(rows[1][0], "r2");
 
     // Only the final names: no temp file left behind.
@@ -276,6 +282,7 @@ fn export_ndjson_and_csv_are_exact() {
 /// The catalog with the contract's columns, made by the test (the catalog module is not what
 /// is tested here).
 fn write_catalog(shipper: &Shipper, rows: &[(&str, Option<&str>, Option<&str>, i64)]) {
+    remove_catalog(shipper); // the one the backfill kept
     let conn = rusqlite::Connection::open(shipper.path("db/catalog.sqlite")).unwrap();
     conn.execute_batch(
         "CREATE TABLE runs (run_id TEXT PRIMARY KEY, db_path TEXT NOT NULL, status TEXT,
@@ -384,6 +391,7 @@ fn export_of_a_missing_run_exits_2_naming_it_and_writes_nothing() {
     );
     assert!(!out.exists(), "nothing is written");
     // --since needs the catalog.
+    remove_catalog(&shipper);
     let finished = export(&shipper, &["--since", "2024-03-01", "--out", out.to_str().unwrap()]);
     assert_eq!(finished.status.code(), Some(2), "{}", finished.stderr);
     assert!(finished.stderr.contains("catalog.sqlite does not exist"), "{}", finished.stderr);
@@ -436,4 +444,10 @@ fn export_parquet_is_read_by_duckdb_or_pyarrow_when_installed() {
     let result: Json = serde_json::from_slice(&output.stdout).unwrap();
     let min_key = [key(3), key(4), key(5), "e-1".to_string()].into_iter().min().unwrap();
     assert_eq!(result, json!([4, 604, 2, min_key, 5]));
+}
+
+fn remove_catalog(shipper: &Shipper) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(shipper.path(&format!("db/catalog.sqlite{suffix}")));
+    }
 }
