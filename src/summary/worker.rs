@@ -157,9 +157,22 @@ impl Thread {
         left.sort_by(|a, b| a.0.cmp(&b.0));
         let started = Instant::now();
         let n = left.len();
-        for (run_id, p) in left {
-            self.summarise(&run_id, &p.path);
-        }
+        // The writers are gone, so their cores are free: one summary per core at a time (a
+        // backfill of 50 runs spent 1.2 s here on one thread, 15 % of its wall time).
+        let threads =
+            std::thread::available_parallelism().map_or(1, |c| c.get()).clamp(1, n.max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while let Some((run_id, p)) =
+                        left.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        self.summarise(run_id, &p.path);
+                    }
+                });
+            }
+        });
         if n > 0 {
             tracing::info!(
                 runs = n,
