@@ -4,7 +4,6 @@
 //! Files are read oldest day first. Parallel readers do not change the result: run merges and
 //! event upserts are ordered by stream position (file day, line number), not arrival order.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +18,8 @@ use crate::metrics::Counters;
 use crate::pipeline::{Mode, Pipeline};
 use crate::route;
 use crate::shutdown::Signals;
+
+use super::progress::Progress;
 
 pub(super) fn backfill(
     config: Config,
@@ -55,7 +56,10 @@ pub(super) fn backfill(
     };
     let failed = AtomicBool::new(false);
     let stopping = signals.stopping.clone();
-    let progress = Progress::new(total_bytes);
+    let progress = Progress::new(
+        total_bytes,
+        "{spinner} [{elapsed_precise}] {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+    );
     let close_inactive = config.sources.close_inactive;
     std::thread::scope(|scope| {
         let mut readers = Vec::new();
@@ -101,7 +105,7 @@ pub(super) fn backfill(
             readers.push(reader);
         }
         while readers.iter().any(|r| r.as_ref().is_ok_and(|r| !r.is_finished())) {
-            progress.update(pipeline.disk_bytes.get(), &counters, started);
+            show_progress(&progress, pipeline.disk_bytes.get(), &counters, started);
             std::thread::sleep(Duration::from_millis(100));
         }
         for reader in readers {
@@ -118,7 +122,9 @@ pub(super) fn backfill(
             }
         }
     });
-    progress.finish_reading();
+    if let Some(bar) = progress.bar() {
+        bar.set_message("committing the last batches");
+    }
     pipeline.finish()?;
     progress.clear();
 
@@ -175,52 +181,19 @@ fn is_idle(opened: &crate::follow::Opened, close_inactive: Duration) -> bool {
         .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= close_inactive))
 }
 
-/// A progress bar on a terminal; a log line every 10 s otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    last_log: std::cell::Cell<Instant>,
-}
-
-impl Progress {
-    fn new(total_bytes: u64) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total_bytes);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-                )
-                .expect("valid template"),
-            );
-            bar
-        });
-        Progress { bar, last_log: std::cell::Cell::new(Instant::now()) }
-    }
-
-    fn update(&self, disk_bytes: u64, counters: &Counters, started: Instant) {
-        let lines = counters.lines_read.get();
-        let rate = lines as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(disk_bytes);
-                bar.set_message(format!("{lines} lines, {rate:.0} lines/s"));
-            }
-            None if self.last_log.get().elapsed() >= Duration::from_secs(10) => {
-                self.last_log.set(Instant::now());
-                tracing::info!(disk_bytes, lines, lines_per_sec = rate as u64, "backfill progress");
-            }
-            None => {}
+/// The bar's position is the bytes read from disk; its message, and the line logged off a
+/// terminal, the lines read and their rate.
+fn show_progress(progress: &Progress, disk_bytes: u64, counters: &Counters, started: Instant) {
+    let lines = counters.lines_read.get();
+    let rate = lines as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    match progress.bar() {
+        Some(bar) => {
+            bar.set_position(disk_bytes);
+            bar.set_message(format!("{lines} lines, {rate:.0} lines/s"));
         }
-    }
-
-    fn finish_reading(&self) {
-        if let Some(bar) = &self.bar {
-            bar.set_message("committing the last batches");
+        None if progress.log_due() => {
+            tracing::info!(disk_bytes, lines, lines_per_sec = rate as u64, "backfill progress");
         }
-    }
-
-    fn clear(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        None => {}
     }
 }

@@ -1,36 +1,26 @@
 //! `catalog rebuild`: recreates the run catalog (`output.catalog`) from the run DBs, read-only
 //! (see `crate::catalog::rebuild`). Safe while the daemon runs: one transaction swaps the rows.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+use super::progress::Progress;
 use crate::config::Config;
 
 pub(super) fn rebuild(config: &Config) -> anyhow::Result<ExitCode> {
     super::prepare_dirs(config)?;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} run DBs, ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        bar
-    });
+    let progress =
+        Progress::new(0, "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} run DBs, ETA {eta}");
     let path = &config.output.catalog;
     let rebuilt = crate::catalog::rebuild::rebuild(config, |done, total| {
-        if let Some(bar) = &bar {
+        if let Some(bar) = progress.bar() {
             bar.set_length(total);
             bar.set_position(done);
         }
     })
     .with_context(|| format!("rebuilding the catalog {}", path.display()))?;
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    progress.clear();
     let unreadable = rebuilt.skipped.len();
     if config.log.format == crate::config::LogFormat::Json {
         tracing::info!(

@@ -7,13 +7,13 @@
 //! catalog lists it, or unreadable: logged, skipped, the others exported) or writing failed
 //! (the export stops there); 0 otherwise.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 
+use super::progress::Progress;
 use super::UsageError;
 use crate::config::Config;
 use crate::export::select::{default_columns, Catalog};
@@ -112,13 +112,18 @@ pub(super) fn export(
     std::fs::create_dir_all(out_dir)
         .map_err(|e| UsageError(format!("--out {}: {e}", out_dir.display())))?;
 
-    let progress = Progress::new(planned.len() as u64);
+    let progress = Progress::new(
+        planned.len() as u64,
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs {msg}",
+    );
     let (mut rows, mut bytes, mut runs_rows) = (0u64, 0u64, Vec::new());
     for run in &planned {
-        progress.start_run(&run.run_id);
+        if let Some(bar) = progress.bar() {
+            bar.set_message(run.run_id.clone());
+        }
         let exported = exporting::export_run(run, format, out_dir, &mut |n| {
             rows += n;
-            progress.rows(rows, started);
+            show_rows(&progress, rows, started);
         });
         match exported {
             Ok(exported) => {
@@ -143,7 +148,9 @@ pub(super) fn export(
                 skipped += 1;
             }
         }
-        progress.done_run();
+        if let Some(bar) = progress.bar() {
+            bar.inc(1);
+        }
     }
     let columns = catalog.as_ref().map_or_else(default_columns, |c| c.columns().to_vec());
     let (runs_path, runs_bytes) =
@@ -172,54 +179,14 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// A bar over the runs on a terminal; a log line every 10 s otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    last_log: std::cell::Cell<Instant>,
-}
-
-impl Progress {
-    fn new(runs: u64) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(runs);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs {msg}",
-                )
-                .expect("valid template"),
-            );
-            bar
-        });
-        Progress { bar, last_log: std::cell::Cell::new(Instant::now()) }
-    }
-
-    fn start_run(&self, run_id: &str) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(run_id.to_string());
+/// The bar's message, and the line logged off a terminal: the run's rows so far and their rate.
+fn show_rows(progress: &Progress, rows: u64, started: Instant) {
+    let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    match progress.bar() {
+        Some(bar) => bar.set_message(format!("{rows} rows, {rate:.0} rows/s")),
+        None if progress.log_due() => {
+            tracing::info!(rows, rows_per_second = rate as u64, "export progress");
         }
-    }
-
-    fn rows(&self, rows: u64, started: Instant) {
-        let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        match &self.bar {
-            Some(bar) => bar.set_message(format!("{rows} rows, {rate:.0} rows/s")),
-            None if self.last_log.get().elapsed() >= Duration::from_secs(10) => {
-                self.last_log.set(Instant::now());
-                tracing::info!(rows, rows_per_second = rate as u64, "export progress");
-            }
-            None => {}
-        }
-    }
-
-    fn done_run(&self) {
-        if let Some(bar) = &self.bar {
-            bar.inc(1);
-        }
-    }
-
-    fn clear(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        None => {}
     }
 }

@@ -18,6 +18,7 @@ mod dlq;
 mod export;
 mod generate;
 mod maintain;
+mod progress;
 mod run;
 mod slo;
 mod status;
