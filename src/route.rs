@@ -193,6 +193,12 @@ impl Router {
         error: &std::io::Error,
     ) -> Routed {
         let (offset, line_no) = (reader.offset(), reader.line_no());
+        tracing::warn!(
+            path = %file.path.display(),
+            offset,
+            %error,
+            "the .gz is corrupt or cut short; what cannot be read after this offset is one incomplete_line dead letter"
+        );
         let mut pending = Pending::new(self.writers.len());
         if self.rebuild.is_none() {
             let error = format!(

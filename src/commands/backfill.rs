@@ -86,7 +86,6 @@ pub(super) fn backfill(
                                 Ok(_) => Ok(()),
                                 // Not a .gz being written (that one is retried by a later run).
                                 Err(e) if route::is_corrupt_gzip(&opened.file, &e) && idle => {
-                                    tracing::warn!(path = %path.display(), offset = opened.reader.offset(), error = %e, "the .gz is corrupt or cut short; what cannot be read after this offset is one incomplete_line dead letter");
                                     router.give_up(&opened.file, &opened.handle, &mut opened.reader, &e);
                                     Ok(())
                                 }

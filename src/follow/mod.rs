@@ -834,12 +834,6 @@ impl<'a> Tailer<'a> {
                 {
                     // Retried for close_inactive without a byte more: corrupt for good, not
                     // a `.gz` still being written. One dead letter, and the file is done.
-                    tracing::warn!(
-                        path = %tailed.path.display(),
-                        offset = opened.reader.offset(),
-                        %error,
-                        "the .gz is corrupt or cut short; what cannot be read after this offset is one incomplete_line dead letter"
-                    );
                     tailed.read_error = None;
                     tailed.corrupt = true;
                     match self.router.give_up(
@@ -1039,12 +1033,6 @@ impl<'a> Tailer<'a> {
                 Ok(Routed::Drained | Routed::Closed) => {}
                 Err(error) if is_corrupt_gzip(&opened.file, &error) => {
                     // Idle for close_inactive already: corrupt for good.
-                    tracing::warn!(
-                        path = %tailed.path.display(),
-                        offset = opened.reader.offset(),
-                        %error,
-                        "the .gz is corrupt or cut short; what cannot be read after this offset is one incomplete_line dead letter"
-                    );
                     tailed.corrupt = true;
                     let routed = self.router.give_up(
                         &opened.file,
