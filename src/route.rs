@@ -450,6 +450,15 @@ mod tests {
         })
     }
 
+    /// The line numbers the spans sent to the state thread so far end at, in order.
+    fn span_ends(state_rx: &Receiver<StateMsg>) -> Vec<u64> {
+        let span_end = |m| match m {
+            StateMsg::Span { span, .. } => Some(span.end_line_no),
+            _ => None,
+        };
+        state_rx.try_iter().filter_map(span_end).collect()
+    }
+
     /// A router with one writer, the receiving ends of its writer and state channels (of
     /// these capacities) in hand.
     fn router(
@@ -512,13 +521,7 @@ mod tests {
             })
             .collect();
         assert_eq!(keys, (0..n).map(|i| i.to_string()).collect::<Vec<_>>(), "all, once, in order");
-        let spans: Vec<u64> = state_rx
-            .try_iter()
-            .filter_map(|m| match m {
-                StateMsg::Span { span, .. } => Some(span.end_line_no),
-                _ => None,
-            })
-            .collect();
+        let spans = span_ends(&state_rx);
         let span = SPAN_MAX_RECORDS as u64;
         assert_eq!(spans, [span, 2 * span, 3 * span]);
     }
@@ -583,13 +586,7 @@ mod tests {
         let handle = source.reopen().unwrap();
         let routed = router.route(&file, &handle, &mut reader, false, &|| false).unwrap();
         assert_eq!(routed, Routed::Drained);
-        let ends: Vec<u64> = state_rx
-            .try_iter()
-            .filter_map(|m| match m {
-                StateMsg::Span { span, .. } => Some(span.end_line_no),
-                _ => None,
-            })
-            .collect();
+        let ends = span_ends(&state_rx);
         // 16 lines of just over 512 KiB pass 8 MiB.
         assert_eq!(ends, [16, 32, 40]);
         let records: usize = writer_rx.try_iter().map(|b| b.recs.len()).sum();

@@ -216,10 +216,7 @@ fn a_locked_state_db_holds_checkpoints_and_dead_letters_back_until_the_lock_is_g
     let rel = "raw/events_20240301.ndjson";
     let first = lines("a", 1, 0);
     shipper.write(rel, first.as_bytes());
-    let source = shipper.source(rel);
-    let offset = |shipper: &Shipper| {
-        shipper.try_checkpoints().ok()?.into_iter().find(|cp| cp.path == source).map(|cp| cp.offset)
-    };
+    let offset = |shipper: &Shipper| shipper.checkpoint_offset(rel);
     let daemon = shipper.spawn_run();
     wait_until(DEADLINE, "the first line checkpointed", || {
         offset(&shipper) == Some(first.len() as u64)
@@ -440,10 +437,7 @@ fn a_read_only_state_db_holds_checkpoints_back_and_catches_up_when_writable() {
     let rel = "raw/events_20240301.ndjson";
     let first = lines("a", 1, 0);
     shipper.write(rel, first.as_bytes());
-    let source = shipper.source(rel);
-    let offset = |shipper: &Shipper| {
-        shipper.try_checkpoints().ok()?.into_iter().find(|cp| cp.path == source).map(|cp| cp.offset)
-    };
+    let offset = |shipper: &Shipper| shipper.checkpoint_offset(rel);
     let daemon = shipper.spawn_run();
     wait_until(DEADLINE, "the first line checkpointed", || {
         offset(&shipper) == Some(first.len() as u64)

@@ -324,6 +324,13 @@ impl Shipper {
         rows.collect()
     }
 
+    /// The checkpointed offset of `D/<rel>`; None while it has none or the state DB cannot be
+    /// read (for polling a daemon whose state DB is locked or being written).
+    pub(crate) fn checkpoint_offset(&self, rel: &str) -> Option<u64> {
+        let source = self.source(rel);
+        self.try_checkpoints().ok()?.into_iter().find(|cp| cp.path == source).map(|cp| cp.offset)
+    }
+
     /// Sum of the checkpointed offsets: how far the shipper has durably got. 0 while the state
     /// DB does not exist or is being created.
     pub(crate) fn progress(&self) -> u64 {
