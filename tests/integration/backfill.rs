@@ -331,13 +331,8 @@ fn from_start_rebuilds_one_run_leaving_checkpoints_dead_letters_and_other_runs_a
     write_all(&shipper, &files);
     shipper.backfill(&[]);
     let (rows, dlq, checkpoints) = (shipper.snapshot(), shipper.dlq_files(), shipper.checkpoints());
-    let remove_db = |name: &str| {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(shipper.path(&format!("db/runs/{name}{suffix}")));
-        }
-    };
-    remove_db("alpha.sqlite");
-    remove_db("night.sqlite");
+    shipper.remove_db("db/runs/alpha.sqlite");
+    shipper.remove_db("db/runs/night.sqlite");
 
     let usage = shipper.run_cmd(&["backfill"], &["--run", "alpha"]);
     assert_eq!(usage.status.code(), Some(2), "{}", usage.stderr);

@@ -447,7 +447,5 @@ fn export_parquet_is_read_by_duckdb_or_pyarrow_when_installed() {
 }
 
 fn remove_catalog(shipper: &Shipper) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(shipper.path(&format!("db/catalog.sqlite{suffix}")));
-    }
+    shipper.remove_db("db/catalog.sqlite");
 }

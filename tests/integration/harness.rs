@@ -324,6 +324,18 @@ impl Shipper {
         rows.collect()
     }
 
+    /// Deletes the SQLite DB `D/<rel>` with its `-wal` and `-shm`, those that exist.
+    pub(crate) fn remove_db(&self, rel: &str) {
+        for suffix in ["", "-wal", "-shm"] {
+            let path = self.path(&format!("{rel}{suffix}"));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("removing {}: {e}", path.display()),
+            }
+        }
+    }
+
     /// The checkpointed offset of `D/<rel>`; None while it has none or the state DB cannot be
     /// read (for polling a daemon whose state DB is locked or being written).
     pub(crate) fn checkpoint_offset(&self, rel: &str) -> Option<u64> {

@@ -14,14 +14,7 @@ fn backfill_file(shipper: &Shipper, file: &GenFile) {
 /// Forgets every checkpoint (and the DLQ index), so the next backfill reads everything again:
 /// the same replay a crash between "run DBs committed" and "checkpoint advanced" causes.
 fn forget_checkpoints(shipper: &Shipper) {
-    for suffix in ["", "-wal", "-shm"] {
-        let path = shipper.path(&format!("db/shipper-state.sqlite{suffix}"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("removing {}: {e}", path.display()),
-        }
-    }
+    shipper.remove_db("db/shipper-state.sqlite");
 }
 
 #[test]
