@@ -8,8 +8,8 @@ use jsonl_shipper::cli::Invocation;
 use jsonl_shipper::commands;
 
 fn main() -> ExitCode {
-    commands::tune_malloc();
     let cli = Invocation::parse();
+    commands::tune_malloc(&cli.command);
     commands::raise_fd_limit();
     match commands::dispatch(cli.command) {
         Ok(code) => code,

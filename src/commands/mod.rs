@@ -215,9 +215,14 @@ pub fn raise_fd_limit() {
 /// mapping, returned to the OS when freed. glibc would otherwise raise that threshold to the
 /// size of the largest block freed so far and keep such blocks in its heaps: they fragment, and
 /// a 50-run backfill peaked ~20 MiB higher (`bench backfill --runs 50`, medians of 3: 100 MiB
-/// without, 79 MiB with; CPU within noise).
+/// without, 79 MiB with; CPU within noise). Not for `export`: its Arrow buffers (MiBs, one set
+/// per 8,192-row batch) would each be a fresh mapping, zeroed page by page; glibc's own
+/// threshold reuses them (`bench export`: see the README).
 #[allow(unsafe_code)]
-pub fn tune_malloc() {
+pub fn tune_malloc(invoked: &Invoked) {
+    if matches!(invoked, Invoked::Command(Command::Export { .. })) {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
     unsafe {

@@ -78,7 +78,13 @@ pub(crate) fn typed(kind: Kind, value: ValueRef<'_>) -> Result<Typed<'_>, ()> {
         (Kind::Real, ValueRef::Integer(i)) => Ok(Typed::Real(i as f64)),
         (Kind::Real, ValueRef::Real(r)) => Ok(Typed::Real(r)),
         (Kind::Integer | Kind::Real, _) => Err(()),
-        (Kind::Text | Kind::Json, ValueRef::Text(t)) => Ok(Typed::Text(String::from_utf8_lossy(t))),
+        // `from_utf8` first: its check of valid text is several times faster than the lossy one's.
+        (Kind::Text | Kind::Json, ValueRef::Text(t)) => {
+            Ok(Typed::Text(match std::str::from_utf8(t) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(t),
+            }))
+        }
         (Kind::Text | Kind::Json, ValueRef::Blob(b)) => Ok(Typed::Text(Cow::Owned(hex(b)))),
         (Kind::Text | Kind::Json, ValueRef::Integer(i)) => {
             Ok(Typed::Text(Cow::Owned(i.to_string())))
