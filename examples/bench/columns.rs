@@ -1,5 +1,12 @@
 //! `columns`: what typed columns and indexes from config (`[columns]`, `[[indexes]]`) cost.
 //!
+//! 0. **SQLite alone** (`--sqlite-rows`, default 300,000 lines of the 50-run data set): the
+//!    run DB's `events` table and the agent's upsert, in one scratch DB per variant, with no
+//!    columns, 5 columns `AS (NULL)`, 5 columns of bare `json_extract`, and the 5 columns as
+//!    the agent defines them (`json_type`-guarded; the expressions mirror `schema.rs`), in
+//!    5,000-row transactions, interleaved: what SQLite's INSERT costs per row for each. SQLite
+//!    computes every generated column, VIRTUAL ones included, on every INSERT
+//!    (`sqlite3ComputeGeneratedColumns` in `sqlite3Insert`), so this is the floor of part 1.
 //! 1. **Write path** (each `--runs` set-up, default 50; the data set of `backfill`): per
 //!    rep, in turn, `jsonl-shipper backfill --config F` of the whole data set with F setting
 //!    no columns, the 5 typed columns below, and the 5 columns plus the 2 indexes below
@@ -63,6 +70,9 @@ pub(crate) struct ColumnsArgs {
     /// Skip part 3.
     #[arg(long)]
     no_reopen: bool,
+    /// Lines inserted per variant in part 0 (SQLite alone); 0 skips it.
+    #[arg(long, default_value_t = 300_000)]
+    sqlite_rows: usize,
     #[command(flatten)]
     data: DataArgs,
     #[command(flatten)]
@@ -126,6 +136,9 @@ pub(crate) fn columns(a: ColumnsArgs) -> Result<bool> {
     let root = data_root(&a.data.dir)?;
     let bin = resolve_bin(&a.bin)?;
     let mut ok = true;
+    if a.sqlite_rows > 0 {
+        sqlite_alone(&a, &root)?;
+    }
     if !a.no_write {
         for &runs in &a.runs {
             ok &= write_path(&a, &root, &bin, runs)?;
@@ -138,6 +151,117 @@ pub(crate) fn columns(a: ColumnsArgs) -> Result<bool> {
         ok &= reopen(&a, &root, &bin)?;
     }
     Ok(ok)
+}
+
+/// The paths and types of [`COLUMNS`].
+const COLUMN_PATHS: [(&str, &str); 5] = [
+    ("$.status", "integer"),
+    ("$.timing.ttfb_ms", "real"),
+    ("$.headers.content_type", "text"),
+    ("$.depth", "integer"),
+    ("$.url", "text"),
+];
+
+/// Part 0: SQLite's INSERT cost per row with each kind of generated column (see the top).
+fn sqlite_alone(a: &ColumnsArgs, root: &Path) -> Result<()> {
+    let base = base_dir(root, 50, a.data.events);
+    ensure_data(&base, &gen_params(50, &a.data))?;
+    let mut lines = Vec::with_capacity(a.sqlite_rows);
+    'files: for entry in data_files(&base.join("raw"))? {
+        for line in fs::read_to_string(&entry)?.lines() {
+            if lines.len() == a.sqlite_rows {
+                break 'files;
+            }
+            lines.push(line.to_string());
+        }
+    }
+    let guarded = |p: &str, ty: &str| {
+        match ty {
+        "integer" => format!("CASE WHEN json_type(data, '{p}') = 'integer' THEN json_extract(data, '{p}') END"),
+        "real" => format!("CASE WHEN json_type(data, '{p}') IN ('integer', 'real') THEN CAST(json_extract(data, '{p}') AS REAL) END"),
+        _ => format!("CASE WHEN json_type(data, '{p}') = 'text' THEN json_extract(data, '{p}') END"),
+    }
+    };
+    let variants: [(&str, Vec<String>); 4] = [
+        ("none", vec![]),
+        ("5 x NULL", COLUMN_PATHS.iter().map(|_| "NULL".to_string()).collect()),
+        (
+            "5 x json_extract",
+            COLUMN_PATHS.iter().map(|(p, _)| format!("json_extract(data, '{p}')")).collect(),
+        ),
+        ("5 typed (agent)", COLUMN_PATHS.iter().map(|(p, t)| guarded(p, t)).collect()),
+    ];
+    let scratch = base.join("sqlite-alone");
+    fs::create_dir_all(&scratch)?;
+    let mut times: Vec<Vec<f64>> = vec![vec![]; variants.len()];
+    for _rep in 0..a.reps {
+        for (v, (_, columns)) in variants.iter().enumerate() {
+            let db = scratch.join(format!("v{v}.sqlite"));
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+            }
+            let conn = Connection::open(&db)?;
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+                 CREATE TABLE events (event_key TEXT PRIMARY KEY, run_id TEXT NOT NULL,
+                     event_type, ts, data TEXT NOT NULL, source TEXT NOT NULL,
+                     line_no INTEGER NOT NULL, pos INTEGER NOT NULL);",
+            )?;
+            for (i, expr) in columns.iter().enumerate() {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE events ADD COLUMN c{i} AS ({expr}) VIRTUAL"
+                ))?;
+            }
+            let started = std::time::Instant::now();
+            for (chunk_no, chunk) in lines.chunks(5_000).enumerate() {
+                let tx = conn.unchecked_transaction()?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (event_key, run_id, event_type, ts, data, source, line_no, pos)
+                     VALUES (?1, 'r', 't', NULL, ?2, 'raw', ?3, ?3)
+                     ON CONFLICT (event_key) DO UPDATE SET data = excluded.data, pos = excluded.pos
+                     WHERE excluded.pos > events.pos
+                        OR (excluded.pos = events.pos AND excluded.data > events.data)",
+                )?;
+                for (i, line) in chunk.iter().enumerate() {
+                    let n = (chunk_no * 5_000 + i) as i64;
+                    insert.execute(rusqlite::params![format!("{n:016}"), line, n])?;
+                }
+                drop(insert);
+                tx.commit()?;
+            }
+            times[v].push(started.elapsed().as_secs_f64());
+        }
+    }
+    let median = |xs: &[f64]| {
+        let mut xs = xs.to_vec();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let none = median(&times[0]);
+    println!(
+        "SQLite alone: {} lines per variant, medians of {} interleaved reps",
+        fmt_int(lines.len() as u64),
+        a.reps
+    );
+    for (v, (name, _)) in variants.iter().enumerate() {
+        let m = median(&times[v]);
+        println!(
+            "  {name:18} {m:.3} s, {:.2} µs/row, {:+.2} µs/row vs none",
+            m * 1e6 / lines.len() as f64,
+            (m - none) * 1e6 / lines.len() as f64
+        );
+    }
+    fs::remove_dir_all(&scratch)?;
+    Ok(())
+}
+
+/// The data set's files, in name order.
+fn data_files(raw: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(raw)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "ndjson"));
+    files.sort();
+    Ok(files)
 }
 
 /// Writes `base = <base>` plus `extra` to `<base>/logs/<name>.toml`.
