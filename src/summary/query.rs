@@ -14,6 +14,7 @@
 //! Values of the wrong type are ignored: sum, avg, min, max and the percentiles see only
 //! INTEGER and REAL values of their column (a typed column is NULL for a wrong JSON type).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::types::ValueRef;
@@ -236,6 +237,18 @@ struct Values {
     spilled: bool,
 }
 
+/// Makes `t` the bound if there is none yet or `t` compares `beyond` it.
+fn keep_bound(bound: &mut Option<Vec<u8>>, t: &[u8], beyond: Ordering) {
+    match bound {
+        Some(b) if t.cmp(b) == beyond => {
+            b.clear();
+            b.extend_from_slice(t);
+        }
+        Some(_) => {}
+        None => *bound = Some(t.to_vec()),
+    }
+}
+
 /// The one pass, and the percentiles.
 pub(super) fn scan(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite::Result<Scan> {
     let plan = plan(metrics);
@@ -243,8 +256,10 @@ pub(super) fn scan(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite::Re
     let mut groups: Vec<Values> =
         plan.groups.iter().map(|_| Values { integers: true, ..Default::default() }).collect();
     let mut by_type: HashMap<Vec<u8>, i64> = HashMap::new();
+    // Text bounds as bytes, updated in place: UTF-8's byte order is its text order, and the
+    // usual rising `ts` makes a new maximum on every row (an allocation each, as `String`s).
     let (mut events, mut ts_num, mut ts_text) =
-        (0i64, MinMax::default(), (None::<String>, None::<String>));
+        (0i64, MinMax::default(), (None::<Vec<u8>>, None::<Vec<u8>>));
     let mut stmt = conn.prepare(&plan.sql)?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
@@ -261,13 +276,8 @@ pub(super) fn scan(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite::Re
         }
         match row.get_ref(1)? {
             ValueRef::Text(t) => {
-                let t = String::from_utf8_lossy(t);
-                if ts_text.0.as_deref().is_none_or(|m| *t < *m) {
-                    ts_text.0 = Some(t.to_string());
-                }
-                if ts_text.1.as_deref().is_none_or(|m| *t > *m) {
-                    ts_text.1 = Some(t.into_owned());
-                }
+                keep_bound(&mut ts_text.0, t, Ordering::Less);
+                keep_bound(&mut ts_text.1, t, Ordering::Greater);
             }
             v => {
                 if let Some(v) = Num::of(v) {
@@ -368,7 +378,10 @@ pub(super) fn scan(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite::Re
     let (first_ts, last_ts) = match (ts_num.min, ts_num.max) {
         (Some(min), Some(max)) => (min.json(), max.json()),
         _ => {
-            (ts_text.0.map_or(Value::Null, Value::from), ts_text.1.map_or(Value::Null, Value::from))
+            let text = |b: Option<Vec<u8>>| {
+                b.map_or(Value::Null, |b| Value::from(String::from_utf8_lossy(&b).into_owned()))
+            };
+            (text(ts_text.0), text(ts_text.1))
         }
     };
     let by_type: BTreeMap<String, i64> = by_type
