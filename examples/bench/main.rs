@@ -12,10 +12,11 @@
 //! cargo run --release --example bench -- columns  [--runs 50] [--reps 5] [--open-events 1000000]
 //!                                                [--no-write] [--no-open]
 //! cargo run --release --example bench -- summary  [--events 1000000] [--reps 5] [--metrics F]
+//! cargo run --release --example bench -- pair     [--runs 1,50,5000] [--n 3]
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
-//! `gen.rs` writes), `tail.rs`, `columns.rs`, `catalog.rs`, `summary.rs` and `export.rs`;
+//! `gen.rs` writes), `tail.rs`, `columns.rs`, `catalog.rs`, `summary.rs`, `export.rs` and `pair.rs` (the limit program's yardstick);
 //! `common.rs` holds what they share.
 //!
 //! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
@@ -32,6 +33,7 @@ mod catalog;
 mod common;
 mod export;
 mod gen;
+mod pair;
 mod summary;
 mod tail;
 
@@ -43,6 +45,7 @@ use catalog::{catalog, CatalogArgs};
 use columns::{columns, ColumnsArgs};
 use export::{export, ExportArgs};
 use gen::{generate_cmd, GenArgs};
+use pair::{pair, PairArgs};
 use summary::{summary, SummaryArgs};
 use tail::{tail, TailArgs};
 
@@ -70,6 +73,8 @@ enum Mode {
     Columns(ColumnsArgs),
     /// Time `jsonl-shipper summary` on a 1-run data set (5 metrics, two percentiles).
     Summary(SummaryArgs),
+    /// Issue 13's yardstick: `../shared/limit/pair.py` at 1, 50 and 5,000 runs, one table.
+    Pair(PairArgs),
 }
 
 fn main() -> Result<()> {
@@ -85,6 +90,7 @@ fn main() -> Result<()> {
         Mode::Tail(a) => tail(a)?,
         Mode::Columns(a) => columns(a)?,
         Mode::Summary(a) => summary(a)?,
+        Mode::Pair(a) => pair(a)?,
     };
     if !ok {
         std::process::exit(1);
