@@ -486,7 +486,10 @@ fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<(), Bad> {
     ensure(
         rest.is_some(),
         "sinks.clickhouse.url",
-        format!("must start with http:// (the HTTP interface; https is not built in), got {:?}", ch.url),
+        format!(
+            "must start with http:// (the HTTP interface; https is not built in), got {:?}",
+            ch.url
+        ),
     )?;
     let rest = rest.unwrap_or_default().trim_end_matches('/');
     ensure(
