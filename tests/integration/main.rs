@@ -13,7 +13,9 @@
 //!   codes), `configured` (behaviour that needs `--config`), `ops` (`/metrics`, `/healthz`,
 //!   systemd notify, the packaged man pages and completions), `logs` (level, format, colours,
 //!   journald timestamps), `tailing` (live tailing: discovery latency, file identity, rotation,
-//!   copytruncate, deletion, SIGHUP, many files, a model).
+//!   copytruncate, deletion, SIGHUP, many files, a model), `clickhouse` (the fleet sink
+//!   against private ClickHouse servers the tests start: exactly once after FINAL, crash
+//!   replay, outages).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
@@ -33,3 +35,4 @@ mod retention;
 mod ops;
 mod logs;
 mod tailing;
+mod clickhouse;
