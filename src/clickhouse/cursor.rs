@@ -248,7 +248,7 @@ impl Thread {
             None => {
                 let from_end = self.first_pass
                     && self.config.sources.read_from == ReadFrom::End
-                    && matches!(self.give_up, None);
+                    && self.give_up.is_none();
                 self.opener.open(path, from_end)
             }
         };
