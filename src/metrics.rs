@@ -21,6 +21,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::parse::DeadReason;
 
+/// The `sink` label of the ClickHouse sink's series (and its name in the state DB and
+/// `status`: `clickhouse::SINK`). Here, not there: metrics must not depend on the sink.
+pub(crate) const CLICKHOUSE_SINK: &str = "clickhouse";
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -436,7 +440,7 @@ impl Collector for Exposition {
         }
 
         // The sinks' series, labelled by sink (one: "clickhouse"; 0 while it is off).
-        let sink = [("sink", crate::clickhouse::SINK)];
+        let sink = [("sink", CLICKHOUSE_SINK)];
         let sink_counters: [(&str, &str, &Counter); 2] = [
             ("jsonl_shipper_sink_rows", "Rows a remote sink acknowledged.", &c.sink_rows),
             (

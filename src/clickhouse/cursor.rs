@@ -185,17 +185,16 @@ impl Thread {
         loop {
             let started = Instant::now();
             let paths = self.paths(&files);
-            let mut all_done = true;
             let mut lag = 0;
             for path in &paths {
-                let (done, file_lag) = self.ship_file(path)?;
-                all_done &= done;
-                lag += file_lag;
+                lag += self.ship_file(path)?;
             }
             self.flush()?;
             self.first_pass = false;
             self.counters.sink_lag_bytes.set(lag);
-            if all_done && matches!(files, Files::List(_)) {
+            // Backfill reads each file once to its end as of now, like the SQLite path (a
+            // growing file's unterminated tail is left to the daemon), then ends.
+            if matches!(files, Files::List(_)) {
                 return Ok(());
             }
             self.sleep(self.ch.batch_max_delay.saturating_sub(started.elapsed()))?;
@@ -223,16 +222,16 @@ impl Thread {
     }
 
     /// Reads one file from the sink's cursor to its end into the batch (sending full batches
-    /// on the way). Returns whether it is done (read to its end) and its lag after this pass.
-    fn ship_file(&mut self, path: &Path) -> Result<(bool, u64), Failure> {
-        let Ok(meta) = std::fs::metadata(path) else { return Ok((true, 0)) };
+    /// on the way). Returns its lag after this pass.
+    fn ship_file(&mut self, path: &Path) -> Result<u64, Failure> {
+        let Ok(meta) = std::fs::metadata(path) else { return Ok(0) };
         if !meta.is_file() {
-            return Ok((true, 0));
+            return Ok(0);
         }
         let id = FileId::of(&meta);
         let mtime = meta.modified().ok();
         if self.drained.get(&id) == Some(&(meta.len(), mtime)) {
-            return Ok((true, 0));
+            return Ok(0);
         }
         let cursor = self.batch.cursors.get(&id).map(|(_, c)| c).or(self.cursors.get(&id)).cloned();
         let opened = match &cursor {
@@ -240,7 +239,7 @@ impl Thread {
                 if c.size == Some(meta.len()) && (c.offset >= meta.len() || is_gz_path(path)) =>
             {
                 self.drained.insert(id, (meta.len(), mtime));
-                return Ok((true, 0));
+                return Ok(0);
             }
             Some(c) => {
                 self.opener.reopen(path, &c.path, id, c.offset, c.line_no, c.fingerprint.clone())
@@ -254,10 +253,10 @@ impl Thread {
         };
         let mut opened = match opened {
             Ok(Some(opened)) => opened,
-            Ok(None) => return Ok((true, 0)),
+            Ok(None) => return Ok(0),
             Err(error) => {
                 tracing::warn!(path = %path.display(), error = format!("{error:#}"), "clickhouse sink: cannot open the file; trying again next pass");
-                return Ok((false, meta.len()));
+                return Ok(meta.len());
             }
         };
         let idle = mtime
@@ -293,7 +292,7 @@ impl Thread {
         } else {
             size.saturating_sub(opened.reader.offset())
         };
-        Ok((at_end, lag))
+        Ok(lag)
     }
 
     /// Adds the file's lines to the batch, sending it whenever it is full. Returns whether

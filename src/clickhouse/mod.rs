@@ -31,7 +31,7 @@ use crate::metrics::Counters;
 pub(crate) use ddl::script as ddl_script;
 
 /// The sink's name in the state DB (`sink_files.sink`), in metrics labels and in `status`.
-pub(crate) const SINK: &str = "clickhouse";
+pub(crate) const SINK: &str = crate::metrics::CLICKHOUSE_SINK;
 
 /// What the sink reads.
 #[derive(Debug, Clone)]

@@ -86,7 +86,7 @@ mod tests {
         check_scalar(Scalar::Text(Cow::Borrowed("fallback")), Some("fallback"));
         check_scalar(Scalar::Int(-42), Some("-42"));
         check_scalar(Scalar::Real(1.5), Some("1.5"));
-        check_scalar(Scalar::Real(1e300), Some("1e300"));
+        check_scalar(Scalar::Real(1e300), Some("1e+300"));
     }
 
     #[test]
