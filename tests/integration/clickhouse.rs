@@ -1,0 +1,270 @@
+//! Issue 12: the fleet sink, against real ClickHouse servers the tests start
+//! ([`ClickHouse`]): every record the run DBs hold, exactly once after `FINAL`, through a
+//! backfill, a crash between an insert and its cursor, a server down at start and a server
+//! killed mid-stream; the SQLite path the same meanwhile.
+
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::harness::{poll_until, wait_until, ClickHouse, Shipper, DEADLINE};
+
+/// `[sinks.clickhouse]` for `server` with a password file (written by [`shipper_for`]).
+fn sink_config(server: &ClickHouse, extra: &str) -> String {
+    format!(
+        "[sinks.clickhouse]\nurl = \"{}\"\ndatabase = \"telemetry\"\nuser = \"shipper\"\n\
+         password_file = \"ch-password\"\nhost_label = \"crawl-07\"\nbatch_max_delay = \"100ms\"\n{extra}",
+        server.url()
+    )
+}
+
+fn shipper_for(server: &ClickHouse, extra: &str, sink_extra: &str) -> Shipper {
+    let shipper = Shipper::with_config(&format!("{extra}\n{}", sink_config(server, sink_extra)));
+    std::fs::write(shipper.root().join("ch-password"), "s3cret\n").expect("password file");
+    shipper
+}
+
+/// `n` lines of the day's file starting at line `from`: events of three runs (derived keys,
+/// and an `event_id` repeated, which upserts), run records (start, then end), a bad line.
+fn lines(n: usize, from: usize) -> String {
+    let mut out = String::new();
+    for i in from..from + n {
+        let run = format!("run-{}", i % 3);
+        let line = match i % 50 {
+            0 => {
+                serde_json::json!({"run_id": run, "record_type": "run", "status": "running", "start_time": format!("t{i}")})
+            }
+            49 => {
+                serde_json::json!({"run_id": run, "record_type": "run", "status": "done", "end_time": format!("t{i}"), "n": i})
+            }
+            7 => {
+                serde_json::json!({"run_id": run, "event_id": format!("dup-{}", i % 7), "event_type": "dup", "v": i})
+            }
+            13 => {
+                out.push_str("not json\n");
+                continue;
+            }
+            _ => {
+                serde_json::json!({"run_id": run, "event_type": "page", "ts": i, "status": 200 + i % 5})
+            }
+        };
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Waits until ClickHouse holds, after `FINAL`, exactly the run DBs' events and runs rows,
+/// then compares them field by field.
+#[track_caller]
+fn assert_clickhouse_matches_run_dbs(shipper: &Shipper, server: &ClickHouse) {
+    let snapshot = shipper.snapshot();
+    let want_events = snapshot.events.len() as u64;
+    let want_runs = snapshot.runs.len() as u64;
+    poll_until(DEADLINE, || {
+        server.count("telemetry.events", true) == want_events
+            && server.count("telemetry.runs", true) == want_runs
+            && runs_of(server) == runs_of_dbs(shipper)
+    });
+    let mut want: Vec<(String, String, String, String, u64)> = snapshot
+        .events
+        .iter()
+        .map(|e| {
+            let key = e.event_key.strip_prefix("blob:").unwrap_or(&e.event_key).to_string();
+            (e.run_id.clone(), key, e.data.clone(), e.source.clone(), e.line_no as u64)
+        })
+        .collect();
+    want.sort();
+    let mut got: Vec<(String, String, String, String, u64)> = server
+        .rows("SELECT host, run_id, event_key, data, source, line_no FROM telemetry.events FINAL")
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r["host"], "crawl-07");
+            let line_no = r["line_no"].as_str().and_then(|n| n.parse().ok()).expect("line_no");
+            let text = |k: &str| r[k].as_str().expect(k).to_string();
+            (text("run_id"), text("event_key"), text("data"), text("source"), line_no)
+        })
+        .collect();
+    got.sort();
+    crate::harness::assert_same("clickhouse events FINAL", &got, &want, |r| {
+        (r.0.clone(), r.1.clone())
+    });
+    assert_eq!(server.count("telemetry.events", true), want_events);
+    assert_eq!(runs_of(server), runs_of_dbs(shipper));
+}
+
+type RunView = (String, Option<String>, Option<String>, Option<String>, Json);
+
+fn runs_of(server: &ClickHouse) -> Vec<RunView> {
+    let sql = "SELECT run_id, status, started_at, ended_at, data FROM telemetry.runs FINAL ORDER BY run_id";
+    let Ok(text) = server.try_query(&format!("{sql} FORMAT JSONEachRow")) else { return vec![] };
+    text.lines()
+        .map(|l| {
+            let r: Json = serde_json::from_str(l).expect("JSON row");
+            let opt = |k: &str| r[k].as_str().map(str::to_string);
+            let data = serde_json::from_str(r["data"].as_str().expect("data")).expect("data JSON");
+            (
+                opt("run_id").expect("run_id"),
+                opt("status"),
+                opt("started_at"),
+                opt("ended_at"),
+                data,
+            )
+        })
+        .collect()
+}
+
+fn runs_of_dbs(shipper: &Shipper) -> Vec<RunView> {
+    let text = |v: &rusqlite::types::Value| match v {
+        rusqlite::types::Value::Null => None,
+        rusqlite::types::Value::Text(t) => Some(t.clone()),
+        other => Some(format!("{other:?}")),
+    };
+    let Ok(snapshot) = shipper.try_snapshot() else { return vec![] };
+    let mut runs: Vec<RunView> = snapshot
+        .runs
+        .iter()
+        .map(|r| {
+            (
+                r.run_id.clone(),
+                text(&r.status),
+                text(&r.started_at),
+                text(&r.ended_at),
+                r.data.clone(),
+            )
+        })
+        .collect();
+    runs.sort_by(|a, b| a.0.cmp(&b.0));
+    runs
+}
+
+/// `status --json`'s `sinks.clickhouse`.
+fn sink_status(shipper: &Shipper) -> Json {
+    let status = shipper.run_cmd(&["status"], &["--json"]);
+    status.assert_success("status");
+    let json: Json = serde_json::from_str(&status.stdout).expect("status JSON");
+    json["sinks"]["clickhouse"].clone()
+}
+
+#[test]
+fn backfill_ships_every_record_once_and_again_adds_nothing() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "batch_max_rows = 500");
+    shipper.write("raw/events_20240101.ndjson", lines(2000, 0).as_bytes());
+    shipper.write("raw/events_20240102.ndjson", lines(1000, 0).as_bytes());
+    shipper.write_gz("raw/events_20231231.ndjson.gz", lines(700, 0).as_bytes(), &[1000]);
+    shipper.age("raw/events_20240102.ndjson");
+    // A file still being written ends in a partial line: left to the daemon by both paths,
+    // and backfill still ends.
+    let tail = br#"{"run_id":"run-1","event_type":"tail""#;
+    shipper.append("raw/events_20240101.ndjson", tail);
+    shipper.backfill(&[]);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    let inserted = server.count("telemetry.events", false);
+
+    // Again: the sink's cursor is at every file's end; not one row more, even before FINAL.
+    shipper.backfill(&[]);
+    assert_eq!(server.count("telemetry.events", false), inserted);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    let sink = sink_status(&shipper);
+    assert_eq!(sink["lag_bytes"], tail.len() as u64, "{sink}");
+    assert_eq!(sink["errors"], 0, "{sink}");
+    assert!(sink["last_insert_at"].is_string(), "{sink}");
+
+    // The password is read from its file and never shown.
+    let check = shipper.run_cmd(&["check-config"], &[]);
+    check.assert_success("check-config");
+    assert!(check
+        .stdout
+        .contains("ENGINE = ReplacingMergeTree(pos) ORDER BY (run_id, host, event_key)"));
+    assert!(!check.stdout.contains("s3cret") && !check.stderr.contains("s3cret"));
+}
+
+/// kill -9 between an acknowledged insert and the sink's cursor (crash point
+/// `clickhouse.after_insert`): the restart inserts the batch again, and `FINAL` shows every
+/// record once.
+#[test]
+fn a_crash_after_an_insert_before_its_cursor_replays_rows_that_collapse() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "batch_max_rows = 300");
+    shipper.write("raw/events_20240101.ndjson", lines(3000, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    let mut command = shipper.command(&["backfill"], &[]);
+    let point = "clickhouse.after_insert";
+    command.env("JSONL_SHIPPER_CRASH_AT", format!("{point}@3"));
+    let crashed = crate::harness::Running::spawn(command).wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(crashed.status.signal(), Some(libc::SIGABRT), "{}", crashed.stderr);
+    // Three batches of 300 events acknowledged; the cursor saved after two of them (lines
+    // hold 47 events in 50), so the restart sends the third again.
+    assert_eq!(server.count("telemetry.events", true), 900);
+    let state = rusqlite::Connection::open(shipper.path("db/shipper-state.sqlite")).unwrap();
+    let saved: i64 = state
+        .query_row("SELECT line_no FROM sink_files WHERE sink = 'clickhouse'", [], |r| r.get(0))
+        .unwrap();
+    assert!((600 * 50 / 47..900 * 50 / 47).contains(&(saved as usize)), "cursor at line {saved}");
+
+    shipper.backfill(&[]);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+}
+
+/// The server is down when the daemon starts: the run DBs fill as without a sink, the sink
+/// counts its failures in `status`; once the server is up it catches up from its cursor.
+#[test]
+fn daemon_with_the_server_down_at_start_ships_sqlite_first_then_catches_up() {
+    let mut server = ClickHouse::configure();
+    let shipper = shipper_for(&server, "", "");
+    shipper.write("raw/events_20240101.ndjson", lines(500, 0).as_bytes());
+    let daemon = shipper.spawn_run();
+    let size = || std::fs::metadata(shipper.path("raw/events_20240101.ndjson")).unwrap().len();
+    wait_until(DEADLINE, "the run DBs to hold every line", || shipper.progress() == size());
+    wait_until(DEADLINE, "the sink to report its failures", || {
+        sink_status(&shipper)["errors"].as_u64().is_some_and(|n| n > 0)
+    });
+    assert!(sink_status(&shipper)["lag_bytes"].as_u64().is_some_and(|n| n > 0));
+    assert!(
+        daemon.stderr_so_far().contains("clickhouse sink: connecting failed"),
+        "{}",
+        daemon.stderr_so_far()
+    );
+
+    server.start_again();
+    shipper.append("raw/events_20240101.ndjson", lines(300, 500).as_bytes());
+    wait_until(DEADLINE, "the run DBs to hold the appended lines", || shipper.progress() == size());
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    let log = daemon.terminate(Duration::from_secs(30));
+    log.assert_success("run after SIGTERM");
+    // One WARN per minute at most, not one per retry.
+    let warns =
+        log.stderr.lines().filter(|l| l.contains("clickhouse sink: connecting failed")).count();
+    assert_eq!(warns, 1, "{}", log.stderr);
+    assert!(log.stderr.contains("the server answers again"), "{}", log.stderr);
+    assert!(!log.stderr.contains("s3cret"));
+}
+
+/// The server is killed while the daemon ships, and restarted: the sink waits, retries, and
+/// catches up; the run DBs got every line meanwhile.
+#[test]
+fn daemon_survives_the_server_killed_mid_stream_and_restarted() {
+    let mut server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "");
+    let file = "raw/events_20240101.ndjson";
+    shipper.write(file, lines(400, 0).as_bytes());
+    let daemon = shipper.spawn_run();
+    let size = || std::fs::metadata(shipper.path(file)).unwrap().len();
+    wait_until(DEADLINE, "the run DBs to hold every line", || shipper.progress() == size());
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+
+    server.stop();
+    shipper.append(file, lines(600, 400).as_bytes());
+    wait_until(DEADLINE, "the run DBs to hold the lines appended during the outage", || {
+        shipper.progress() == size()
+    });
+    wait_until(DEADLINE, "the sink to report its failures", || {
+        sink_status(&shipper)["errors"].as_u64().is_some_and(|n| n > 0)
+    });
+
+    server.start_again();
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
+}
