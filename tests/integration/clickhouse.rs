@@ -268,3 +268,114 @@ fn daemon_survives_the_server_killed_mid_stream_and_restarted() {
     assert_clickhouse_matches_run_dbs(&shipper, &server);
     daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
 }
+
+/// Two servers as the two shards of a cluster: the agent's `events` and `runs` are
+/// `Distributed` tables (sharding by `cityHash64(run_id)`) over ReplacingMergeTree tables on
+/// each shard. The agent creates only missing tables, never a `Distributed` one, so the tables
+/// are made here by hand (as an operator would, from `check-config`'s DDL); the agent finds
+/// them and inserts into them. Every record is once across the shards after `FINAL` on the
+/// shards' own tables, and each run lives on one shard.
+#[test]
+fn a_two_shard_cluster_behind_a_distributed_table_holds_every_record_once() {
+    let shards = ClickHouse::cluster(2);
+    let shipper = shipper_for(&shards[0], "", "batch_max_rows = 700");
+    for shard in &shards {
+        // check-config's DDL, each table renamed to <name>_local.
+        for sql in printed_ddl(&shipper) {
+            let local = sql.replace("telemetry.events (", "telemetry.events_local (");
+            shard.query(&local.replace("telemetry.runs (", "telemetry.runs_local ("));
+        }
+    }
+    for table in ["events", "runs"] {
+        shards[0].query(&format!(
+            "CREATE TABLE telemetry.{table} AS telemetry.{table}_local \
+             ENGINE = Distributed(fleet, telemetry, {table}_local, cityHash64(run_id))"
+        ));
+    }
+    // Eight runs, so that both shards get some (cityHash64 is deterministic).
+    let many_runs = |n: usize, from: usize| lines(n, from).replace("\"run-", "\"r8-");
+    let mut text = String::new();
+    for i in 0..8 {
+        text.push_str(&many_runs(400, i * 400).replace("r8-", &format!("r8-{i}-")));
+    }
+    shipper.write("raw/events_20240101.ndjson", text.as_bytes());
+    shipper.write("raw/events_20240102.ndjson", many_runs(900, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    shipper.age("raw/events_20240102.ndjson");
+    shipper.backfill(&[]).assert_success("backfill");
+    // Again: the sink's cursors are at the end; nothing more is sent.
+    shipper.backfill(&[]).assert_success("backfill again");
+
+    let snapshot = shipper.snapshot();
+    let mut want_per_run: std::collections::BTreeMap<String, u64> = Default::default();
+    for event in &snapshot.events {
+        *want_per_run.entry(event.run_id.clone()).or_default() += 1;
+    }
+    assert!(want_per_run.len() >= 8, "{want_per_run:?}");
+    let per_run = |shard: &ClickHouse| -> std::collections::BTreeMap<String, u64> {
+        let sql = "SELECT run_id, count() AS n FROM telemetry.events_local FINAL GROUP BY run_id";
+        let Ok(text) = shard.try_query(&format!("{sql} FORMAT TSV")) else { return [].into() };
+        text.lines()
+            .map(|l| {
+                let (run, n) = l.split_once('\t').expect("run_id\tcount");
+                (run.to_string(), n.parse().expect("count"))
+            })
+            .collect()
+    };
+    let merged = || {
+        let mut all = per_run(&shards[0]);
+        for (run, n) in per_run(&shards[1]) {
+            *all.entry(run).or_default() += n;
+        }
+        all
+    };
+    // The Distributed table forwards the other shard's rows in the background.
+    poll_until(DEADLINE, || merged() == want_per_run);
+    let (first, second) = (per_run(&shards[0]), per_run(&shards[1]));
+    assert!(!first.is_empty() && !second.is_empty(), "one shard got nothing: {first:?} {second:?}");
+    assert!(first.keys().all(|run| !second.contains_key(run)), "a run on both shards");
+    assert_eq!(merged(), want_per_run);
+    let total: u64 = first.values().chain(second.values()).sum();
+    assert_eq!(total, snapshot.events.len() as u64);
+    // Each shard holds exactly its runs' rows after FINAL; the Distributed table sees them all.
+    for (shard, runs) in [(&shards[0], &first), (&shards[1], &second)] {
+        let n: u64 = runs.values().sum();
+        assert_eq!(shard.count("telemetry.events_local", true), n);
+    }
+    assert_eq!(shards[0].count("telemetry.events", false), total);
+    // runs rows: one per run after FINAL, on the run's shard, with the run DB's status.
+    let runs_on = |shard: &ClickHouse| -> Vec<(String, Option<String>)> {
+        shard
+            .rows("SELECT run_id, status FROM telemetry.runs_local FINAL ORDER BY run_id")
+            .iter()
+            .map(|r| {
+                (r["run_id"].as_str().expect("run_id").into(), r["status"].as_str().map(Into::into))
+            })
+            .collect()
+    };
+    let want_runs: Vec<(String, Option<String>)> =
+        runs_of_dbs(&shipper).into_iter().map(|r| (r.0, r.1)).collect();
+    poll_until(DEADLINE, || {
+        let mut got = runs_on(&shards[0]);
+        got.extend(runs_on(&shards[1]));
+        got.sort();
+        got == want_runs
+    });
+    let mut got = runs_on(&shards[0]);
+    for (run, _) in &got {
+        assert!(first.contains_key(run), "runs row of {run} not on its events' shard");
+    }
+    got.extend(runs_on(&shards[1]));
+    got.sort();
+    assert_eq!(got, want_runs);
+}
+
+/// The DDL `check-config` prints (as comments after the config), one statement each.
+fn printed_ddl(shipper: &Shipper) -> Vec<String> {
+    let check = shipper.run_cmd(&["check-config"], &[]);
+    check.assert_success("check-config");
+    let (_, ddl) = check.stdout.split_once("# To create them by hand:\n").expect("DDL printed");
+    let script: String =
+        ddl.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    script.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}

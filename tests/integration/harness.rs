@@ -982,6 +982,38 @@ impl ClickHouse {
     /// Writes the config for a server on free ports without starting it (a sink configured
     /// with its URL sees a server that is down).
     pub(crate) fn configure() -> ClickHouse {
+        let ports = free_ports(3);
+        ClickHouse::configure_on([ports[0], ports[1], ports[2]], "")
+    }
+
+    /// `n` servers started as one cluster named `fleet` (`remote_servers`: one shard per
+    /// server, in order, each its server's TCP port), for `Distributed` tables over them.
+    pub(crate) fn cluster(n: usize) -> Vec<ClickHouse> {
+        let ports = free_ports(3 * n);
+        let shards: String = (0..n)
+            .map(|i| {
+                format!(
+                    "<shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>",
+                    ports[3 * i + 1]
+                )
+            })
+            .collect();
+        let remote = format!("<remote_servers><fleet>{shards}</fleet></remote_servers>");
+        (0..n)
+            .map(|i| {
+                let mut server = ClickHouse::configure_on(
+                    [ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]],
+                    &remote,
+                );
+                server.start_again();
+                server
+            })
+            .collect()
+    }
+
+    /// The config of a server on `[http, tcp, interserver]` ports, with `extra` XML inside
+    /// `<yandex>` (a cluster's `remote_servers`).
+    fn configure_on(ports: [u16; 3], extra: &str) -> ClickHouse {
         let found = Command::new("clickhouse-server").arg("--help").output();
         assert!(
             found.is_ok(),
@@ -990,7 +1022,6 @@ impl ClickHouse {
              (.ci/run does)"
         );
         let dir = tempfile::Builder::new().prefix("jsonl-shipper-ch-").tempdir().expect("temp dir");
-        let ports = free_ports(3);
         let d = dir.path().display();
         let config = format!(
             r#"<?xml version="1.0"?>
@@ -1009,6 +1040,7 @@ impl ClickHouse {
   <default_database>default</default_database>
   <mark_cache_size>5368709</mark_cache_size>
   <uncompressed_cache_size>0</uncompressed_cache_size>
+  {extra}
 </yandex>
 "#,
             ports[0], ports[1], ports[2]
