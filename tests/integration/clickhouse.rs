@@ -227,6 +227,22 @@ fn daemon_with_the_server_down_at_start_ships_sqlite_first_then_catches_up() {
         "{}",
         daemon.stderr_so_far()
     );
+    // The run DBs and the DLQ hold exactly what an installation without the sink makes of the
+    // same file, while the server is still down.
+    let reference = Shipper::new();
+    reference.write("raw/events_20240101.ndjson", lines(500, 0).as_bytes());
+    reference.backfill(&[]).assert_success("backfill without the sink");
+    let rebase = |s: &Shipper| {
+        let mut snapshot = s.snapshot().rebased(s.base(), "D");
+        snapshot.sort();
+        let letters: Vec<_> = s.dead_letters().iter().map(|d| d.rebased(s.base(), "D")).collect();
+        (snapshot, letters)
+    };
+    let (with_sink, without) = (rebase(&shipper), rebase(&reference));
+    assert_eq!(with_sink.0.events.len(), 500 - 10 - 20, "500 lines: 10 bad, 20 run records");
+    crate::harness::assert_snapshot(&with_sink.0, &without.0);
+    crate::harness::assert_dead_letters(&with_sink.1, &without.1);
+    assert_eq!(server.count("telemetry.events", false), 0);
 
     server.start_again();
     shipper.append("raw/events_20240101.ndjson", lines(300, 500).as_bytes());
