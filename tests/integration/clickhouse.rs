@@ -395,3 +395,83 @@ fn printed_ddl(shipper: &Shipper) -> Vec<String> {
         ddl.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
     script.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }
+
+/// The statements of the first ```sql block of the README's fleet-sink section.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let (_, section) = readme.split_once("## Fleet sink: ClickHouse").expect("fleet-sink section");
+    let (_, block) = section.split_once("```sql\n").expect("a sql block in the section");
+    let (block, _) = block.split_once("```").expect("the block's end");
+    block.split(';').map(str::trim).filter(|q| !q.is_empty()).map(String::from).collect()
+}
+
+/// check-config's DDL and the README's `FINAL` queries on a current engine: chdb (PyPI's
+/// embedded ClickHouse), when `python3` can import it (skipped with a message otherwise).
+/// The rows are those the agent inserted into an 18.16 server, given twice (a replay); each
+/// query must answer in chdb exactly what 18.16 answers.
+#[test]
+fn the_ddl_and_the_readme_queries_answer_the_same_on_a_current_engine() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "batch_max_rows = 400");
+    shipper.write("raw/events_20240101.ndjson", lines(1500, 0).as_bytes());
+    shipper.write("raw/events_20240102.ndjson", lines(600, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    shipper.age("raw/events_20240102.ndjson");
+    shipper.backfill(&[]).assert_success("backfill");
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+
+    let queries = readme_queries();
+    assert_eq!(queries.len(), 4, "{queries:?}");
+    let want: Vec<String> =
+        queries.iter().map(|q| server.query(&format!("{q} FORMAT TSV"))).collect();
+    assert_eq!(want[0].trim(), shipper.snapshot().events.len().to_string());
+    let export =
+        |table: &str| server.query(&format!("SELECT * FROM telemetry.{table} FORMAT JSONEachRow"));
+    let (events, runs) = (export("events"), export("runs"));
+    let spec = serde_json::json!({
+        "ddl": printed_ddl(&shipper),
+        "inserts": [["telemetry.events", events], ["telemetry.runs", runs],
+                    ["telemetry.events", events], ["telemetry.runs", runs]],
+        "queries": queries,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/chdb_check.py");
+    let child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipped: python3 is not installed (the chdb check needs `pip install chdb`)");
+        return;
+    };
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(spec.to_string().as_bytes()).expect("writing the spec");
+    }
+    let out = child.wait_with_output().expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(77) {
+        eprintln!("skipped: {} (`pip install chdb` to run this check)", stderr.trim());
+        return;
+    }
+    assert!(out.status.success(), "chdb_check.py: {}\n{stderr}", out.status);
+    let answer: Json = serde_json::from_slice(&out.stdout).expect("chdb_check.py's JSON");
+    let version = answer["version"].as_str().expect("version");
+    assert!(!version.starts_with("18."), "chdb {version}");
+    let got: Vec<&str> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r.as_str().expect("TSV"))
+        .collect();
+    for ((query, got), want) in queries.iter().zip(&got).zip(&want) {
+        assert_eq!(got, want, "{query}: chdb {version} vs 18.16");
+    }
+    eprintln!(
+        "chdb {version}: check-config's DDL and {} README queries agree with 18.16",
+        queries.len()
+    );
+}
