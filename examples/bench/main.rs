@@ -12,10 +12,12 @@
 //! cargo run --release --example bench -- columns  [--runs 50] [--reps 5] [--open-events 1000000]
 //!                                                [--no-write] [--no-open]
 //! cargo run --release --example bench -- summary  [--events 1000000] [--reps 5] [--metrics F]
+//! cargo run --release --example bench -- clickhouse [--runs 50] [--reps 3] [--url URL]
+//!                                                [--sink-extra 'batch_max_rows = 100000']
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
-//! `gen.rs` writes), `tail.rs`, `columns.rs`, `catalog.rs`, `summary.rs` and `export.rs`;
+//! `gen.rs` writes), `tail.rs`, `columns.rs`, `catalog.rs`, `summary.rs`, `export.rs` and `clickhouse.rs`;
 //! `common.rs` holds what they share.
 //!
 //! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
@@ -27,6 +29,7 @@
 #![allow(unsafe_code)]
 
 mod backfill;
+mod clickhouse;
 mod columns;
 mod catalog;
 mod common;
@@ -40,6 +43,7 @@ use clap::{Parser, Subcommand};
 
 use backfill::{backfill, BackfillArgs};
 use catalog::{catalog, CatalogArgs};
+use clickhouse::{clickhouse, ClickHouseArgs};
 use columns::{columns, ColumnsArgs};
 use export::{export, ExportArgs};
 use gen::{generate_cmd, GenArgs};
@@ -70,6 +74,9 @@ enum Mode {
     Columns(ColumnsArgs),
     /// Time `jsonl-shipper summary` on a 1-run data set (5 metrics, two percentiles).
     Summary(SummaryArgs),
+    /// The ClickHouse sink's bounds: backfill with and without it, interleaved, against a
+    /// private server.
+    Clickhouse(ClickHouseArgs),
 }
 
 fn main() -> Result<()> {
@@ -85,6 +92,7 @@ fn main() -> Result<()> {
         Mode::Tail(a) => tail(a)?,
         Mode::Columns(a) => columns(a)?,
         Mode::Summary(a) => summary(a)?,
+        Mode::Clickhouse(a) => clickhouse(a)?,
     };
     if !ok {
         std::process::exit(1);
