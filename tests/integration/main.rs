@@ -18,7 +18,8 @@
 //!   `catalog` (the run catalog: kept current, after crashes and retention, rebuilt),
 //!   `export` (Parquet, NDJSON, CSV read back; selection by `--run` and from a catalog),
 //!   `clickhouse` (the fleet sink against private ClickHouse servers the tests start: exactly
-//!   once after FINAL, crash replay, outages, a two-shard cluster).
+//!   once after FINAL, crash replay, outages, a two-shard cluster; the DDL and README queries
+//!   on chdb when installed).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
