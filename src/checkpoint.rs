@@ -61,6 +61,28 @@ const MIGRATIONS: &[&str] = &[
     // DLQ files, and clears this marker in the same transaction.
     "CREATE TABLE dlq_rekey_pending (pending INTEGER NOT NULL);
     INSERT INTO dlq_rekey_pending VALUES (1);",
+    // 3 → 4: the remote sinks' own cursors over the source files (`sink` = "clickhouse"),
+    // written only by that sink's thread, and what `status` shows of each sink.
+    "CREATE TABLE sink_files (
+        sink TEXT NOT NULL,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        line_no INTEGER NOT NULL,
+        head_len INTEGER NOT NULL DEFAULT 0,
+        head_hash BLOB,
+        tail_hash BLOB,
+        size INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (sink, dev, ino)
+    );
+    CREATE TABLE sink_status (
+        sink TEXT PRIMARY KEY,
+        last_insert_at INTEGER,
+        errors INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );",
 ];
 
 /// A saved position in one file.
@@ -326,6 +348,144 @@ impl StateDb {
     /// The connection, for the DLQ index (`dlq::index`), whose tables live in this DB.
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// A remote sink's position in one source file (table `sink_files`): like a [`Checkpoint`],
+/// but moved by the sink's own thread once the remote end acknowledged the lines before it.
+/// `size` is the file's size on disk when the sink last read it to its end (a `.gz`, whose
+/// offset counts decompressed bytes, is done while its size has not changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SinkCursor {
+    pub id: FileId,
+    pub path: PathBuf,
+    pub offset: u64,
+    pub line_no: u64,
+    pub fingerprint: Fingerprint,
+    pub size: Option<u64>,
+}
+
+/// What `status` shows of a sink (table `sink_status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SinkStatus {
+    /// Unix milliseconds of the last acknowledged insert.
+    pub last_insert_at: Option<i64>,
+    /// Failed requests since the state DB was created.
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+impl StateDb {
+    /// Every cursor of `sink`, by file.
+    pub(crate) fn sink_cursors(&self, sink: &str) -> rusqlite::Result<HashMap<FileId, SinkCursor>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT dev, ino, path, offset, line_no, head_len, head_hash, tail_hash, size
+             FROM sink_files WHERE sink = ?1",
+        )?;
+        let rows = stmt.query_map([sink], |r| {
+            Ok(SinkCursor {
+                id: FileId { dev: r.get::<_, i64>(0)? as u64, ino: r.get::<_, i64>(1)? as u64 },
+                path: PathBuf::from(r.get::<_, String>(2)?),
+                offset: r.get::<_, i64>(3)? as u64,
+                line_no: r.get::<_, i64>(4)? as u64,
+                fingerprint: Fingerprint {
+                    head_len: r.get::<_, i64>(5)? as u64,
+                    head_hash: r.get(6)?,
+                    tail_hash: r.get(7)?,
+                },
+                size: r.get::<_, Option<i64>>(8)?.map(|s| s as u64),
+            })
+        })?;
+        rows.map(|r| r.map(|c| (c.id, c))).collect()
+    }
+
+    /// Saves `sink`'s cursors after an acknowledged insert (and its time), in one transaction.
+    /// A cursor is replaced whole: the sink read the file from where it says (its fingerprint
+    /// verified), so a smaller offset is a file read again from 0 (truncated or replaced).
+    pub(crate) fn save_sink_cursors(
+        &mut self,
+        sink: &str,
+        cursors: &[&SinkCursor],
+        inserted: bool,
+    ) -> rusqlite::Result<()> {
+        let tx = self.transaction()?;
+        let now = unix_millis();
+        for c in cursors {
+            tx.prepare_cached(
+                "INSERT INTO sink_files (sink, dev, ino, path, offset, line_no, head_len,
+                    head_hash, tail_hash, size, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (sink, dev, ino) DO UPDATE SET path = excluded.path,
+                    offset = excluded.offset, line_no = excluded.line_no,
+                    head_len = excluded.head_len, head_hash = excluded.head_hash,
+                    tail_hash = excluded.tail_hash, size = excluded.size,
+                    updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                sink,
+                c.id.dev as i64,
+                c.id.ino as i64,
+                c.path.to_string_lossy(),
+                c.offset as i64,
+                c.line_no as i64,
+                c.fingerprint.head_len as i64,
+                c.fingerprint.head_hash,
+                c.fingerprint.tail_hash,
+                c.size.map(|s| s as i64),
+                now
+            ])?;
+        }
+        if inserted {
+            tx.prepare_cached(
+                "INSERT INTO sink_status (sink, last_insert_at) VALUES (?1, ?2)
+                 ON CONFLICT (sink) DO UPDATE SET last_insert_at = excluded.last_insert_at",
+            )?
+            .execute(params![sink, now])?;
+        }
+        tx.commit()
+    }
+
+    /// Counts a failed request of `sink` and keeps its message (for `status`).
+    pub(crate) fn sink_failed(&mut self, sink: &str, error: &str) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sink_status (sink, errors, last_error) VALUES (?1, 1, ?2)
+                 ON CONFLICT (sink) DO UPDATE SET errors = errors + 1,
+                    last_error = excluded.last_error",
+            )?
+            .execute(params![sink, error])?;
+        Ok(())
+    }
+
+    /// What `status` shows of `sink` (defaults if it never ran).
+    pub(crate) fn sink_status(&self, sink: &str) -> rusqlite::Result<SinkStatus> {
+        use rusqlite::OptionalExtension;
+        let row = self
+            .conn
+            .query_row(
+                "SELECT last_insert_at, errors, last_error FROM sink_status WHERE sink = ?1",
+                [sink],
+                |r| {
+                    Ok(SinkStatus {
+                        last_insert_at: r.get(0)?,
+                        errors: r.get::<_, i64>(1)? as u64,
+                        last_error: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row.unwrap_or_default())
+    }
+
+    /// How far the SQLite path has durably shipped a file (its `files` checkpoint), if it
+    /// knows the file.
+    pub(crate) fn shipped_offset(&self, id: FileId) -> rusqlite::Result<Option<u64>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .prepare_cached("SELECT offset FROM files WHERE dev = ?1 AND ino = ?2")?
+            .query_row(params![id.dev as i64, id.ino as i64], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|o| o.map(|o| o as u64))
     }
 }
 

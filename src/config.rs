@@ -87,6 +87,18 @@ pub(crate) const DEFAULT_SLOW_COMMIT_THRESHOLD: Duration = Duration::from_secs(1
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
 /// journald adds its own timestamps and metadata to plain lines.
 pub(crate) const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// ClickHouse's `default` user, as its own HTTP interface assumes.
+pub(crate) const DEFAULT_CLICKHOUSE_USER: &str = "default";
+/// ClickHouse wants few, big inserts (each makes a part the server merges later); 50,000 rows
+/// of telemetry lines are a few MiB.
+pub(crate) const DEFAULT_CLICKHOUSE_BATCH_MAX_ROWS: usize = 50_000;
+/// Bounds the sink's one batch in memory (the JSONEachRow body), whatever the line sizes.
+pub(crate) const DEFAULT_CLICKHOUSE_BATCH_MAX_BYTES: usize = 16 * MIB as usize;
+/// How long a new line waits at most before the sink sends it (its pass interval): one
+/// insert a second keeps the server's part count low.
+pub(crate) const DEFAULT_CLICKHOUSE_BATCH_MAX_DELAY: Duration = Duration::from_secs(1);
+/// One HTTP request (connect, send, answer); an insert of a full batch takes well under it.
+pub(crate) const DEFAULT_CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -104,6 +116,47 @@ pub struct Config {
     pub summary: Vec<SummaryMetric>,
     /// `[[slo]]`: bounds on summary metrics (the `slo` gate, `jsonl_shipper_slo_ok`).
     pub slo: Vec<Slo>,
+    pub sinks: SinksConfig,
+}
+
+/// Remote copies of the records, each with its own cursor over the sources.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SinksConfig {
+    /// `[sinks.clickhouse]`; absent = off.
+    pub clickhouse: Option<ClickHouseConfig>,
+}
+
+/// `[sinks.clickhouse]`: the fleet sink (see the `clickhouse` module).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClickHouseConfig {
+    /// The HTTP interface, `http://host:port` (no path, no query).
+    pub url: String,
+    /// An identifier: tables are `database.events` and `database.runs`.
+    pub database: String,
+    pub user: String,
+    /// A file holding the password (its first line); never the password itself.
+    pub password_file: Option<PathBuf>,
+    /// The `host` column of every row.
+    pub host_label: String,
+    pub batch_max_rows: usize,
+    pub batch_max_bytes: usize,
+    pub batch_max_delay: Duration,
+    pub timeout: Duration,
+}
+
+impl ClickHouseConfig {
+    /// The password from `password_file` (its first line, without the newline), read each
+    /// time the sink starts (so a rotated credential needs only a reload).
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.password_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Dir {
+            key: "sinks.clickhouse.password_file",
+            path: path.clone(),
+            problem: "cannot read the password file",
+            source: Some(e),
+        })?;
+        Ok(Some(text.lines().next().unwrap_or("").to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -553,7 +606,11 @@ impl Config {
         };
         let (line, raw) = (s.max_line_bytes, d.max_raw_bytes);
         size_range("sources.max_line_bytes", line, KIB as usize, GIB as usize, "")?;
-        size_range("dlq.max_raw_bytes", raw, 64, line, " (sources.max_line_bytes)")
+        size_range("dlq.max_raw_bytes", raw, 64, line, " (sources.max_line_bytes)")?;
+        if let Some(ch) = &self.sinks.clickhouse {
+            validate_clickhouse(ch)?;
+        }
+        Ok(())
     }
 }
 
@@ -675,6 +732,67 @@ fn required_name(value: Option<&str>, key: &str) -> Result<String, (String, Stri
         Some(v) if v.trim().is_empty() => Err((key.to_string(), "must not be empty".into())),
         Some(v) => Ok(v.to_string()),
     }
+}
+
+fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<(), Bad> {
+    let ensure = |ok: bool, key, message: String| if ok { Ok(()) } else { Err((key, message)) };
+    ensure(!ch.url.is_empty(), "sinks.clickhouse.url", "is required".into())?;
+    ensure(!ch.database.is_empty(), "sinks.clickhouse.database", "is required".into())?;
+    let rest = ch.url.strip_prefix("http://");
+    ensure(
+        rest.is_some(),
+        "sinks.clickhouse.url",
+        format!(
+            "must start with http:// (the HTTP interface; https is not built in), got {:?}",
+            ch.url
+        ),
+    )?;
+    let rest = rest.unwrap_or_default().trim_end_matches('/');
+    ensure(
+        !rest.is_empty() && !rest.contains(['/', '?', '#', '@', ' ']),
+        "sinks.clickhouse.url",
+        format!("must be http://host:port without path, query or credentials, got {:?}", ch.url),
+    )?;
+    let identifier = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    ensure(
+        identifier(&ch.database),
+        "sinks.clickhouse.database",
+        format!("must be an identifier (letters, digits, _), got {:?}", ch.database),
+    )?;
+    ensure(!ch.user.trim().is_empty(), "sinks.clickhouse.user", "must not be empty".into())?;
+    ensure(
+        !ch.host_label.trim().is_empty(),
+        "sinks.clickhouse.host_label",
+        "must not be empty".into(),
+    )?;
+    ensure(
+        (1..=1_000_000).contains(&ch.batch_max_rows),
+        "sinks.clickhouse.batch_max_rows",
+        format!("must be between 1 and 1000000, got {}", ch.batch_max_rows),
+    )?;
+    let (lo, hi) = (KIB as usize, GIB as usize);
+    ensure(
+        (lo..=hi).contains(&ch.batch_max_bytes),
+        "sinks.clickhouse.batch_max_bytes",
+        format!("must be between 1KiB and 1GiB, got {}", ch.batch_max_bytes.show()),
+    )?;
+    for (key, value) in [
+        ("sinks.clickhouse.batch_max_delay", ch.batch_max_delay),
+        ("sinks.clickhouse.timeout", ch.timeout),
+    ] {
+        ensure(!value.is_zero(), key, "must be greater than zero".into())?;
+    }
+    Ok(())
+}
+
+/// The machine's host name (the default `host_label`); "localhost" if it has none.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    name.unwrap_or_else(|| "localhost".into())
 }
 
 /// `rel` under `dir`, with `dir` escaped so its own `*?[]` stay literal.
@@ -949,6 +1067,39 @@ struct RawConfig {
     summary: Vec<RawSummary>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     slo: Vec<RawSlo>,
+    #[serde(skip_serializing_if = "RawSinks::is_empty")]
+    sinks: RawSinks,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSinks {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clickhouse: Option<RawClickHouse>,
+}
+
+impl RawSinks {
+    fn is_empty(&self) -> bool {
+        self.clickhouse.is_none()
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawClickHouse {
+    url: Option<String>,
+    database: Option<String>,
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_file: Option<String>,
+    host_label: Option<String>,
+    batch_max_rows: Option<usize>,
+    #[serde(with = "human")]
+    batch_max_bytes: Option<usize>,
+    #[serde(with = "human")]
+    batch_max_delay: Option<Duration>,
+    #[serde(with = "human")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -1110,6 +1261,17 @@ impl RawConfig {
         };
         let (s, m, o, q) = (self.sources, self.mapping, self.output, self.sqlite);
         let (r, l, x, g) = (self.retention, self.dlq, self.metrics, self.log);
+        let clickhouse = self.sinks.clickhouse.map(|c| ClickHouseConfig {
+            url: c.url.map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_default(),
+            database: c.database.unwrap_or_default(),
+            user: name(c.user, DEFAULT_CLICKHOUSE_USER),
+            password_file: c.password_file.map(|p| dir.join(p)),
+            host_label: c.host_label.unwrap_or_else(host_name),
+            batch_max_rows: c.batch_max_rows.unwrap_or(DEFAULT_CLICKHOUSE_BATCH_MAX_ROWS),
+            batch_max_bytes: c.batch_max_bytes.unwrap_or(DEFAULT_CLICKHOUSE_BATCH_MAX_BYTES),
+            batch_max_delay: c.batch_max_delay.unwrap_or(DEFAULT_CLICKHOUSE_BATCH_MAX_DELAY),
+            timeout: c.timeout.unwrap_or(DEFAULT_CLICKHOUSE_TIMEOUT),
+        });
         let max_line_bytes = s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         let output_dir = path(o.dir, "db/runs");
         // Beside the run DBs, never among them, so no run_id can name it.
@@ -1194,6 +1356,7 @@ impl RawConfig {
             // Typed by `parse_analytics`, which names the element of an error.
             summary: Vec::new(),
             slo: Vec::new(),
+            sinks: SinksConfig { clickhouse },
         }
     }
 }
@@ -1294,6 +1457,19 @@ impl From<&Config> for RawConfig {
                     },
                 })
                 .collect(),
+            sinks: RawSinks {
+                clickhouse: c.sinks.clickhouse.as_ref().map(|ch| RawClickHouse {
+                    url: Some(ch.url.clone()),
+                    database: Some(ch.database.clone()),
+                    user: Some(ch.user.clone()),
+                    password_file: ch.password_file.as_deref().and_then(path),
+                    host_label: Some(ch.host_label.clone()),
+                    batch_max_rows: Some(ch.batch_max_rows),
+                    batch_max_bytes: Some(ch.batch_max_bytes),
+                    batch_max_delay: Some(ch.batch_max_delay),
+                    timeout: Some(ch.timeout),
+                }),
+            },
         }
     }
 }
@@ -1418,6 +1594,16 @@ mod tests {
             ("output = 3", "config.toml: output: invalid type: integer"),
             ("base = 3", "config.toml: base: invalid type: integer"),
             ("[output\n", "config.toml: line 1, column"),
+            ("[sinks.clickhouse]\ndatabase = \"t\"", "sinks.clickhouse.url: is required"),
+            ("[sinks.clickhouse]\nurl = \"http://h:8123\"", "sinks.clickhouse.database: is required"),
+            ("[sinks.clickhouse]\nurl = \"https://h\"\ndatabase = \"t\"", "sinks.clickhouse.url: must start with http://"),
+            ("[sinks.clickhouse]\nurl = \"http://u:p@h\"\ndatabase = \"t\"", "sinks.clickhouse.url: must be http://host:port without path"),
+            ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"a-b\"", "sinks.clickhouse.database: must be an identifier"),
+            ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\nhost_label = \"\"", "sinks.clickhouse.host_label: must not be empty"),
+            ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\nbatch_max_rows = 0", "sinks.clickhouse.batch_max_rows: must be between 1 and 1000000, got 0"),
+            ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\ntimeout = \"0s\"", "sinks.clickhouse.timeout: must be greater than zero"),
+            ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\npassword = \"x\"", "sinks.clickhouse.password: unknown field"),
+            ("[sinks.elastic]\nurl = \"http://h\"", "sinks.elastic: unknown field"),
             ("[log]\nlevel = \"info\"\n[log]\n", "config.toml: line 3, column 2: duplicate key"),
         ];
         for (text, want) in cases {
@@ -1551,6 +1737,23 @@ min = 100
             "[sources]\nmax_line_bytes = \"4KiB\"\n[dlq]\nmax_raw_bytes = \"8KiB\"",
             "dlq.max_raw_bytes: must be between 64B and 4KiB (sources.max_line_bytes), got 8KiB",
         );
+    }
+
+    #[test]
+    fn clickhouse_sink_defaults_and_round_trip() {
+        let text = "[sinks.clickhouse]\nurl = \"http://127.0.0.1:8123/\"\ndatabase = \"telemetry\"\npassword_file = \"ch-password\"";
+        let c = parse(text).unwrap();
+        let ch = c.sinks.clickhouse.clone().unwrap();
+        assert_eq!(ch.url, "http://127.0.0.1:8123");
+        assert_eq!(ch.user, "default");
+        assert_eq!(ch.password_file.as_deref(), Some(Path::new("/etc/js/ch-password")));
+        assert!(!ch.host_label.is_empty());
+        assert_eq!(ch.batch_max_rows, DEFAULT_CLICKHOUSE_BATCH_MAX_ROWS);
+        let effective = c.to_toml_string();
+        assert!(effective.contains("[sinks.clickhouse]"), "{effective}");
+        assert_eq!(parse(&effective).unwrap(), c, "{effective}");
+        // No sink: no section in the effective config.
+        assert!(!Config::for_base(Path::new("/b")).to_toml_string().contains("sinks"));
     }
 
     #[test]

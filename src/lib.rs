@@ -24,6 +24,7 @@ mod tail;
 mod parse;
 mod route;
 mod sink;
+mod clickhouse;
 mod checkpoint;
 mod dlq;
 mod state;

@@ -21,6 +21,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::parse::DeadReason;
 
+/// The `sink` label of the ClickHouse sink's series (and its name in the state DB and
+/// `status`: `clickhouse::SINK`). Here, not there: metrics must not depend on the sink.
+pub(crate) const CLICKHOUSE_SINK: &str = "clickhouse";
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -146,6 +150,13 @@ pub(crate) struct Counters {
     pub oldest_pending: Since,
     /// The daemon's reader loop's last turn: the watchdog's proof that it is not stuck.
     pub reader_heartbeat: Since,
+    /// `jsonl_shipper_sink_lag_bytes{sink="clickhouse"}`: bytes of source files the sink has
+    /// not shipped (as of its last pass).
+    pub sink_lag_bytes: Gauge,
+    /// `jsonl_shipper_sink_rows_total{sink="clickhouse"}`: rows the server acknowledged.
+    pub sink_rows: Counter,
+    /// `jsonl_shipper_sink_errors_total{sink="clickhouse"}`: failed requests (each retried).
+    pub sink_errors: Counter,
     /// `jsonl_shipper_batch_commit_seconds`: one observation per successful run-DB commit.
     pub commit_seconds: Histogram,
     /// `jsonl_shipper_last_commit_timestamp_seconds`, in ms (0 = none yet).
@@ -474,6 +485,28 @@ impl Collector for Exposition {
             ConstCounter::new(c.dlq(reason).get()).encode(family.encode_family(&labels)?)?;
         }
 
+        // The sinks' series, labelled by sink (one: "clickhouse"; 0 while it is off).
+        let sink = [("sink", CLICKHOUSE_SINK)];
+        let sink_counters: [(&str, &str, &Counter); 2] = [
+            ("jsonl_shipper_sink_rows", "Rows a remote sink acknowledged.", &c.sink_rows),
+            (
+                "jsonl_shipper_sink_errors",
+                "Failed requests to a remote sink (each retried with backoff).",
+                &c.sink_errors,
+            ),
+        ];
+        for (name, help, counter) in sink_counters {
+            let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(counter.get()).encode(family.encode_family(&sink)?)?;
+        }
+        let mut family = enc.encode_descriptor(
+            "jsonl_shipper_sink_lag_bytes",
+            "Bytes of source files a remote sink has not shipped (as of its last pass).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(c.sink_lag_bytes.get()).encode(family.encode_family(&sink)?)?;
+
         let gauges: [(&str, &str, &Gauge); 4] = [
             ("jsonl_shipper_files_watched", "Files being tailed.", &c.files_watched),
             (
@@ -594,6 +627,8 @@ mod tests {
             "jsonl_shipper_write_retries_total 0",
             "jsonl_shipper_truncations_total 0",
             "jsonl_shipper_rotations_total 0",
+            "jsonl_shipper_sink_rows_total{sink=\"clickhouse\"} 0",
+            "jsonl_shipper_sink_lag_bytes{sink=\"clickhouse\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }

@@ -13,10 +13,13 @@
 //!                                                [--no-write] [--no-open]
 //! cargo run --release --example bench -- summary  [--events 1000000] [--reps 5] [--metrics F]
 //! cargo run --release --example bench -- pair     [--runs 1,50,5000] [--n 3]
+//! cargo run --release --example bench -- clickhouse [--runs 50] [--reps 3] [--url URL]
+//!                                                [--sink-extra 'batch_max_rows = 100000']
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
-//! `gen.rs` writes), `tail.rs`, `columns.rs`, `catalog.rs`, `summary.rs`, `export.rs` and `pair.rs` (the limit program's yardstick);
+//! `gen.rs` writes), `tail.rs`, `columns.rs`, `catalog.rs`, `summary.rs`, `export.rs`,
+//! `clickhouse.rs` and `pair.rs` (the limit program's yardstick);
 //! `common.rs` holds what they share.
 //!
 //! The release binary is built with `cargo build --release --bin jsonl-shipper` before a run
@@ -28,6 +31,7 @@
 #![allow(unsafe_code)]
 
 mod backfill;
+mod clickhouse;
 mod columns;
 mod catalog;
 mod common;
@@ -42,6 +46,7 @@ use clap::{Parser, Subcommand};
 
 use backfill::{backfill, BackfillArgs};
 use catalog::{catalog, CatalogArgs};
+use clickhouse::{clickhouse, ClickHouseArgs};
 use columns::{columns, ColumnsArgs};
 use export::{export, ExportArgs};
 use gen::{generate_cmd, GenArgs};
@@ -75,6 +80,9 @@ enum Mode {
     Summary(SummaryArgs),
     /// Issue 13's yardstick: `../shared/limit/pair.py` at 1, 50 and 5,000 runs, one table.
     Pair(PairArgs),
+    /// The ClickHouse sink's bounds: backfill with and without it, interleaved, against a
+    /// private server.
+    Clickhouse(ClickHouseArgs),
 }
 
 fn main() -> Result<()> {
@@ -91,6 +99,7 @@ fn main() -> Result<()> {
         Mode::Columns(a) => columns(a)?,
         Mode::Summary(a) => summary(a)?,
         Mode::Pair(a) => pair(a)?,
+        Mode::Clickhouse(a) => clickhouse(a)?,
     };
     if !ok {
         std::process::exit(1);

@@ -82,7 +82,7 @@ pub(crate) struct TailArgs {
 // ---------------------------------------------------------------------------------------------
 
 /// utime + stime of a live process, in seconds, from `/proc/<pid>/stat`.
-fn proc_cpu_secs(pid: u32) -> Result<f64> {
+pub(crate) fn proc_cpu_secs(pid: u32) -> Result<f64> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &text[text.rfind(')').context("malformed stat")? + 2..];

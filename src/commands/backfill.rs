@@ -46,6 +46,24 @@ pub(super) fn backfill(
         pipeline = pipeline.rebuilding(rebuild);
     }
     tracing::info!(files = files.len(), bytes = total_bytes, jobs, "backfill started");
+    // Its own cursor over the same files (not for a rebuild, which moves no cursor).
+    let mut sink_failed = false;
+    let sink = match rebuild {
+        Some(_) => None,
+        None => {
+            let list = crate::clickhouse::Files::List(files.clone());
+            crate::clickhouse::Sink::start(&config, list, counters.clone()).unwrap_or_else(
+                |error| {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "the clickhouse sink cannot start; shipping to the run DBs only"
+                    );
+                    sink_failed = true;
+                    None
+                },
+            )
+        }
+    };
 
     let queue = {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -125,6 +143,25 @@ pub(super) fn backfill(
         bar.set_message("committing the last batches");
     }
     pipeline.finish()?;
+    if let Some(sink) = sink {
+        // The run DBs are complete; the sink ships the rest from its cursor. Said, with the
+        // time, so that a wait for the server is not taken for the run DBs' (and `bench
+        // clickhouse` times the SQLite path by it).
+        if !sink.is_finished() {
+            tracing::info!(
+                seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+                "the run DBs are complete; waiting for the clickhouse sink"
+            );
+        }
+        while !sink.is_finished() && !signals.is_stopping() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let result = if sink.is_finished() { sink.join() } else { sink.stop() };
+        if let Err(error) = result {
+            tracing::error!(error = format!("{error:#}"), "clickhouse sink");
+            sink_failed = true;
+        }
+    }
     progress.clear();
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -163,7 +200,7 @@ pub(super) fn backfill(
             dir = config.output.dir.display()
         );
     }
-    if failed.load(Ordering::SeqCst) {
+    if failed.load(Ordering::SeqCst) || sink_failed {
         return Ok(ExitCode::from(super::EXIT_FAILURE));
     }
     Ok(ExitCode::SUCCESS)

@@ -67,11 +67,16 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         crate::systemd::ready(&status); // ops: READY=1 (ends a reload), STATUS= with the lag
         first_start = false;
         let retention = Retention::spawn(config.clone(), counters.clone(), pipeline.releases())?;
+        let sink = start_sink(&config, &counters);
         let exit = main_loop(&mut tailer, &signals, watch.as_mut(), &counters, &args);
         if matches!(exit, Exit::Shutdown) {
             crate::systemd::stopping(); // ops: STOPPING=1 before the drain
         }
         retention.stop();
+        // The sink first: it may be waiting for the pipeline's checkpoints, never the reverse.
+        if let Some(Err(error)) = sink.map(crate::clickhouse::Sink::stop) {
+            tracing::error!(error = format!("{error:#}"), "the clickhouse sink failed");
+        }
         tailer.flush_stalled();
         if matches!(exit, Exit::Reload(_)) {
             finishing = Some(tailer.into_finishing());
@@ -100,6 +105,22 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     );
     drop(ops); // ops: /metrics answers until the drain is done
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ClickHouse sink over the configured globs, if configured. One that cannot start (an
+/// unreadable password file) is an ERROR, not a stop: the run DBs are shipped regardless.
+fn start_sink(config: &Arc<Config>, counters: &Arc<Counters>) -> Option<crate::clickhouse::Sink> {
+    let files = crate::clickhouse::Files::Globs(config.sources.paths.clone());
+    match crate::clickhouse::Sink::start(config, files, counters.clone()) {
+        Ok(sink) => sink,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "the clickhouse sink cannot start; shipping to the run DBs only"
+            );
+            None
+        }
+    }
 }
 
 /// Applies changed `[metrics]` settings: the endpoint moves, the monitor takes the new

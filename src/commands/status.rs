@@ -35,6 +35,21 @@ struct Status {
     files: Vec<FileStatus>,
     runs: RunsStatus,
     dlq: DlqStatus,
+    /// The configured remote sinks (`"clickhouse"`); absent when none is.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sinks: BTreeMap<&'static str, SinkStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct SinkStatus {
+    /// Bytes of the files the globs match now that the sink has not shipped.
+    lag_bytes: u64,
+    /// RFC 3339; null until the first acknowledged insert.
+    last_insert_at: Option<String>,
+    /// Failed requests (each retried) since the state DB was created.
+    errors: u64,
+    /// The last failure's message (the server's own), if any.
+    last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,12 +104,16 @@ struct DlqStatus {
 
 pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let state_path = &config.output.state_db;
-    let checkpoints = match StateDb::open_read_only(state_path)
-        .with_context(|| format!("opening state DB {}", state_path.display()))?
-    {
+    let db = StateDb::open_read_only(state_path)
+        .with_context(|| format!("opening state DB {}", state_path.display()))?;
+    let checkpoints = match &db {
         Some(db) => db.load().with_context(|| format!("reading {}", state_path.display()))?,
         None => Default::default(),
     };
+    let mut sinks = BTreeMap::new();
+    if config.sinks.clickhouse.is_some() {
+        sinks.insert(crate::clickhouse::SINK, sink_status(config, db.as_ref()));
+    }
     let mut files: Vec<FileStatus> = checkpoints
         .into_values()
         .map(|cp| {
@@ -156,7 +175,7 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         dlq.lines += 1;
         *dlq.by_reason.entry(letter.reason).or_default() += 1;
     }
-    let status = Status { files, runs, dlq };
+    let status = Status { files, runs, dlq, sinks };
 
     let mut out = std::io::stdout().lock();
     if json {
@@ -170,6 +189,37 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         out.write_all(table(&status, &dirs, SystemTime::now(), WIDTH).as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ClickHouse sink's lag over the files the globs match now, and its counts. A state DB
+/// from before the sink (no `sink_files` yet) reads as nothing shipped.
+fn sink_status(config: &Config, db: Option<&StateDb>) -> SinkStatus {
+    use crate::clickhouse::SINK;
+    let cursors = db.and_then(|db| db.sink_cursors(SINK).ok()).unwrap_or_default();
+    let recorded = db.and_then(|db| db.sink_status(SINK).ok()).unwrap_or_default();
+    let mut paths = std::collections::BTreeSet::new();
+    for pattern in &config.sources.paths {
+        for p in [pattern.clone(), format!("{pattern}.gz")] {
+            paths.extend(crate::discover::glob_files(&p).unwrap_or_default());
+        }
+    }
+    let lag_bytes = paths
+        .iter()
+        .filter_map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            let gzip = std::fs::File::open(path).and_then(|f| crate::tail::is_gzip(&f)).ok()?;
+            Some(crate::clickhouse::lag_bytes(meta.len(), gzip, cursors.get(&FileId::of(&meta))))
+        })
+        .sum();
+    let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    SinkStatus {
+        lag_bytes,
+        last_insert_at: recorded
+            .last_insert_at
+            .map(|ms| humantime::format_rfc3339_seconds(at(ms)).to_string()),
+        errors: recorded.errors,
+        last_error: recorded.last_error,
+    }
 }
 
 /// Where the run DBs and the DLQ are, as shown in the table.
@@ -237,6 +287,15 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
     row(dirs.dlq, [&status.dlq.lines.to_string(), "", ""], "");
     for (reason, lines) in &status.dlq.by_reason {
         row(&format!("  {reason}"), [&lines.to_string(), "", ""], "");
+    }
+    for (name, sink) in &status.sinks {
+        row("", ["", "", ""], "");
+        row(&format!("{} SINK", name.to_uppercase()), ["ERRORS", "", "LAG"], "LAST INSERT");
+        let last = sink.last_insert_at.as_deref().unwrap_or("-");
+        row("", [&sink.errors.to_string(), "", &size(sink.lag_bytes)], last);
+        if let Some(error) = &sink.last_error {
+            row(&format!("  last error: {error}"), ["", "", ""], "");
+        }
     }
     out
 }
@@ -370,6 +429,7 @@ mod tests {
                 by_reason: [("incomplete_line".to_string(), 1), ("invalid_json".to_string(), 3)]
                     .into(),
             },
+            sinks: BTreeMap::new(),
         }
     }
 
@@ -428,6 +488,7 @@ DEAD LETTERS                              LINES
                 catalog: None,
             },
             dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
+            sinks: BTreeMap::new(),
         };
         let got = table(&status, &Dirs { runs: "/d/db/runs", dlq: "/d/dlq" }, now(), WIDTH);
         let listed: Vec<&str> =
@@ -452,6 +513,7 @@ DEAD LETTERS                              LINES
                 catalog: None,
             },
             dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
+            sinks: BTreeMap::new(),
         };
         let got = table(&status, &Dirs { runs: "/d/db/runs", dlq: "/d/dlq" }, now(), WIDTH);
         let want = "\

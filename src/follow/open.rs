@@ -42,7 +42,8 @@ pub(crate) struct Opened {
 pub(crate) struct Opener {
     /// The checkpoints saved when the pipeline started.
     checkpoints: Arc<HashMap<FileId, Checkpoint>>,
-    state: Sender<StateMsg>,
+    /// None for a remote sink's reader ([`Opener::detached`]): nothing to register.
+    state: Option<Sender<StateMsg>>,
     max_line_bytes: usize,
     max_raw_bytes: usize,
     /// Bytes read from disk by every reader (compressed for `.gz`): drives progress bars.
@@ -72,7 +73,27 @@ impl Opener {
     ) -> Opener {
         Opener {
             checkpoints,
-            state,
+            state: Some(state),
+            max_line_bytes,
+            max_raw_bytes,
+            disk_bytes,
+            let_go: HashSet::new(),
+            never_block: false,
+            rebuild: false,
+        }
+    }
+
+    /// For a remote sink (the `clickhouse` module), which keeps its own cursors: opens at the
+    /// position given to [`Opener::reopen`] (verified like a checkpoint) or as
+    /// [`Opener::open`] does without a saved checkpoint, and registers nothing.
+    pub(crate) fn detached(
+        max_line_bytes: usize,
+        max_raw_bytes: usize,
+        disk_bytes: Arc<Counter>,
+    ) -> Opener {
+        Opener {
+            checkpoints: Arc::default(),
+            state: None,
             max_line_bytes,
             max_raw_bytes,
             disk_bytes,
@@ -93,9 +114,12 @@ impl Opener {
     pub(crate) fn register(&self, opened: &Opened) -> anyhow::Result<()> {
         let (offset, line_no) = (opened.reader.offset(), opened.reader.line_no());
         let opening = Opening { file: opened.file.clone(), offset, line_no, reset: false };
-        self.state
-            .send(StateMsg::Open(opening))
-            .map_err(|_| anyhow::anyhow!("state thread stopped"))
+        match &self.state {
+            Some(state) => state
+                .send(StateMsg::Open(opening))
+                .map_err(|_| anyhow::anyhow!("state thread stopped")),
+            None => Ok(()),
+        }
     }
 
     /// For the daemon's reader, whose loop must never wait on another thread.
@@ -229,15 +253,18 @@ impl Opener {
         let reader =
             LineReader::new(source, offset, line_no, self.max_line_bytes, self.max_raw_bytes);
         let msg = StateMsg::Open(Opening { file: file.clone(), offset, line_no, reset });
+        let Some(state) = &self.state else {
+            return Ok(Opened { file, reader, start_offset: offset, handle });
+        };
         if self.rebuild {
             // Registering would reset the file's checkpoint to 0.
         } else if self.never_block {
-            match self.state.try_send(msg) {
+            match state.try_send(msg) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => return Err(StateBusy.into()),
                 Err(TrySendError::Disconnected(_)) => anyhow::bail!("state thread stopped"),
             }
-        } else if self.state.send(msg).is_err() {
+        } else if state.send(msg).is_err() {
             anyhow::bail!("state thread stopped");
         }
         Ok(Opened { file, reader, start_offset: offset, handle })

@@ -9,6 +9,8 @@
 //!   is at its size), not the newest file of its directory (a producer may still append), and
 //!   unmodified for that long. `.gz` files are never deleted: their checkpoint counts
 //!   decompressed bytes, so the state DB cannot tell that one was read to its end.
+//!   With a remote sink configured (`[sinks.clickhouse]`), also passed by the sink's own
+//!   cursor: one it has not passed is kept (`RetentionPlan::held_for_sink`) and logged.
 //!
 //! The catalog rows of deleted run DBs are removed after them (`catalog::remove_deleted`).
 //!
@@ -56,6 +58,9 @@ pub(crate) struct SourceFile {
     pub gzip: bool,
     /// The checkpoint offset of this inode, if the state DB has one.
     pub shipped_to: Option<u64>,
+    /// With a remote sink configured: whether its cursor has passed the whole file (None:
+    /// no sink).
+    pub sink_passed: Option<bool>,
 }
 
 /// A snapshot of everything retention decides about.
@@ -101,6 +106,8 @@ pub(crate) struct RetentionPlan {
     pub runs: Vec<(RunDb, Why)>,
     pub dlq: Vec<DlqFile>,
     pub sources: Vec<SourceFile>,
+    /// Source files that would be deleted but the remote sink has not passed yet.
+    pub held_for_sink: Vec<SourceFile>,
 }
 
 #[cfg(test)]
@@ -177,7 +184,11 @@ pub(crate) fn plan(inputs: &Inputs, policy: &Policy, now: SystemTime) -> Retenti
                 && source.shipped_to == Some(source.bytes)
                 && age(source.modified, now) > after
             {
-                out.sources.push(source.clone());
+                if source.sink_passed == Some(false) {
+                    out.held_for_sink.push(source.clone());
+                } else {
+                    out.sources.push(source.clone());
+                }
             }
         }
         out.sources.sort_by(|a, b| a.path.cmp(&b.path));
@@ -232,6 +243,13 @@ pub(crate) fn gather(
             Some(state) => state.load().context("loading checkpoints")?,
             None => HashMap::new(),
         };
+        let sink = config.sinks.clickhouse.is_some();
+        let sink_cursors = match state {
+            Some(state) if sink => state
+                .sink_cursors(crate::clickhouse::SINK)
+                .context("loading the clickhouse sink's cursors")?,
+            _ => HashMap::new(),
+        };
         let mut seen = HashSet::new();
         for pattern in &config.sources.paths {
             for path in glob::glob(pattern).with_context(|| format!("glob {pattern}"))?.flatten() {
@@ -245,6 +263,12 @@ pub(crate) fn gather(
                     modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     gzip,
                     shipped_to: checkpoints.get(&FileId::of(&meta)).map(|cp| cp.offset),
+                    sink_passed: sink.then(|| {
+                        crate::clickhouse::has_passed(
+                            meta.len(),
+                            sink_cursors.get(&FileId::of(&meta)),
+                        )
+                    }),
                     path,
                 });
             }
@@ -297,6 +321,9 @@ pub(crate) fn apply(
     releases: Option<&Releases>,
 ) -> Applied {
     let mut out = Applied::default();
+    for source in &plan.held_for_sink {
+        tracing::info!(path = %source.path.display(), bytes = source.bytes, "retention: keeping a fully shipped source file: the clickhouse sink has not passed it yet");
+    }
     for (run, why) in &plan.runs {
         // With writers to ask, do not wait out a lock they hold: ask them instead.
         let wait = if releases.is_some() { Duration::ZERO } else { config.sqlite.busy_timeout };
@@ -557,6 +584,7 @@ mod tests {
                 modified: t(days_ago),
                 gzip,
                 shipped_to: shipped,
+                sink_passed: None,
             };
         let sources = vec![
             src("events_20240101.ndjson", 10, Some(10), 10, false), // deleted
@@ -576,6 +604,14 @@ mod tests {
         assert_eq!(got, vec![PathBuf::from("/raw/events_20240101.ndjson")]);
         // Off: nothing.
         assert!(plan(&inputs, &Policy::default(), now()).is_empty());
+        // Issue 12: a sink that has not passed a file keeps it (and says so).
+        let mut inputs = inputs;
+        inputs.sources[0].sink_passed = Some(false);
+        let held = plan(&inputs, &policy, now());
+        assert!(held.sources.is_empty());
+        assert_eq!(held.held_for_sink.len(), 1);
+        inputs.sources[0].sink_passed = Some(true);
+        assert_eq!(plan(&inputs, &policy, now()).sources.len(), 1);
     }
 
     #[test]

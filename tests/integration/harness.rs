@@ -957,3 +957,189 @@ pub(crate) fn drained_lines(log: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no lines=N in {line:?}"))
 }
+
+// ---- A private ClickHouse server (`clickhouse` tests): Debian's `clickhouse-server`, started
+// ---- on free ports with a generated config in its own temp dir, killed on drop.
+
+/// One `clickhouse-server` process of a test, with its data dir (kept across
+/// [`ClickHouse::stop`] and [`ClickHouse::start_again`], so a restart finds its tables).
+pub(crate) struct ClickHouse {
+    dir: tempfile::TempDir,
+    pub(crate) http_port: u16,
+    child: Option<Child>,
+}
+
+impl ClickHouse {
+    /// Starts a server and waits until `/ping` answers. Fails, saying how to install it, where
+    /// `clickhouse-server` is missing (`.ci/run` installs it).
+    pub(crate) fn start() -> ClickHouse {
+        let server = ClickHouse::configure();
+        let mut server = server;
+        server.start_again();
+        server
+    }
+
+    /// Writes the config for a server on free ports without starting it (a sink configured
+    /// with its URL sees a server that is down).
+    pub(crate) fn configure() -> ClickHouse {
+        let ports = free_ports(3);
+        ClickHouse::configure_on([ports[0], ports[1], ports[2]], "")
+    }
+
+    /// `n` servers started as one cluster named `fleet` (`remote_servers`: one shard per
+    /// server, in order, each its server's TCP port), for `Distributed` tables over them.
+    pub(crate) fn cluster(n: usize) -> Vec<ClickHouse> {
+        let ports = free_ports(3 * n);
+        let shards: String = (0..n)
+            .map(|i| {
+                format!(
+                    "<shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>",
+                    ports[3 * i + 1]
+                )
+            })
+            .collect();
+        let remote = format!("<remote_servers><fleet>{shards}</fleet></remote_servers>");
+        (0..n)
+            .map(|i| {
+                let mut server = ClickHouse::configure_on(
+                    [ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]],
+                    &remote,
+                );
+                server.start_again();
+                server
+            })
+            .collect()
+    }
+
+    /// The config of a server on `[http, tcp, interserver]` ports, with `extra` XML inside
+    /// `<yandex>` (a cluster's `remote_servers`).
+    fn configure_on(ports: [u16; 3], extra: &str) -> ClickHouse {
+        let found = Command::new("clickhouse-server").arg("--help").output();
+        assert!(
+            found.is_ok(),
+            "clickhouse-server is not installed: the clickhouse tests start private servers; \
+             install it with `apt-get install -y clickhouse-server clickhouse-client` \
+             (.ci/run does)"
+        );
+        let dir = tempfile::Builder::new().prefix("jsonl-shipper-ch-").tempdir().expect("temp dir");
+        let d = dir.path().display();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/server.err.log</errorlog><console>0</console></logger>
+  <http_port>{}</http_port>
+  <tcp_port>{}</tcp_port>
+  <interserver_http_port>{}</interserver_http_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>5368709</mark_cache_size>
+  <uncompressed_cache_size>0</uncompressed_cache_size>
+  {extra}
+</yandex>
+"#,
+            ports[0], ports[1], ports[2]
+        );
+        let users = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users>
+    <default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default>
+    <shipper><password>s3cret</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></shipper>
+  </users>
+  <quotas><default></default></quotas>
+</yandex>
+"#;
+        fs::write(dir.path().join("config.xml"), config).expect("write server config");
+        fs::write(dir.path().join("users.xml"), users).expect("write users config");
+        ClickHouse { dir, http_port: ports[0], child: None }
+    }
+
+    /// (Re)starts the server on its ports and data dir; waits until `/ping` answers.
+    pub(crate) fn start_again(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let child = Command::new("clickhouse-server")
+            .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning clickhouse-server");
+        self.child = Some(child);
+        let pinged = poll_until(DEADLINE, || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                let log = fs::read_to_string(self.dir.path().join("server.err.log"));
+                panic!("clickhouse-server exited with {status}: {}", log.unwrap_or_default());
+            }
+            ureq::get(&format!("{}/ping", self.url())).call().is_ok()
+        });
+        assert!(pinged, "clickhouse-server did not answer /ping within {DEADLINE:?}");
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a drain).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill clickhouse-server");
+            child.wait().expect("reap clickhouse-server");
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Runs `sql` as `default`; the answer's text. Panics on an error.
+    #[track_caller]
+    pub(crate) fn query(&self, sql: &str) -> String {
+        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub(crate) fn try_query(&self, sql: &str) -> Result<String, String> {
+        let mut response = ureq::post(&format!("{}/", self.url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(sql)
+            .map_err(|e| e.to_string())?;
+        let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        if response.status() == 200 {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// `SELECT count() FROM <table>` (with `FINAL` when asked); 0 while the table is missing.
+    pub(crate) fn count(&self, table: &str, final_: bool) -> u64 {
+        let sql = format!("SELECT count() FROM {table}{}", if final_ { " FINAL" } else { "" });
+        self.try_query(&sql).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Rows of `sql` as JSON objects (`FORMAT JSONEachRow`).
+    pub(crate) fn rows(&self, sql: &str) -> Vec<Json> {
+        self.query(&format!("{sql} FORMAT JSONEachRow"))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `n` distinct ports free right now (bound to port 0 and released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+}

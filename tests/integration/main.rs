@@ -16,7 +16,10 @@
 //!   copytruncate, deletion, SIGHUP, many files, a model), `columns` (typed columns and
 //!   indexes from config on old and new run DBs, and `check-config`'s report of them),
 //!   `catalog` (the run catalog: kept current, after crashes and retention, rebuilt),
-//!   `export` (Parquet, NDJSON, CSV read back; selection by `--run` and from a catalog).
+//!   `export` (Parquet, NDJSON, CSV read back; selection by `--run` and from a catalog),
+//!   `clickhouse` (the fleet sink against private ClickHouse servers the tests start: exactly
+//!   once after FINAL, crash replay, outages, a two-shard cluster; the DDL and README queries
+//!   on chdb when installed).
 //!
 //! Linux only: the daemon tests read `/proc/<pid>/fdinfo` and `/proc/<pid>/status`.
 
@@ -40,3 +43,4 @@ mod columns;
 mod catalog;
 mod summary;
 mod export;
+mod clickhouse;

@@ -1,0 +1,117 @@
+//! The fleet sink: every record the SQLite path ships, also in ClickHouse (`[sinks.clickhouse]`),
+//! effectively once, read by a cursor of its own over the source files.
+//!
+//! ```text
+//! source files ──▶ clickhouse thread (own cursor: state DB `sink_files`) ──HTTP──▶ ClickHouse
+//!                        │ waits for the SQLite checkpoint before sending a run's row
+//!                        └── reads that row from the run DB (read-only)
+//! ```
+//! The source files are the durable log: the sink never takes records from the SQLite path's
+//! channels, so an outage, a slow server or a bad credential only makes its cursor wait; the
+//! readers and writers of the run DBs never wait for it. Its cursor moves only after the server
+//! acknowledged the insert (HTTP 200); a replay re-inserts rows that ReplacingMergeTree
+//! collapses (`ddl`). `client` speaks HTTP, `rows` encodes JSONEachRow, `cursor` is the thread.
+
+mod client;
+mod cursor;
+mod ddl;
+mod rows;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use crossbeam_channel::Sender;
+
+use crate::checkpoint::SinkCursor;
+use crate::config::Config;
+use crate::metrics::Counters;
+
+pub(crate) use ddl::script as ddl_script;
+
+/// The sink's name in the state DB (`sink_files.sink`), in metrics labels and in `status`.
+pub(crate) const SINK: &str = crate::metrics::CLICKHOUSE_SINK;
+
+/// What the sink reads.
+#[derive(Debug, Clone)]
+pub(crate) enum Files {
+    /// The daemon: the configured globs, rescanned every `batch_max_delay`, for ever.
+    Globs(Vec<String>),
+    /// Backfill: these files, each to its end; then the thread ends.
+    List(Vec<PathBuf>),
+}
+
+/// The running sink thread. Dropping the handle without [`Sink::stop`] detaches nothing: the
+/// thread sees its stop channel close at its next safe point, but only `stop`/`finish` join it.
+pub(crate) struct Sink {
+    stop: Sender<()>,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Sink {
+    /// Starts the sink thread if `[sinks.clickhouse]` is configured. The password file is read
+    /// here, so a missing one fails the start naming its key.
+    pub(crate) fn start(
+        config: &Arc<Config>,
+        files: Files,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<Option<Sink>> {
+        let Some(clickhouse) = &config.sinks.clickhouse else { return Ok(None) };
+        let password = clickhouse.password()?;
+        let (stop, stop_rx) = crossbeam_channel::bounded(0);
+        let config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("clickhouse".into())
+            .spawn(move || cursor::run(config, password, files, counters, stop_rx))
+            .context("spawning the clickhouse sink thread")?;
+        Ok(Some(Sink { stop, thread }))
+    }
+
+    /// Stops the thread at its next safe point (between requests, or in a retry's wait; an
+    /// HTTP request in flight ends within `timeout`) and joins it. Lines read but not
+    /// acknowledged are read again by the next start: the cursor did not move past them.
+    pub(crate) fn stop(self) -> anyhow::Result<()> {
+        let Sink { stop, thread } = self;
+        drop(stop);
+        match thread.join() {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("the clickhouse sink thread panicked"),
+        }
+    }
+
+    /// Whether the thread has ended on its own (backfill: every file shipped, or given up).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Joins a thread that ends on its own (backfill); its error says why it gave up.
+    pub(crate) fn join(self) -> anyhow::Result<()> {
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("the clickhouse sink thread panicked"),
+        }
+    }
+}
+
+/// Bytes of a source file the sink has not shipped: a plain file's size past its cursor; a
+/// `.gz` (whose cursor counts decompressed bytes) all of its size until it was read to its end
+/// at this size.
+pub(crate) fn lag_bytes(size: u64, gzip: bool, cursor: Option<&SinkCursor>) -> u64 {
+    match cursor {
+        None => size,
+        Some(c) if gzip => {
+            if c.size == Some(size) {
+                0
+            } else {
+                size
+            }
+        }
+        Some(c) => size.saturating_sub(c.offset),
+    }
+}
+
+/// Whether the sink has shipped a plain file of `size` bytes to its end (retention's test).
+pub(crate) fn has_passed(size: u64, cursor: Option<&SinkCursor>) -> bool {
+    cursor.is_some_and(|c| c.offset >= size)
+}

@@ -1,0 +1,477 @@
+//! Issue 12: the fleet sink, against real ClickHouse servers the tests start
+//! ([`ClickHouse`]): every record the run DBs hold, exactly once after `FINAL`, through a
+//! backfill, a crash between an insert and its cursor, a server down at start and a server
+//! killed mid-stream; the SQLite path the same meanwhile.
+
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::harness::{poll_until, wait_until, ClickHouse, Shipper, DEADLINE};
+
+/// `[sinks.clickhouse]` for `server` with a password file (written by [`shipper_for`]).
+fn sink_config(server: &ClickHouse, extra: &str) -> String {
+    format!(
+        "[sinks.clickhouse]\nurl = \"{}\"\ndatabase = \"telemetry\"\nuser = \"shipper\"\n\
+         password_file = \"ch-password\"\nhost_label = \"crawl-07\"\nbatch_max_delay = \"100ms\"\n{extra}",
+        server.url()
+    )
+}
+
+fn shipper_for(server: &ClickHouse, extra: &str, sink_extra: &str) -> Shipper {
+    let shipper = Shipper::with_config(&format!("{extra}\n{}", sink_config(server, sink_extra)));
+    std::fs::write(shipper.root().join("ch-password"), "s3cret\n").expect("password file");
+    shipper
+}
+
+/// `n` lines of the day's file starting at line `from`: events of three runs (derived keys,
+/// and an `event_id` repeated, which upserts), run records (start, then end), a bad line.
+fn lines(n: usize, from: usize) -> String {
+    let mut out = String::new();
+    for i in from..from + n {
+        let run = format!("run-{}", i % 3);
+        let line = match i % 50 {
+            0 => {
+                serde_json::json!({"run_id": run, "record_type": "run", "status": "running", "start_time": format!("t{i}")})
+            }
+            49 => {
+                serde_json::json!({"run_id": run, "record_type": "run", "status": "done", "end_time": format!("t{i}"), "n": i})
+            }
+            7 => {
+                serde_json::json!({"run_id": run, "event_id": format!("dup-{}", i % 7), "event_type": "dup", "v": i})
+            }
+            13 => {
+                out.push_str("not json\n");
+                continue;
+            }
+            _ => {
+                serde_json::json!({"run_id": run, "event_type": "page", "ts": i, "status": 200 + i % 5})
+            }
+        };
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Waits until ClickHouse holds, after `FINAL`, exactly the run DBs' events and runs rows,
+/// then compares them field by field.
+#[track_caller]
+fn assert_clickhouse_matches_run_dbs(shipper: &Shipper, server: &ClickHouse) {
+    let snapshot = shipper.snapshot();
+    let want_events = snapshot.events.len() as u64;
+    let want_runs = snapshot.runs.len() as u64;
+    poll_until(DEADLINE, || {
+        server.count("telemetry.events", true) == want_events
+            && server.count("telemetry.runs", true) == want_runs
+            && runs_of(server) == runs_of_dbs(shipper)
+    });
+    let mut want: Vec<(String, String, String, String, u64)> = snapshot
+        .events
+        .iter()
+        .map(|e| {
+            let key = e.event_key.strip_prefix("blob:").unwrap_or(&e.event_key).to_string();
+            (e.run_id.clone(), key, e.data.clone(), e.source.clone(), e.line_no as u64)
+        })
+        .collect();
+    want.sort();
+    let mut got: Vec<(String, String, String, String, u64)> = server
+        .rows("SELECT host, run_id, event_key, data, source, line_no FROM telemetry.events FINAL")
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r["host"], "crawl-07");
+            let line_no = r["line_no"].as_str().and_then(|n| n.parse().ok()).expect("line_no");
+            let text = |k: &str| r[k].as_str().expect(k).to_string();
+            (text("run_id"), text("event_key"), text("data"), text("source"), line_no)
+        })
+        .collect();
+    got.sort();
+    crate::harness::assert_same("clickhouse events FINAL", &got, &want, |r| {
+        (r.0.clone(), r.1.clone())
+    });
+    assert_eq!(server.count("telemetry.events", true), want_events);
+    assert_eq!(runs_of(server), runs_of_dbs(shipper));
+}
+
+type RunView = (String, Option<String>, Option<String>, Option<String>, Json);
+
+fn runs_of(server: &ClickHouse) -> Vec<RunView> {
+    let sql = "SELECT run_id, status, started_at, ended_at, data FROM telemetry.runs FINAL ORDER BY run_id";
+    let Ok(text) = server.try_query(&format!("{sql} FORMAT JSONEachRow")) else { return vec![] };
+    text.lines()
+        .map(|l| {
+            let r: Json = serde_json::from_str(l).expect("JSON row");
+            let opt = |k: &str| r[k].as_str().map(str::to_string);
+            let data = serde_json::from_str(r["data"].as_str().expect("data")).expect("data JSON");
+            (
+                opt("run_id").expect("run_id"),
+                opt("status"),
+                opt("started_at"),
+                opt("ended_at"),
+                data,
+            )
+        })
+        .collect()
+}
+
+fn runs_of_dbs(shipper: &Shipper) -> Vec<RunView> {
+    let text = |v: &rusqlite::types::Value| match v {
+        rusqlite::types::Value::Null => None,
+        rusqlite::types::Value::Text(t) => Some(t.clone()),
+        other => Some(format!("{other:?}")),
+    };
+    let Ok(snapshot) = shipper.try_snapshot() else { return vec![] };
+    let mut runs: Vec<RunView> = snapshot
+        .runs
+        .iter()
+        .map(|r| {
+            (
+                r.run_id.clone(),
+                text(&r.status),
+                text(&r.started_at),
+                text(&r.ended_at),
+                r.data.clone(),
+            )
+        })
+        .collect();
+    runs.sort_by(|a, b| a.0.cmp(&b.0));
+    runs
+}
+
+/// `status --json`'s `sinks.clickhouse`.
+fn sink_status(shipper: &Shipper) -> Json {
+    let status = shipper.run_cmd(&["status"], &["--json"]);
+    status.assert_success("status");
+    let json: Json = serde_json::from_str(&status.stdout).expect("status JSON");
+    json["sinks"]["clickhouse"].clone()
+}
+
+#[test]
+fn backfill_ships_every_record_once_and_again_adds_nothing() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "batch_max_rows = 500");
+    shipper.write("raw/events_20240101.ndjson", lines(2000, 0).as_bytes());
+    shipper.write("raw/events_20240102.ndjson", lines(1000, 0).as_bytes());
+    shipper.write_gz("raw/events_20231231.ndjson.gz", lines(700, 0).as_bytes(), &[1000]);
+    shipper.age("raw/events_20240102.ndjson");
+    // A file still being written ends in a partial line: left to the daemon by both paths,
+    // and backfill still ends.
+    let tail = br#"{"run_id":"run-1","event_type":"tail""#;
+    shipper.append("raw/events_20240101.ndjson", tail);
+    shipper.backfill(&[]);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    let inserted = server.count("telemetry.events", false);
+
+    // Again: the sink's cursor is at every file's end; not one row more, even before FINAL.
+    shipper.backfill(&[]);
+    assert_eq!(server.count("telemetry.events", false), inserted);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    let sink = sink_status(&shipper);
+    assert_eq!(sink["lag_bytes"], tail.len() as u64, "{sink}");
+    assert_eq!(sink["errors"], 0, "{sink}");
+    assert!(sink["last_insert_at"].is_string(), "{sink}");
+
+    // The password is read from its file and never shown.
+    let check = shipper.run_cmd(&["check-config"], &[]);
+    check.assert_success("check-config");
+    assert!(check
+        .stdout
+        .contains("ENGINE = ReplacingMergeTree(pos) ORDER BY (run_id, host, event_key)"));
+    assert!(!check.stdout.contains("s3cret") && !check.stderr.contains("s3cret"));
+}
+
+/// kill -9 between an acknowledged insert and the sink's cursor (crash point
+/// `clickhouse.after_insert`): the restart inserts the batch again, and `FINAL` shows every
+/// record once.
+#[test]
+fn a_crash_after_an_insert_before_its_cursor_replays_rows_that_collapse() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "batch_max_rows = 300");
+    shipper.write("raw/events_20240101.ndjson", lines(3000, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    let mut command = shipper.command(&["backfill"], &[]);
+    let point = "clickhouse.after_insert";
+    command.env("JSONL_SHIPPER_CRASH_AT", format!("{point}@3"));
+    let crashed = crate::harness::Running::spawn(command).wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(crashed.status.signal(), Some(libc::SIGABRT), "{}", crashed.stderr);
+    // Three batches of 300 events acknowledged; the cursor saved after two of them (lines
+    // hold 47 events in 50), so the restart sends the third again.
+    assert_eq!(server.count("telemetry.events", true), 900);
+    let state = rusqlite::Connection::open(shipper.path("db/shipper-state.sqlite")).unwrap();
+    let saved: i64 = state
+        .query_row("SELECT line_no FROM sink_files WHERE sink = 'clickhouse'", [], |r| r.get(0))
+        .unwrap();
+    assert!((600 * 50 / 47..900 * 50 / 47).contains(&(saved as usize)), "cursor at line {saved}");
+
+    shipper.backfill(&[]);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+}
+
+/// The server is down when the daemon starts: the run DBs fill as without a sink, the sink
+/// counts its failures in `status`; once the server is up it catches up from its cursor.
+#[test]
+fn daemon_with_the_server_down_at_start_ships_sqlite_first_then_catches_up() {
+    let mut server = ClickHouse::configure();
+    let shipper = shipper_for(&server, "", "");
+    shipper.write("raw/events_20240101.ndjson", lines(500, 0).as_bytes());
+    let daemon = shipper.spawn_run();
+    let size = || std::fs::metadata(shipper.path("raw/events_20240101.ndjson")).unwrap().len();
+    wait_until(DEADLINE, "the run DBs to hold every line", || shipper.progress() == size());
+    wait_until(DEADLINE, "the sink to report its failures", || {
+        sink_status(&shipper)["errors"].as_u64().is_some_and(|n| n > 0)
+    });
+    assert!(sink_status(&shipper)["lag_bytes"].as_u64().is_some_and(|n| n > 0));
+    assert!(
+        daemon.stderr_so_far().contains("clickhouse sink: connecting failed"),
+        "{}",
+        daemon.stderr_so_far()
+    );
+    // The run DBs and the DLQ hold exactly what an installation without the sink makes of the
+    // same file, while the server is still down.
+    let reference = Shipper::new();
+    reference.write("raw/events_20240101.ndjson", lines(500, 0).as_bytes());
+    reference.backfill(&[]).assert_success("backfill without the sink");
+    let rebase = |s: &Shipper| {
+        let mut snapshot = s.snapshot().rebased(s.base(), "D");
+        snapshot.sort();
+        let letters: Vec<_> = s.dead_letters().iter().map(|d| d.rebased(s.base(), "D")).collect();
+        (snapshot, letters)
+    };
+    let (with_sink, without) = (rebase(&shipper), rebase(&reference));
+    assert_eq!(with_sink.0.events.len(), 500 - 10 - 20, "500 lines: 10 bad, 20 run records");
+    crate::harness::assert_snapshot(&with_sink.0, &without.0);
+    crate::harness::assert_dead_letters(&with_sink.1, &without.1);
+    assert_eq!(server.count("telemetry.events", false), 0);
+
+    server.start_again();
+    shipper.append("raw/events_20240101.ndjson", lines(300, 500).as_bytes());
+    wait_until(DEADLINE, "the run DBs to hold the appended lines", || shipper.progress() == size());
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    let log = daemon.terminate(Duration::from_secs(30));
+    log.assert_success("run after SIGTERM");
+    // One WARN per minute at most, not one per retry.
+    let warns =
+        log.stderr.lines().filter(|l| l.contains("clickhouse sink: connecting failed")).count();
+    assert_eq!(warns, 1, "{}", log.stderr);
+    assert!(log.stderr.contains("the server answers again"), "{}", log.stderr);
+    assert!(!log.stderr.contains("s3cret"));
+}
+
+/// The server is killed while the daemon ships, and restarted: the sink waits, retries, and
+/// catches up; the run DBs got every line meanwhile.
+#[test]
+fn daemon_survives_the_server_killed_mid_stream_and_restarted() {
+    let mut server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "");
+    let file = "raw/events_20240101.ndjson";
+    shipper.write(file, lines(400, 0).as_bytes());
+    let daemon = shipper.spawn_run();
+    let size = || std::fs::metadata(shipper.path(file)).unwrap().len();
+    wait_until(DEADLINE, "the run DBs to hold every line", || shipper.progress() == size());
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+
+    server.stop();
+    shipper.append(file, lines(600, 400).as_bytes());
+    wait_until(DEADLINE, "the run DBs to hold the lines appended during the outage", || {
+        shipper.progress() == size()
+    });
+    wait_until(DEADLINE, "the sink to report its failures", || {
+        sink_status(&shipper)["errors"].as_u64().is_some_and(|n| n > 0)
+    });
+
+    server.start_again();
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
+}
+
+/// Two servers as the two shards of a cluster: the agent's `events` and `runs` are
+/// `Distributed` tables (sharding by `cityHash64(run_id)`) over ReplacingMergeTree tables on
+/// each shard. The agent creates only missing tables, never a `Distributed` one, so the tables
+/// are made here by hand (as an operator would, from `check-config`'s DDL); the agent finds
+/// them and inserts into them. Every record is once across the shards after `FINAL` on the
+/// shards' own tables, and each run lives on one shard.
+#[test]
+fn a_two_shard_cluster_behind_a_distributed_table_holds_every_record_once() {
+    let shards = ClickHouse::cluster(2);
+    let shipper = shipper_for(&shards[0], "", "batch_max_rows = 700");
+    for shard in &shards {
+        // check-config's DDL, each table renamed to <name>_local.
+        for sql in printed_ddl(&shipper) {
+            let local = sql.replace("telemetry.events (", "telemetry.events_local (");
+            shard.query(&local.replace("telemetry.runs (", "telemetry.runs_local ("));
+        }
+    }
+    for table in ["events", "runs"] {
+        shards[0].query(&format!(
+            "CREATE TABLE telemetry.{table} AS telemetry.{table}_local \
+             ENGINE = Distributed(fleet, telemetry, {table}_local, cityHash64(run_id))"
+        ));
+    }
+    // Eight runs, so that both shards get some (cityHash64 is deterministic).
+    let many_runs = |n: usize, from: usize| lines(n, from).replace("\"run-", "\"r8-");
+    let mut text = String::new();
+    for i in 0..8 {
+        text.push_str(&many_runs(400, i * 400).replace("r8-", &format!("r8-{i}-")));
+    }
+    shipper.write("raw/events_20240101.ndjson", text.as_bytes());
+    shipper.write("raw/events_20240102.ndjson", many_runs(900, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    shipper.age("raw/events_20240102.ndjson");
+    shipper.backfill(&[]).assert_success("backfill");
+    // Again: the sink's cursors are at the end; nothing more is sent.
+    shipper.backfill(&[]).assert_success("backfill again");
+
+    let snapshot = shipper.snapshot();
+    let mut want_per_run: std::collections::BTreeMap<String, u64> = Default::default();
+    for event in &snapshot.events {
+        *want_per_run.entry(event.run_id.clone()).or_default() += 1;
+    }
+    assert!(want_per_run.len() >= 8, "{want_per_run:?}");
+    let per_run = |shard: &ClickHouse| -> std::collections::BTreeMap<String, u64> {
+        let sql = "SELECT run_id, count() AS n FROM telemetry.events_local FINAL GROUP BY run_id";
+        let Ok(text) = shard.try_query(&format!("{sql} FORMAT TSV")) else { return [].into() };
+        text.lines()
+            .map(|l| {
+                let (run, n) = l.split_once('\t').expect("run_id\tcount");
+                (run.to_string(), n.parse().expect("count"))
+            })
+            .collect()
+    };
+    let merged = || {
+        let mut all = per_run(&shards[0]);
+        for (run, n) in per_run(&shards[1]) {
+            *all.entry(run).or_default() += n;
+        }
+        all
+    };
+    // The Distributed table forwards the other shard's rows in the background.
+    poll_until(DEADLINE, || merged() == want_per_run);
+    let (first, second) = (per_run(&shards[0]), per_run(&shards[1]));
+    assert!(!first.is_empty() && !second.is_empty(), "one shard got nothing: {first:?} {second:?}");
+    assert!(first.keys().all(|run| !second.contains_key(run)), "a run on both shards");
+    assert_eq!(merged(), want_per_run);
+    let total: u64 = first.values().chain(second.values()).sum();
+    assert_eq!(total, snapshot.events.len() as u64);
+    // Each shard holds exactly its runs' rows after FINAL; the Distributed table sees them all.
+    for (shard, runs) in [(&shards[0], &first), (&shards[1], &second)] {
+        let n: u64 = runs.values().sum();
+        assert_eq!(shard.count("telemetry.events_local", true), n);
+    }
+    assert_eq!(shards[0].count("telemetry.events", false), total);
+    // runs rows: one per run after FINAL, on the run's shard, with the run DB's status.
+    let runs_on = |shard: &ClickHouse| -> Vec<(String, Option<String>)> {
+        shard
+            .rows("SELECT run_id, status FROM telemetry.runs_local FINAL ORDER BY run_id")
+            .iter()
+            .map(|r| {
+                (r["run_id"].as_str().expect("run_id").into(), r["status"].as_str().map(Into::into))
+            })
+            .collect()
+    };
+    let want_runs: Vec<(String, Option<String>)> =
+        runs_of_dbs(&shipper).into_iter().map(|r| (r.0, r.1)).collect();
+    poll_until(DEADLINE, || {
+        let mut got = runs_on(&shards[0]);
+        got.extend(runs_on(&shards[1]));
+        got.sort();
+        got == want_runs
+    });
+    let mut got = runs_on(&shards[0]);
+    for (run, _) in &got {
+        assert!(first.contains_key(run), "runs row of {run} not on its events' shard");
+    }
+    got.extend(runs_on(&shards[1]));
+    got.sort();
+    assert_eq!(got, want_runs);
+}
+
+/// The DDL `check-config` prints (as comments after the config), one statement each.
+fn printed_ddl(shipper: &Shipper) -> Vec<String> {
+    let check = shipper.run_cmd(&["check-config"], &[]);
+    check.assert_success("check-config");
+    let (_, ddl) = check.stdout.split_once("# To create them by hand:\n").expect("DDL printed");
+    let script: String =
+        ddl.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    script.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// The statements of the first ```sql block of the README's fleet-sink section.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let (_, section) = readme.split_once("## Fleet sink: ClickHouse").expect("fleet-sink section");
+    let (_, block) = section.split_once("```sql\n").expect("a sql block in the section");
+    let (block, _) = block.split_once("```").expect("the block's end");
+    block.split(';').map(str::trim).filter(|q| !q.is_empty()).map(String::from).collect()
+}
+
+/// check-config's DDL and the README's `FINAL` queries on a current engine: chdb (PyPI's
+/// embedded ClickHouse), when `python3` can import it (skipped with a message otherwise).
+/// The rows are those the agent inserted into an 18.16 server, given twice (a replay); each
+/// query must answer in chdb exactly what 18.16 answers.
+#[test]
+fn the_ddl_and_the_readme_queries_answer_the_same_on_a_current_engine() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "batch_max_rows = 400");
+    shipper.write("raw/events_20240101.ndjson", lines(1500, 0).as_bytes());
+    shipper.write("raw/events_20240102.ndjson", lines(600, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    shipper.age("raw/events_20240102.ndjson");
+    shipper.backfill(&[]).assert_success("backfill");
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+
+    let queries = readme_queries();
+    assert_eq!(queries.len(), 4, "{queries:?}");
+    let want: Vec<String> =
+        queries.iter().map(|q| server.query(&format!("{q} FORMAT TSV"))).collect();
+    assert_eq!(want[0].trim(), shipper.snapshot().events.len().to_string());
+    let export =
+        |table: &str| server.query(&format!("SELECT * FROM telemetry.{table} FORMAT JSONEachRow"));
+    let (events, runs) = (export("events"), export("runs"));
+    let spec = serde_json::json!({
+        "ddl": printed_ddl(&shipper),
+        "inserts": [["telemetry.events", events], ["telemetry.runs", runs],
+                    ["telemetry.events", events], ["telemetry.runs", runs]],
+        "queries": queries,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/chdb_check.py");
+    let child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipped: python3 is not installed (the chdb check needs `pip install chdb`)");
+        return;
+    };
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(spec.to_string().as_bytes()).expect("writing the spec");
+    }
+    let out = child.wait_with_output().expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(77) {
+        eprintln!("skipped: {} (`pip install chdb` to run this check)", stderr.trim());
+        return;
+    }
+    assert!(out.status.success(), "chdb_check.py: {}\n{stderr}", out.status);
+    let answer: Json = serde_json::from_slice(&out.stdout).expect("chdb_check.py's JSON");
+    let version = answer["version"].as_str().expect("version");
+    assert!(!version.starts_with("18."), "chdb {version}");
+    let got: Vec<&str> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r.as_str().expect("TSV"))
+        .collect();
+    for ((query, got), want) in queries.iter().zip(&got).zip(&want) {
+        assert_eq!(got, want, "{query}: chdb {version} vs 18.16");
+    }
+    eprintln!(
+        "chdb {version}: check-config's DDL and {} README queries agree with 18.16",
+        queries.len()
+    );
+}
