@@ -120,8 +120,10 @@ impl Pool {
     /// run spends a third of its time spilling and re-reading pages), many runs get little
     /// each. Re-applied only when the share changes by 2x, so opens stay cheap.
     fn share_cache(&mut self) {
+        // Rounded down to a power of two, so that the shares never add up past the budget
+        // (rounding up gave 25 connections 1 MiB each: 25 MiB of a writer's 16).
         let share = (CACHE_BUDGET / self.conns.len().max(1)).max(self.sqlite.cache_size);
-        let share = share.next_power_of_two();
+        let share = 1usize << share.ilog2();
         if share == self.cache_share {
             return;
         }
