@@ -1,7 +1,8 @@
 //! The writers: OS threads that own every run-DB connection, one thread per shard of run_ids.
 //!
 //! A writer takes [`Batch`]es from its bounded inbox and sorts their records into per-run
-//! buffers. A run is committed when it holds `batch_max_events` rows; the biggest runs are
+//! buffers. A run is committed when it holds `batch_max_events` rows, or, with several runs
+//! buffered, 1024 rows and its share of half of `batch_max_bytes`; the biggest runs are
 //! committed when the buffers hold `batch_max_bytes`; every run when the oldest record has waited
 //! `batch_max_delay` (daemon only; backfill flushes by size), or when the inbox closes. Each
 //! commit is one IMMEDIATE transaction for one run; only after it are the spans acked. A locked or full database is retried with backoff, forever, never dead-lettered;

@@ -13,6 +13,9 @@ use super::wal::{self, WalCheckpointer};
 use super::{run_db, WriterConfig};
 use crate::catalog::{Keeper, TsRange};
 use crate::flow::{Batch, DeadLetter, RunChanged, Span, StateMsg};
+
+/// Rows a run holds before its share of the byte bound commits it (see `Writer::buffer`).
+const SHARE_FROM_ROWS: usize = 1024;
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
 use crate::tail::LineMeta;
@@ -140,6 +143,13 @@ impl Writer {
     /// `max_events` rows, and everything if the buffers hold `max_bytes`.
     fn buffer(&mut self, batch: Batch) {
         let mut full: Vec<String> = Vec::new();
+        // Besides `max_events`, a run is committed once it has `SHARE_FROM_ROWS` rows and its
+        // share of half the byte bound: one hot run then commits up to `max_events` rows at a
+        // time (one fsync per 16 Ki rows instead of per 1 Ki: 1 run, pair.py 1.20 -> 1.49),
+        // while 50 runs still commit about 1 Ki rows each, keeping their buffers small, and
+        // thousands never reach `SHARE_FROM_ROWS` before the byte bound commits the biggest.
+        let share_from = SHARE_FROM_ROWS.min(self.config.max_events);
+        let share = self.config.max_bytes / 2 / (self.runs.len() + 1);
         for rec in &batch.recs {
             let run_id = batch.text(rec.run_id);
             let buf = match self.runs.get_mut(run_id) {
@@ -148,8 +158,11 @@ impl Writer {
             };
             let before = buf.memory_bytes();
             buf.push_from(&batch, rec);
-            self.n_bytes = self.n_bytes + buf.memory_bytes() - before;
-            if buf.recs.len() == self.config.max_events {
+            let after = buf.memory_bytes();
+            self.n_bytes = self.n_bytes + after - before;
+            let rows = buf.recs.len();
+            let is_full = rows >= self.config.max_events || (rows >= share_from && after >= share);
+            if is_full && !full.iter().any(|f| f == run_id) {
                 full.push(run_id.to_string());
             }
         }
