@@ -266,6 +266,14 @@ pub(crate) fn refresh(path: &Path, config: &Config, force: bool) -> Result<Summa
     Ok(summary)
 }
 
+thread_local! {
+    /// The catalog connection `copy_to_catalog` last used on this thread, kept for the next
+    /// summary: opening (and checking the migrations of) the catalog for each of 5,000 runs at
+    /// the end of a backfill cost more than their summaries.
+    static CATALOG: std::cell::RefCell<Option<(std::path::PathBuf, crate::catalog::Catalog)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Copies the metrics into the catalog's row of the run (`runs.summary`), directly: a short
 /// write beside the catalog thread's, which SQLite's lock orders. A failure only delays it
 /// to the next `catalog rebuild` (which reads the run DB's stored summary).
@@ -273,8 +281,19 @@ fn copy_to_catalog(config: &Config, summary: &Summary, path: &Path) {
     let metrics = summary.to_json()["metrics"].to_string();
     // Storing it wrote the run DB (its connection is closed by now): size and mtime moved.
     let file = crate::catalog::FileState::of(path);
-    let copied = crate::catalog::Catalog::open(&config.output.catalog, &config.sqlite)
-        .and_then(|catalog| catalog.set_summary(&summary.run_id, &metrics, file.as_ref()));
+    let copied = CATALOG.with_borrow_mut(|cached| {
+        if cached.as_ref().is_none_or(|(p, _)| *p != config.output.catalog) {
+            *cached = None;
+            let catalog = crate::catalog::Catalog::open(&config.output.catalog, &config.sqlite)?;
+            *cached = Some((config.output.catalog.clone(), catalog));
+        }
+        let (_, catalog) = cached.as_ref().expect("opened above");
+        let copied = catalog.set_summary(&summary.run_id, &metrics, file.as_ref());
+        if copied.is_err() {
+            *cached = None; // the next summary opens the catalog afresh
+        }
+        copied
+    });
     if let Err(error) = copied {
         tracing::warn!(catalog = %config.output.catalog.display(), run_id = %summary.run_id, %error, "cannot copy the summary into the catalog; `catalog rebuild` will");
     }
