@@ -356,3 +356,26 @@ fn from_start_rebuilds_one_run_leaving_checkpoints_dead_letters_and_other_runs_a
     assert_eq!(shipper.dlq_files(), dlq);
     assert_eq!(shipper.checkpoints(), checkpoints);
 }
+
+/// One hot run commits up to `batch_max_events` (16 Ki by default) rows at a time: 5,000
+/// events of one run are one commit. With 1 Ki, the old default, two: a run is committed
+/// after the reader's batch that filled it, and a batch holds up to 4,096 records.
+#[test]
+fn one_run_commits_up_to_batch_max_events_rows_at_a_time() {
+    let lines: String = (0..5000)
+        .map(|i| format!("{{\"run_id\":\"solo\",\"event_type\":\"e\",\"n\":{i}}}\n"))
+        .collect();
+    for (toml, want_commits) in [("", 1i64), ("[output]\nbatch_max_events = 1024\n", 2)] {
+        let shipper = Shipper::with_config(toml);
+        shipper.write("raw/events_20240301.ndjson", lines.as_bytes());
+        shipper.backfill(&[]);
+        assert_eq!(shipper.run_db_names(), ["solo.sqlite"]);
+        let db = rusqlite::Connection::open(shipper.path("db/runs/solo.sqlite")).unwrap();
+        let got: (i64, i64) = db
+            .query_row("SELECT (SELECT count(*) FROM events), commits FROM runs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(got, (5000, want_commits), "events and commits with config {toml:?}");
+    }
+}
