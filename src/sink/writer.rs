@@ -145,9 +145,10 @@ impl Writer {
         let mut full: Vec<String> = Vec::new();
         // Besides `max_events`, a run is committed once it has `SHARE_FROM_ROWS` rows and its
         // share of half the byte bound: one hot run then commits up to `max_events` rows at a
-        // time (one fsync per 16 Ki rows instead of per reader batch, ≤ 4 Ki: 1 run, pair.py 1.20 -> 1.49),
-        // while 50 runs still commit about 1 Ki rows each, keeping their buffers small, and
-        // thousands never reach `SHARE_FROM_ROWS` before the byte bound commits the biggest.
+        // time (one fsync per 16 Ki rows instead of per reader batch of <= 4 Ki; 1 run:
+        // pair.py 1.20 -> 1.49), while 50 runs still commit about 1 Ki rows each, keeping their
+        // buffers small, and thousands never reach `SHARE_FROM_ROWS` before the byte bound
+        // commits the biggest.
         let share_from = SHARE_FROM_ROWS.min(self.config.max_events);
         let share = self.config.max_bytes / 2 / (self.runs.len() + 1);
         for rec in &batch.recs {
