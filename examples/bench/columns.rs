@@ -165,10 +165,10 @@ const COLUMN_PATHS: [(&str, &str); 5] = [
 /// Part 0: SQLite's INSERT cost per row with each kind of generated column (see the top).
 fn sqlite_alone(a: &ColumnsArgs, root: &Path) -> Result<()> {
     let base = base_dir(root, 50, a.data.events);
-    ensure_data(&base, &gen_params(50, &a.data))?;
+    let m = ensure_data(&base, &gen_params(50, &a.data))?;
     let mut lines = Vec::with_capacity(a.sqlite_rows);
-    'files: for entry in data_files(&base.join("raw"))? {
-        for line in fs::read_to_string(&entry)?.lines() {
+    'files: for file in &m.files {
+        for line in fs::read_to_string(base.join("raw").join(&file.name))?.lines() {
             if lines.len() == a.sqlite_rows {
                 break 'files;
             }
@@ -253,15 +253,6 @@ fn sqlite_alone(a: &ColumnsArgs, root: &Path) -> Result<()> {
     }
     fs::remove_dir_all(&scratch)?;
     Ok(())
-}
-
-/// The data set's files, in name order.
-fn data_files(raw: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> =
-        fs::read_dir(raw)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    files.retain(|p| p.extension().is_some_and(|e| e == "ndjson"));
-    files.sort();
-    Ok(files)
 }
 
 /// Writes `base = <base>` plus `extra` to `<base>/logs/<name>.toml`.
