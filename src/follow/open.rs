@@ -71,16 +71,7 @@ impl Opener {
         max_raw_bytes: usize,
         disk_bytes: Arc<Counter>,
     ) -> Opener {
-        Opener {
-            checkpoints,
-            state: Some(state),
-            max_line_bytes,
-            max_raw_bytes,
-            disk_bytes,
-            let_go: HashSet::new(),
-            never_block: false,
-            rebuild: false,
-        }
+        Opener::with(checkpoints, Some(state), max_line_bytes, max_raw_bytes, disk_bytes)
     }
 
     /// For a remote sink (the `clickhouse` module), which keeps its own cursors: opens at the
@@ -91,9 +82,19 @@ impl Opener {
         max_raw_bytes: usize,
         disk_bytes: Arc<Counter>,
     ) -> Opener {
+        Opener::with(Arc::default(), None, max_line_bytes, max_raw_bytes, disk_bytes)
+    }
+
+    fn with(
+        checkpoints: Arc<HashMap<FileId, Checkpoint>>,
+        state: Option<Sender<StateMsg>>,
+        max_line_bytes: usize,
+        max_raw_bytes: usize,
+        disk_bytes: Arc<Counter>,
+    ) -> Opener {
         Opener {
-            checkpoints: Arc::default(),
-            state: None,
+            checkpoints,
+            state,
             max_line_bytes,
             max_raw_bytes,
             disk_bytes,
