@@ -233,16 +233,12 @@ impl StateDb {
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(Checkpoint {
-                id: FileId { dev: r.get::<_, i64>(0)? as u64, ino: r.get::<_, i64>(1)? as u64 },
+                id: file_id_at(r, 0)?,
                 path: PathBuf::from(r.get::<_, String>(2)?),
                 gzip: r.get(3)?,
                 offset: r.get::<_, i64>(4)? as u64,
                 line_no: r.get::<_, i64>(5)? as u64,
-                fingerprint: Fingerprint {
-                    head_len: r.get::<_, i64>(6)? as u64,
-                    head_hash: r.get(7)?,
-                    tail_hash: r.get(8)?,
-                },
+                fingerprint: fingerprint_at(r, 6)?,
                 size: r.get::<_, Option<i64>>(9)?.map(|s| s as u64),
                 last_read_at: r.get(10)?,
             })
@@ -384,15 +380,11 @@ impl StateDb {
         )?;
         let rows = stmt.query_map([sink], |r| {
             Ok(SinkCursor {
-                id: FileId { dev: r.get::<_, i64>(0)? as u64, ino: r.get::<_, i64>(1)? as u64 },
+                id: file_id_at(r, 0)?,
                 path: PathBuf::from(r.get::<_, String>(2)?),
                 offset: r.get::<_, i64>(3)? as u64,
                 line_no: r.get::<_, i64>(4)? as u64,
-                fingerprint: Fingerprint {
-                    head_len: r.get::<_, i64>(5)? as u64,
-                    head_hash: r.get(6)?,
-                    tail_hash: r.get(7)?,
-                },
+                fingerprint: fingerprint_at(r, 5)?,
                 size: r.get::<_, Option<i64>>(8)?.map(|s| s as u64),
             })
         })?;
@@ -494,6 +486,20 @@ impl StateDb {
 /// through a command.
 fn check_readable(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("SELECT count(*) FROM files", [], |_| Ok(()))
+}
+
+/// A `FileId` from the row's `dev, ino` columns starting at `at` (stored as SQLite integers).
+fn file_id_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<FileId> {
+    Ok(FileId { dev: r.get::<_, i64>(at)? as u64, ino: r.get::<_, i64>(at + 1)? as u64 })
+}
+
+/// A `Fingerprint` from the row's `head_len, head_hash, tail_hash` columns starting at `at`.
+fn fingerprint_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Fingerprint> {
+    Ok(Fingerprint {
+        head_len: r.get::<_, i64>(at)? as u64,
+        head_hash: r.get(at + 1)?,
+        tail_hash: r.get(at + 2)?,
+    })
 }
 
 #[cfg(test)]
