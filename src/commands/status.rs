@@ -67,7 +67,7 @@ struct FileStatus {
     present: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct RunsStatus {
     count: u64,
     bytes: u64,
@@ -147,8 +147,7 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             events: totals.events,
             bytes: totals.bytes,
         });
-    let mut runs =
-        RunsStatus { count: 0, bytes: 0, wal_bytes: 0, largest_wals: Vec::new(), catalog };
+    let mut runs = RunsStatus { catalog, ..RunsStatus::default() };
     let mut wals = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&config.output.dir) {
         for entry in entries.flatten() {
@@ -480,13 +479,7 @@ DEAD LETTERS                              LINES
         files[2].lag_bytes = Some(5);
         let status = Status {
             files,
-            runs: RunsStatus {
-                count: 0,
-                bytes: 0,
-                wal_bytes: 0,
-                largest_wals: vec![],
-                catalog: None,
-            },
+            runs: RunsStatus::default(),
             dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
             sinks: BTreeMap::new(),
         };
@@ -505,13 +498,7 @@ DEAD LETTERS                              LINES
     fn short_paths_are_whole_and_the_table_narrows_to_them() {
         let status = Status {
             files: vec![file("/d/raw/events_20240107.ndjson", 10, Some(10), Some(75))],
-            runs: RunsStatus {
-                count: 0,
-                bytes: 0,
-                wal_bytes: 0,
-                largest_wals: vec![],
-                catalog: None,
-            },
+            runs: RunsStatus::default(),
             dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
             sinks: BTreeMap::new(),
         };
