@@ -24,11 +24,11 @@ use crate::catalog::KeeperThread;
 use crate::checkpoint::{Checkpoint, StateDb};
 use crate::config::Config;
 use crate::dlq::{self, DlqLock};
-use crate::flow::{Batch, Rebuild, StateMsg};
+use crate::flow::{Rebuild, Spares, StateMsg};
 use crate::follow::Opener;
 use crate::identity::FileId;
 use crate::metrics::Counters;
-use crate::route::Router;
+use crate::route::{Router, Writers};
 use crate::sink::{self, Releases, WriterConfig};
 
 /// Checkpoints of files that are gone are kept this long after their last read (a file
@@ -54,7 +54,7 @@ pub(crate) struct Pipeline {
     config: Arc<Config>,
     mode: Mode,
     counters: Arc<Counters>,
-    writer_txs: Vec<Sender<Batch>>,
+    writer_txs: Writers,
     state_tx: Sender<StateMsg>,
     /// Dropped when draining: the state thread then reads its inbox whatever its backlog, so
     /// writers waiting to hand it `write_failed` letters can finish (see `state`).
@@ -136,6 +136,9 @@ impl Pipeline {
             .context("spawning the summary thread")?;
         let mut writer_txs = Vec::new();
         let mut writers = Vec::new();
+        // One spent batch per writer on its way back is enough: a reader builds one per
+        // writer per span.
+        let spares = Spares::new(n_writers);
         for shard in 0..n_writers {
             let (tx, rx) = bounded(WRITER_INBOX);
             writer_txs.push(tx);
@@ -147,7 +150,11 @@ impl Pipeline {
                     state_tx.clone(),
                     counters.clone(),
                     &releases,
-                    sink::Listeners { catalog: catalog.keeper(), summaries: summaries.notifier() },
+                    sink::Listeners {
+                        catalog: catalog.keeper(),
+                        summaries: summaries.notifier(),
+                        spares: spares.clone(),
+                    },
                 )
                 .context("spawning writer thread")?,
             );
@@ -163,7 +170,7 @@ impl Pipeline {
             config,
             mode,
             counters,
-            writer_txs,
+            writer_txs: Writers::new(writer_txs, spares),
             state_tx,
             state_drain,
             writers,

@@ -10,18 +10,16 @@
 //! through the reader's descriptor) and the clock (when the span was sealed); it sends on
 //! bounded channels, which is where backpressure reaches the reader.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::hash::{Hash, Hasher};
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 
 use crate::config::Mapping;
-use crate::flow::{Batch, BatchBuilder, DeadLetter, FileEntry, Rebuild, Span, StateMsg};
+use crate::flow::{Batch, BatchBuilder, DeadLetter, FileEntry, Rebuild, Span, Spares, StateMsg};
 use crate::identity::Fingerprint;
 use crate::metrics::Counters;
 use crate::parse::{self, DeadReason, Outcome};
@@ -35,19 +33,69 @@ const SPAN_MAX_RECORDS: usize = 4096;
 /// batches and dead letters) holds at most this plus one line of `max_line_bytes`.
 const SPAN_MAX_BYTES: u64 = 8 << 20;
 
-/// Which writer shard owns a run. Stable within a process, which is all it needs: shards only
-/// split work, the run DB file name does not depend on them.
-pub(crate) fn shard_of(run_id: &str, n_shards: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    run_id.hash(&mut h);
-    (h.finish() % n_shards as u64) as usize
+/// Runs whose writer is remembered, at most; past it the assignments start afresh (a run may
+/// then get a second writer: slower for a moment, still correct, as when `backfill` runs
+/// beside the daemon, since run-DB writes are upserts in stream order under SQLite's lock).
+const MAX_OWNED_RUNS: usize = 65_536;
+
+/// A router's own copy of the assignments it used, at most (then cleared).
+const MAX_CACHED_RUNS: usize = 4_096;
+
+/// The writer threads' inboxes and which writer owns each run. A run goes to the writer with
+/// the fewest runs when first seen, as the limit program does: hashing run ids split 50 runs
+/// of equal size 30/20 over two writers, and the busier one bounds a backfill's wall time
+/// (pair.py at 50 runs: see ARCHITECTURE.md). Shared by every reader's router, since a run DB
+/// should have one writer; each router caches its answers, so the lock is taken once per
+/// run and reader.
+#[derive(Clone)]
+pub(crate) struct Writers {
+    inboxes: Vec<Sender<Batch>>,
+    owners: Arc<Mutex<Owners>>,
+    /// Batches the writers are done with, to build the next ones in.
+    spares: Spares,
+}
+
+#[derive(Default)]
+struct Owners {
+    by_run: HashMap<String, usize>,
+    /// Runs assigned to each writer.
+    runs: Vec<usize>,
+}
+
+impl Writers {
+    pub(crate) fn new(inboxes: Vec<Sender<Batch>>, spares: Spares) -> Writers {
+        let owners = Owners { by_run: HashMap::new(), runs: vec![0; inboxes.len()] };
+        Writers { inboxes, owners: Arc::new(Mutex::new(owners)), spares }
+    }
+
+    fn len(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// The writer that owns `run_id`, assigning one if it has none.
+    fn owner(&self, run_id: &str) -> usize {
+        let mut owners = self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(&shard) = owners.by_run.get(run_id) {
+            return shard;
+        }
+        if owners.by_run.len() >= MAX_OWNED_RUNS {
+            owners.by_run.clear();
+            owners.runs.iter_mut().for_each(|n| *n = 0);
+        }
+        let shard = (0..owners.runs.len()).min_by_key(|&i| owners.runs[i]).unwrap_or(0);
+        owners.runs[shard] += 1;
+        owners.by_run.insert(run_id.to_string(), shard);
+        shard
+    }
 }
 
 /// Per-reader routing state: turns lines of one file at a time into sealed spans.
 pub(crate) struct Router {
     mapping: Mapping,
     max_raw_bytes: usize,
-    writers: Vec<Sender<Batch>>,
+    writers: Writers,
+    /// The owners of the runs this router has seen (see `Writers`).
+    owner_of: HashMap<String, usize>,
     state: Sender<StateMsg>,
     counters: Arc<Counters>,
     /// Never block on a full channel (the daemon): keep the sealed messages here and tell the
@@ -88,7 +136,7 @@ impl Router {
     pub(crate) fn new(
         mapping: Mapping,
         max_raw_bytes: usize,
-        writers: Vec<Sender<Batch>>,
+        writers: Writers,
         state: Sender<StateMsg>,
         counters: Arc<Counters>,
         yielding: bool,
@@ -97,6 +145,7 @@ impl Router {
             mapping,
             max_raw_bytes,
             writers,
+            owner_of: HashMap::new(),
             state,
             counters,
             yielding,
@@ -109,6 +158,19 @@ impl Router {
     pub(crate) fn rebuilding(mut self, rebuild: Rebuild) -> Router {
         self.rebuild = Some(rebuild);
         self
+    }
+
+    /// The writer of `run_id`'s records (see [`Writers`]).
+    fn owner(&mut self, run_id: &str) -> usize {
+        if let Some(&shard) = self.owner_of.get(run_id) {
+            return shard;
+        }
+        if self.owner_of.len() >= MAX_CACHED_RUNS {
+            self.owner_of.clear();
+        }
+        let shard = self.writers.owner(run_id);
+        self.owner_of.insert(run_id.to_string(), shard);
+        shard
     }
 
     /// Hands the stalled messages on, in order, waiting up to `wait` for room (a zero wait only
@@ -125,7 +187,8 @@ impl Router {
                     Err(SendTimeoutError::Timeout(m)) => Stalled::State(m),
                     Err(SendTimeoutError::Disconnected(_)) => return Err(Closed),
                 },
-                Stalled::Batch(shard, b) => match self.writers[shard].send_timeout(b, left) {
+                Stalled::Batch(shard, b) => match self.writers.inboxes[shard].send_timeout(b, left)
+                {
                     Ok(()) => continue,
                     Err(SendTimeoutError::Timeout(b)) => Stalled::Batch(shard, b),
                     Err(SendTimeoutError::Disconnected(_)) => return Err(Closed),
@@ -292,7 +355,13 @@ impl Router {
         self.counters.lines_read.add(lines);
     }
 
-    fn classify(&self, file: &Arc<FileEntry>, line: Line<'_>, pending: &mut Pending, at_end: bool) {
+    fn classify(
+        &mut self,
+        file: &Arc<FileEntry>,
+        line: Line<'_>,
+        pending: &mut Pending,
+        at_end: bool,
+    ) {
         let (meta, bytes) = match line {
             Line::Complete(meta, bytes) => (meta, bytes),
             // A rebuild writes no dead letters: the first reading of the line did.
@@ -343,8 +412,8 @@ impl Router {
                 return;
             }
         }
-        let shard = shard_of(&record.run_id, self.writers.len());
-        let batch = pending.batches[shard].get_or_insert_with(BatchBuilder::default);
+        let shard = self.owner(&record.run_id);
+        let batch = pending.batches[shard].get_or_insert_with(|| self.writers.spares.builder());
         batch.push(&record, meta, bytes, file.day);
         pending.n_records += 1;
     }
@@ -450,6 +519,29 @@ mod tests {
         })
     }
 
+    /// Runs go to the writer with the fewest runs when first seen, and stay with it whichever
+    /// router asks: 50 runs over 2 writers are 25 and 25 (hashing made it 30 and 20).
+    #[test]
+    fn runs_are_spread_evenly_over_the_writers_and_keep_theirs() {
+        let (inboxes, _rxs): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| crossbeam_channel::bounded::<Batch>(1)).unzip();
+        let writers = Writers::new(inboxes, Spares::new(1));
+        let owners: Vec<usize> = (0..50).map(|i| writers.owner(&format!("run-{i}"))).collect();
+        assert_eq!(owners.iter().filter(|&&o| o == 0).count(), 25);
+        let other_reader = writers.clone();
+        for (i, &owner) in owners.iter().enumerate() {
+            assert_eq!(other_reader.owner(&format!("run-{i}")), owner);
+        }
+        // Bounded: past `MAX_OWNED_RUNS` runs the assignments start afresh.
+        for i in 0..MAX_OWNED_RUNS + 10 {
+            writers.owner(&format!("many-{i}"));
+        }
+        // 50 + MAX_OWNED_RUNS + 10 runs: cleared once, at MAX_OWNED_RUNS.
+        let owners = writers.owners.lock().unwrap();
+        assert_eq!(owners.by_run.len(), 60);
+        assert_eq!(owners.runs, vec![30, 30]);
+    }
+
     /// The line numbers the spans sent to the state thread so far end at, in order.
     fn span_ends(state_rx: &Receiver<StateMsg>) -> Vec<u64> {
         let span_end = |m| match m {
@@ -470,7 +562,8 @@ mod tests {
         let (state_tx, state_rx) = crossbeam_channel::bounded(state_cap);
         let mapping = crate::config::Config::for_base(std::path::Path::new("/nonexistent")).mapping;
         let counters = Arc::new(Counters::default());
-        let router = Router::new(mapping, 1024, vec![writer_tx], state_tx, counters, yielding);
+        let writers = Writers::new(vec![writer_tx], Spares::new(1));
+        let router = Router::new(mapping, 1024, writers, state_tx, counters, yielding);
         (router, writer_rx, state_rx)
     }
 

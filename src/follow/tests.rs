@@ -304,7 +304,8 @@ impl Downstream {
 
     fn router(&self, config: &Config, counters: &Arc<Counters>) -> Router {
         let mapping = config.mapping.clone();
-        let writers = vec![self.writer_tx.clone()];
+        let writers =
+            crate::route::Writers::new(vec![self.writer_tx.clone()], crate::flow::Spares::new(1));
         let state = self.state_tx.clone();
         Router::new(mapping, config.dlq.max_raw_bytes, writers, state, counters.clone(), true)
     }

@@ -41,7 +41,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::catalog::Keeper;
 use crate::config::{Mapping, SqliteConfig};
-use crate::flow::{Batch, RunChanged, StateMsg};
+use crate::flow::{Batch, RunChanged, Spares, StateMsg};
 use crate::metrics::Counters;
 use crate::schema::Schema;
 
@@ -75,10 +75,12 @@ pub(crate) struct WriterConfig {
 }
 
 /// Who a writer tells after a commit, never waiting for them: the catalog thread (every run it
-/// wrote) and the summary thread (a run that is terminal now).
+/// wrote) and the summary thread (a run that is terminal now); and where the batches it has
+/// buffered go back to the readers (never waiting either).
 pub(crate) struct Listeners {
     pub catalog: Keeper,
     pub summaries: Sender<RunChanged>,
+    pub spares: Spares,
 }
 
 /// Starts writer thread `shard`.
@@ -93,7 +95,6 @@ pub(crate) fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     let releases = releases.register();
     std::thread::Builder::new().name(format!("writer-{shard}")).spawn(move || {
-        let Listeners { catalog, summaries } = listeners;
-        writer::Writer::new(shard, config, state, counters, releases, catalog, summaries).run(inbox)
+        writer::Writer::new(shard, config, state, counters, releases, listeners).run(inbox)
     })
 }

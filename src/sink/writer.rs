@@ -10,12 +10,14 @@ use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use super::pool::Pool;
 use super::release::Release;
 use super::wal::{self, WalCheckpointer};
-use super::{run_db, WriterConfig};
+use super::{run_db, Listeners, WriterConfig};
 use crate::catalog::{Keeper, TsRange};
-use crate::flow::{Batch, DeadLetter, RunChanged, Span, StateMsg};
+use crate::flow::{Batch, DeadLetter, RunChanged, Span, Spares, StateMsg, MAX_SPARE_BYTES};
 
 /// Rows a run holds before its share of the byte bound commits it (see `Writer::buffer`).
 const SHARE_FROM_ROWS: usize = 1024;
+/// Spent run buffers kept for the next runs to fill (see `flow::Spares`).
+const SPARE_RUN_BUFFERS: usize = 4;
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
 use crate::tail::LineMeta;
@@ -39,6 +41,10 @@ pub(super) struct Writer {
     catalog: Keeper,
     /// The summary thread: told after a commit to a terminal run, never waited for.
     summaries: Sender<RunChanged>,
+    /// Where the readers' batches go once buffered.
+    spares: Spares,
+    /// Run buffers committed and emptied, for the next runs (at most `SPARE_RUN_BUFFERS`).
+    spare_runs: Vec<Batch>,
 }
 
 impl Writer {
@@ -48,15 +54,17 @@ impl Writer {
         state: Sender<StateMsg>,
         counters: Arc<Counters>,
         releases: Receiver<Release>,
-        catalog: Keeper,
-        summaries: Sender<RunChanged>,
+        listeners: Listeners,
     ) -> Writer {
+        let Listeners { catalog, summaries, spares } = listeners;
         let seen_runs = config.linger.is_none().then(Default::default);
         let wal_checkpointer = WalCheckpointer::spawn(shard, &config.sqlite, &counters);
         Writer {
             seen_runs,
             releases,
             summaries,
+            spares,
+            spare_runs: Vec::new(),
             pool: Pool::new(
                 config.output_dir.clone(),
                 config.sqlite.clone(),
@@ -155,19 +163,26 @@ impl Writer {
             let run_id = batch.text(rec.run_id);
             let buf = match self.runs.get_mut(run_id) {
                 Some(buf) => buf,
-                None => self.runs.entry(run_id.to_string()).or_default(),
+                None => {
+                    let spare = self.spare_runs.pop().unwrap_or_default();
+                    self.n_bytes += spare.memory_bytes();
+                    self.runs.entry(run_id.to_string()).or_insert(spare)
+                }
             };
             let before = buf.memory_bytes();
             buf.push_from(&batch, rec);
             let after = buf.memory_bytes();
             self.n_bytes = self.n_bytes + after - before;
             let rows = buf.recs.len();
-            let is_full = rows >= self.config.max_events || (rows >= share_from && after >= share);
+            // What the rows use, not the allocation: a reused buffer starts big.
+            let is_full =
+                rows >= self.config.max_events || (rows >= share_from && buf.used_bytes() >= share);
             if is_full && !full.iter().any(|f| f == run_id) {
                 full.push(run_id.to_string());
             }
         }
         self.oldest.get_or_insert_with(Instant::now);
+        self.spares.give(batch);
         for run_id in full {
             self.flush_run(&run_id);
         }
@@ -256,6 +271,16 @@ impl Writer {
         // The state thread acks the failed ones once they are durable in the DLQ.
         for (span, n) in batch.spans() {
             span.ack(n - failed_per_span.get(&Arc::as_ptr(span)).copied().unwrap_or(0));
+        }
+        // Kept outside `n_bytes`, so bounded apart: a quarter of `max_bytes` at most.
+        let kept: usize = self.spare_runs.iter().map(Batch::memory_bytes).sum();
+        if self.spare_runs.len() < SPARE_RUN_BUFFERS
+            && batch.memory_bytes() <= MAX_SPARE_BYTES
+            && kept + batch.memory_bytes() <= self.config.max_bytes / 4
+        {
+            let mut batch = batch;
+            batch.clear();
+            self.spare_runs.push(batch);
         }
     }
 
