@@ -270,6 +270,9 @@ pub(crate) enum StateMsg {
 pub(crate) struct RunChanged {
     pub run_id: String,
     pub path: std::path::PathBuf,
+    /// Its writer has closed the DB for good (the input ended): backfill's summary thread
+    /// computes it now, beside the writers' other closes, instead of after them all.
+    pub closed: bool,
 }
 
 /// A batch being filled, before its span exists. Public for `dlq replay`, which must give a

@@ -184,18 +184,31 @@ impl Pool {
         run_db::quarantine_corrupt(&path, error, "writing").map(Some)
     }
 
+    /// Checkpoints (TRUNCATE) and closes one run's DB, if open, as [`Pool::close_all`] does.
+    pub(super) fn close(&mut self, run_id: &str, counters: &Counters) {
+        if let Some(open) = self.conns.remove(run_id) {
+            self.close_for_good(run_id, open.conn, counters);
+        } else if self.uncheckpointed.remove(run_id) {
+            self.checkpoint_closed(run_id, counters);
+        }
+    }
+
+    fn close_for_good(&mut self, run_id: &str, conn: Connection, counters: &Counters) {
+        counters.open_run_dbs.dec();
+        // Cheap unless the query planner's statistics are stale; helps analysts' queries.
+        if let Err(error) = conn.execute_batch("PRAGMA optimize") {
+            tracing::debug!(run_id, %error, "PRAGMA optimize failed");
+        }
+        checkpoint_wal_and_close(conn, &self.path_of(run_id), counters);
+        self.catalog.closed(run_id, &self.path_of(run_id));
+        self.uncheckpointed.remove(run_id);
+    }
+
     /// Checkpoints (TRUNCATE) and closes every DB this pool wrote, open or not, so that a
     /// finished writer leaves each run as one file.
     pub(super) fn close_all(&mut self, counters: &Counters) {
-        for (run_id, Open { conn, .. }) in std::mem::take(&mut self.conns) {
-            counters.open_run_dbs.dec();
-            // Cheap unless the query planner's statistics are stale; helps analysts' queries.
-            if let Err(error) = conn.execute_batch("PRAGMA optimize") {
-                tracing::debug!(run_id, %error, "PRAGMA optimize failed");
-            }
-            checkpoint_wal_and_close(conn, &self.path_of(&run_id), counters);
-            self.catalog.closed(&run_id, &self.path_of(&run_id));
-            self.uncheckpointed.remove(&run_id);
+        for (run_id, open) in std::mem::take(&mut self.conns) {
+            self.close_for_good(&run_id, open.conn, counters);
         }
         self.checkpoint_wal_of_closed(counters);
     }
@@ -231,18 +244,23 @@ impl Pool {
     /// deleted since it was closed has nothing left to checkpoint.
     fn checkpoint_wal_of_closed(&mut self, counters: &Counters) {
         for run_id in std::mem::take(&mut self.uncheckpointed) {
-            let path = self.path_of(&run_id);
-            match open_existing(&path, &self.sqlite) {
-                Ok(conn) => {
-                    checkpoint_wal_and_close(conn, &path, counters);
-                    self.catalog.closed(&run_id, &path);
-                }
-                Err(error) if is_gone(&error, &path) => {
-                    tracing::debug!(path = %path.display(), "run DB deleted since closed; nothing to checkpoint")
-                }
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "cannot open run DB to checkpoint it")
-                }
+            self.checkpoint_closed(&run_id, counters);
+        }
+    }
+
+    /// Checkpoints (TRUNCATE) a DB this pool closed without one.
+    fn checkpoint_closed(&self, run_id: &str, counters: &Counters) {
+        let path = self.path_of(run_id);
+        match open_existing(&path, &self.sqlite) {
+            Ok(conn) => {
+                checkpoint_wal_and_close(conn, &path, counters);
+                self.catalog.closed(run_id, &path);
+            }
+            Err(error) if is_gone(&error, &path) => {
+                tracing::debug!(path = %path.display(), "run DB deleted since closed; nothing to checkpoint")
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot open run DB to checkpoint it")
             }
         }
     }

@@ -277,7 +277,7 @@ thread_local! {
 /// Copies the metrics into the catalog's row of the run (`runs.summary`), directly: a short
 /// write beside the catalog thread's, which SQLite's lock orders. A failure only delays it
 /// to the next `catalog rebuild` (which reads the run DB's stored summary).
-fn copy_to_catalog(config: &Config, summary: &Summary, path: &Path) {
+pub(super) fn copy_to_catalog(config: &Config, summary: &Summary, path: &Path) {
     let metrics = summary.to_json()["metrics"].to_string();
     // Storing it wrote the run DB (its connection is closed by now): size and mtime moved.
     let file = crate::catalog::FileState::of(path);

@@ -53,9 +53,9 @@ impl Worker {
         timing: Timing,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = bounded(INBOX);
-        let thread = std::thread::Builder::new()
-            .name("summary".into())
-            .spawn(move || Thread { config, counters, timing, pending: HashMap::new() }.run(rx))?;
+        let thread = std::thread::Builder::new().name("summary".into()).spawn(move || {
+            Thread { config, counters, timing, pending: HashMap::new(), early: Vec::new() }.run(rx)
+        })?;
         Ok(Worker { tx: Some(tx), thread: Some(thread) })
     }
 
@@ -89,6 +89,8 @@ struct Pending {
     path: PathBuf,
     first: Instant,
     last: Instant,
+    /// Its writer closed it for good (see `RunChanged::closed`).
+    closed: bool,
 }
 
 impl Pending {
@@ -102,6 +104,10 @@ struct Thread {
     counters: Arc<Counters>,
     timing: Timing,
     pending: HashMap<String, Pending>,
+    /// Backfill: summaries computed while the writers closed their DBs, copied into the
+    /// catalog again at the end, once the catalog thread has written every run's row (a copy
+    /// before the row exists changes nothing).
+    early: Vec<(super::Summary, PathBuf)>,
 }
 
 impl Thread {
@@ -113,43 +119,45 @@ impl Thread {
         loop {
             let next = match self.timing {
                 Timing::Daemon => self.pending.values().map(Pending::due).min(),
-                Timing::AtEnd => None,
+                Timing::AtEnd => self.pending.values().any(|p| p.closed).then(Instant::now),
             };
             let timer = next.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
             select! {
                 recv(rx) -> msg => match msg {
-                    Ok(changed) => {
-                        let now = Instant::now();
-                        let full = self.pending.len() >= MAX_PENDING;
-                        match self.pending.get_mut(&changed.run_id) {
-                            Some(p) => p.last = now,
-                            None if full => {
-                                self.counters.summaries_dropped.add(1);
-                                if last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                                    last_full_warning = Some(now);
-                                    tracing::warn!(pending = MAX_PENDING, "too many runs waiting for their summary; dropping requests (`jsonl-shipper summary RUN_ID` computes one)");
-                                }
-                            }
-                            None => {
-                                let p = Pending { path: changed.path, first: now, last: now };
-                                self.pending.insert(changed.run_id, p);
-                            }
-                        }
-                    }
+                    Ok(changed) => self.note(changed, &mut last_full_warning),
                     Err(_) => break,
                 },
                 recv(timer) -> _ => {}
             }
+            // The inbox emptied before each summary, so the writers never find it full.
+            while let Ok(changed) = rx.try_recv() {
+                self.note(changed, &mut last_full_warning);
+            }
             let now = Instant::now();
-            let due: Vec<String> = (self.pending.iter())
-                .filter(|(_, p)| self.timing == Timing::Daemon && p.due() <= now)
-                .map(|(run_id, _)| run_id.clone())
-                .collect();
+            let due: Vec<String> = match self.timing {
+                Timing::Daemon => (self.pending.iter())
+                    .filter(|(_, p)| p.due() <= now)
+                    .map(|(run_id, _)| run_id.clone())
+                    .collect(),
+                // One at a time, reading the inbox between them.
+                Timing::AtEnd => (self.pending.iter())
+                    .find(|(_, p)| p.closed)
+                    .map(|(run_id, _)| run_id.clone())
+                    .into_iter()
+                    .collect(),
+            };
             for run_id in due {
                 if let Some(p) = self.pending.remove(&run_id) {
-                    self.summarise(&run_id, &p.path);
+                    let summary = self.summarise(&run_id, &p.path);
+                    if let (Timing::AtEnd, Some(summary)) = (self.timing, summary) {
+                        self.early.push((summary, p.path));
+                    }
                 }
             }
+        }
+        // The writers and the catalog thread are done (`Pipeline::finish`).
+        for (summary, path) in std::mem::take(&mut self.early) {
+            super::copy_to_catalog(&self.config, &summary, &path);
         }
         // The writers are done: what is pending is computed now (a run that ended just before
         // a shutdown, every run of a backfill).
@@ -182,8 +190,32 @@ impl Thread {
         }
     }
 
+    /// Notes a request: a run to summarise (when: see [`Timing`]).
+    fn note(&mut self, changed: RunChanged, last_full_warning: &mut Option<Instant>) {
+        let now = Instant::now();
+        let full = self.pending.len() >= MAX_PENDING;
+        match self.pending.get_mut(&changed.run_id) {
+            Some(p) => {
+                p.last = now;
+                p.closed |= changed.closed;
+            }
+            None if full => {
+                self.counters.summaries_dropped.add(1);
+                if last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    *last_full_warning = Some(now);
+                    tracing::warn!(pending = MAX_PENDING, "too many runs waiting for their summary; dropping requests (`jsonl-shipper summary RUN_ID` computes one)");
+                }
+            }
+            None => {
+                let closed = changed.closed;
+                let p = Pending { path: changed.path, first: now, last: now, closed };
+                self.pending.insert(changed.run_id, p);
+            }
+        }
+    }
+
     /// Computes and stores one run's summary, then offers its SLIs to the gauges.
-    fn summarise(&self, run_id: &str, path: &std::path::Path) {
+    fn summarise(&self, run_id: &str, path: &std::path::Path) -> Option<super::Summary> {
         let started = Instant::now();
         match super::refresh(path, &self.config, true) {
             Ok(summary) if summary.is_terminal() => {
@@ -197,15 +229,19 @@ impl Thread {
                     tracing::debug!(run_id, took_ms, slos_failed = ?failed, "run summary computed");
                 }
                 self.counters.slis.offer(snapshot(path, &summary, &verdict));
+                Some(summary)
             }
             // Back to "running" cannot happen (the merge keeps a terminal status); a
             // replaced DB might be anything.
-            Ok(_) => {}
-            Err(error) => tracing::warn!(
-                run_id,
-                error = format!("{:#}", anyhow::Error::new(error)),
-                "cannot compute the run's summary"
-            ),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(
+                    run_id,
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    "cannot compute the run's summary"
+                );
+                None
+            }
         }
     }
 

@@ -89,6 +89,57 @@ fn stdout_json(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
 }
 
+/// Backfill hands each ended run to the summary thread once its writer closed its DB for good,
+/// while the writers close the others. With one open DB per writer every run is evicted
+/// (closed without a checkpoint) before that: each still ends as one checkpointed file (no
+/// `-wal`, no `-shm` left) whose stored summary counts its own events exactly.
+#[test]
+fn backfill_summarises_every_ended_run_and_leaves_each_as_one_file() {
+    let shipper = Shipper::with_config("[output]\nmax_open_dbs = 2\nwriter_threads = 2\n");
+    let runs = 40;
+    let mut lines = String::new();
+    for r in 0..runs {
+        lines +=
+            &format!("{{\"run_id\":\"r{r}\",\"record_type\":\"run\",\"status\":\"running\"}}\n");
+    }
+    // 25 events a run, and one more for r0.
+    for i in 0..=25 * runs {
+        let r = i % runs;
+        lines += &format!("{{\"run_id\":\"r{r}\",\"event_type\":\"t\",\"ts\":{i}}}\n");
+    }
+    for r in 0..runs {
+        lines +=
+            &format!("{{\"run_id\":\"r{r}\",\"record_type\":\"run\",\"status\":\"finished\"}}\n");
+    }
+    let rel = "raw/events_20240301.ndjson";
+    shipper.write(rel, lines.as_bytes());
+    shipper.age(rel);
+    shipper.backfill(&[]);
+
+    let dir = shipper.path("db/runs");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("run DB dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..runs).map(|r| format!("r{r}.sqlite")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names, expected, "one file per run, nothing else");
+    for r in 0..runs {
+        let conn = rusqlite::Connection::open(dir.join(format!("r{r}.sqlite"))).expect("run DB");
+        let events: String = conn
+            .query_row("SELECT value FROM summary WHERE name = 'events'", [], |row| row.get(0))
+            .unwrap_or_else(|e| panic!("r{r}: no stored summary: {e}"));
+        let count: i64 =
+            conn.query_row("SELECT count(*) FROM events", [], |row| row.get(0)).unwrap();
+        assert_eq!(events, count.to_string(), "r{r}");
+        assert_eq!(count, 25 + i64::from(r == 0), "r{r}");
+    }
+}
+
 #[test]
 fn backfill_stores_the_summary_and_summary_json_is_exact() {
     let shipper = Shipper::with_config(&slo_config(0.2));
