@@ -4,7 +4,7 @@
 //! The modules are listed in the order data flows through them:
 //!
 //! ```text
-//! discover ─▶ follow ─▶ tail ─▶ parse ─▶ route ──Batch──▶ sink (writers, one per shard of runs)
+//! discover ─▶ follow ─▶ tail ─▶ parse ─▶ route ──Batch──▶ sink (writers, each with its runs)
 //!                                          │                 │ spans acked
 //!                                          └─StateMsg─▶ state ◀┘ (the state thread writes
 //!                                                              checkpoint offsets and dlq files)

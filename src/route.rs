@@ -1,5 +1,5 @@
-//! From lines to batches: classify each line with [`parse`](crate::parse), shard records by
-//! run_id over the writer threads, and cut the stream into [`Span`]s, the unit a checkpoint
+//! From lines to batches: classify each line with [`parse`](crate::parse), send each record to
+//! the writer thread that owns its run, and cut the stream into [`Span`]s, the unit a checkpoint
 //! advances by.
 //!
 //! A span is sealed (its record count fixed) *before* any of its records leaves the reader, and

@@ -1,4 +1,5 @@
-//! The writers: OS threads that own every run-DB connection, one thread per shard of run_ids.
+//! The writers: OS threads that own every run-DB connection, each writing the runs
+//! `route::Writers` assigned it.
 //!
 //! A writer takes [`Batch`]es from its bounded inbox and sorts their records into per-run
 //! buffers. A run is committed when it holds `batch_max_events` rows, or, with several runs
