@@ -14,13 +14,14 @@ use super::{run_db, Listeners, WriterConfig};
 use crate::catalog::{Keeper, TsRange};
 use crate::flow::{Batch, DeadLetter, RunChanged, Span, Spares, StateMsg, MAX_SPARE_BYTES};
 
+use crate::metrics::Counters;
+use crate::parse::DeadReason;
+use crate::tail::LineMeta;
+
 /// Rows a run holds before its share of the byte bound commits it (see `Writer::buffer`).
 const SHARE_FROM_ROWS: usize = 1024;
 /// Spent run buffers kept for the next runs to fill (see `flow::Spares`).
 const SPARE_RUN_BUFFERS: usize = 4;
-use crate::metrics::Counters;
-use crate::parse::DeadReason;
-use crate::tail::LineMeta;
 
 pub(super) struct Writer {
     config: Arc<WriterConfig>,
