@@ -13,7 +13,6 @@ use super::wal::{self, WalCheckpointer};
 use super::{run_db, Listeners, WriterConfig};
 use crate::catalog::{Keeper, TsRange};
 use crate::flow::{Batch, DeadLetter, RunChanged, Span, Spares, StateMsg, MAX_SPARE_BYTES};
-
 use crate::metrics::Counters;
 use crate::parse::DeadReason;
 use crate::tail::LineMeta;
