@@ -214,6 +214,48 @@ pub(crate) fn remove_deleted(
     Ok(n)
 }
 
+/// Brings the rows of the run DBs at `db_paths` up to their committed state, for a command
+/// that wrote them beside the daemon (`dlq replay`): each is read in full and merged into its
+/// row (a row never goes back, whoever writes it later). A missing catalog stays missing: the
+/// next start of `run` or `backfill` creates it from the run DBs. Returns the rows written.
+pub(crate) fn refresh_rows(
+    path: &Path,
+    sqlite: &SqliteConfig,
+    db_paths: &[PathBuf],
+) -> rusqlite::Result<usize> {
+    if db_paths.is_empty() || !path.exists() {
+        return Ok(0);
+    }
+    // Read before the write lock, which the daemon's catalog thread also takes.
+    let mut states = Vec::new();
+    for db_path in db_paths {
+        if let Some(state) = scan::read_run_db(db_path, None)? {
+            states.push((db_path, state));
+        }
+    }
+    let mut catalog = Catalog::open(path, sqlite)?;
+    let tx = catalog.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut n = 0;
+    for (db_path, state) in &states {
+        // Stat'ed under the lock, as the catalog thread does: never a row for a deleted file.
+        let Some(file) = FileState::of(db_path) else { continue };
+        upsert(
+            &tx,
+            &Refresh {
+                run_id: &state.run_id,
+                db_path,
+                committed: &state.committed,
+                ts: &state.ts,
+                file: &file,
+                merge: true,
+            },
+        )?;
+        n += 1;
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
 /// A run DB as the catalog records its file: bytes of the DB and its `-wal`, and its last
 /// write (the later mtime of the DB and of a non-empty `-wal`: what retention ages by).
 #[derive(Debug, Clone, PartialEq, Eq)]

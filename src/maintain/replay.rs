@@ -81,13 +81,18 @@ pub(crate) fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Res
     }
 
     let mut shipped = HashSet::new();
+    let mut written = Vec::new();
     for (run_id, sources) in runs {
         let path = config.output.dir.join(run_path::db_file_name(&run_id));
+        let before = shipped.len();
         let failed =
             ship_run(config, &path, &run_id, sources, &mut shipped).with_context(|| {
                 format!("shipping dead letters of run {run_id:?} into {}", path.display())
             })?;
         report.write_failed += failed;
+        if shipped.len() > before {
+            written.push(path);
+        }
     }
     report.shipped = shipped.len() as u64;
     crate::crash::point("replay.after_ship");
@@ -98,7 +103,25 @@ pub(crate) fn replay(config: &Config, reason: Option<DeadReason>) -> anyhow::Res
             .with_context(|| format!("rewriting DLQ files in {}", dir.display()))?;
         tracing::info!(letters = removed.letters, files = ?removed.files, "dlq replay: removed shipped letters");
     }
+    refresh_derived(config, &written);
     Ok(report)
+}
+
+/// Brings what is derived from the run DBs replay wrote into up to date: their catalog rows,
+/// then (the row of a new run must exist for its summary to be copied) the summaries of those
+/// that have ended, which the added events made stale. Best effort, after the DLQ is
+/// rewritten: a failure is one WARN, and the next start of `run` or `backfill` reconciles the
+/// catalog (`catalog rebuild` and `summary` recompute too).
+fn refresh_derived(config: &Config, written: &[std::path::PathBuf]) {
+    let catalog = &config.output.catalog;
+    if let Err(error) = crate::catalog::refresh_rows(catalog, &config.sqlite, written) {
+        tracing::warn!(catalog = %catalog.display(), %error, "dlq replay: cannot update the catalog; the next start of run or backfill does");
+    }
+    for path in written {
+        if let Err(error) = crate::summary::refresh_ended(path, config) {
+            tracing::warn!(path = %path.display(), %error, "dlq replay: cannot compute the summary of an ended run again; `jsonl-shipper summary` does");
+        }
+    }
 }
 
 /// Writes one run's replayed records in one transaction; adds the keys of the letters now

@@ -72,11 +72,7 @@ impl Summary {
 
     /// Whether the run has a terminal status (anything but "running").
     pub(crate) fn is_terminal(&self) -> bool {
-        match &self.status {
-            Value::Null => false,
-            Value::String(s) => s != "running",
-            _ => true,
-        }
+        is_terminal(&self.status)
     }
 }
 
@@ -227,6 +223,28 @@ pub(crate) fn stored(
 
 const BUILTIN_NAMES: [&str; 5] = crate::config::BUILTIN_METRICS;
 
+/// The contract's terminal status (anything but "running", and not absent), as JSON.
+fn is_terminal(status: &Value) -> bool {
+    match status {
+        Value::Null => false,
+        Value::String(s) => s != "running",
+        _ => true,
+    }
+}
+
+/// [`refresh`] for a run that has ended; `Ok(None)`, computing nothing, for one still running
+/// (its summary is computed when it ends). For commands that add events to runs that may have
+/// ended already (`dlq replay`): their stored summary is then stale.
+pub(crate) fn refresh_ended(path: &Path, config: &Config) -> Result<Option<Summary>, SummaryError> {
+    let head = open_read_only(path, &config.sqlite)
+        .and_then(|conn| query::run_head(&conn))
+        .map_err(|e| SummaryError::sqlite(path, e))?;
+    if !is_terminal(&head.status) {
+        return Ok(None);
+    }
+    refresh(path, config, false).map(Some)
+}
+
 /// The run DB at `path`'s summary under `config`: the stored one while current (unless
 /// `force`), else computed (read-only) and stored. Storing is best effort: a read-only copy of
 /// a run DB (an analyst's, a CI job's) still gets its summary, with one WARN.
@@ -278,6 +296,11 @@ thread_local! {
 /// write beside the catalog thread's, which SQLite's lock orders. A failure only delays it
 /// to the next `catalog rebuild` (which reads the run DB's stored summary).
 pub(super) fn copy_to_catalog(config: &Config, summary: &Summary, path: &Path) {
+    if !config.output.catalog.exists() {
+        // Not created for this (`summary` on a copied run DB, a base that has none): it would
+        // have no row to copy into, and `run`/`backfill` create it from the run DBs.
+        return;
+    }
     let metrics = summary.to_json()["metrics"].to_string();
     // Storing it wrote the run DB (its connection is closed by now): size and mtime moved.
     let file = crate::catalog::FileState::of(path);

@@ -355,3 +355,60 @@ fn catalog_rebuild_equals_the_live_catalog() {
     // Read-only: no run DB was created or touched.
     assert_eq!(shipper.run_db_names(), ["a.sqlite", "b.sqlite", "c.sqlite"]);
 }
+
+/// `dlq replay` shipping into run DBs updates their catalog rows (a new run's too) and the
+/// stored summary of a run that had ended: the catalog then equals a rebuild from the run DBs.
+#[test]
+fn dlq_replay_updates_the_catalog_and_the_summaries_of_ended_runs() {
+    let shipper = Shipper::with_config("");
+    let mut day = day1();
+    day.extend(lines(&[
+        r#"{"job":"a","event_id":"a5","event_type":"fetch","ts":"2024-03-01T10:00:10Z"}"#.into(),
+        r#"{"job":"d","event_id":"d1","event_type":"fetch","ts":"2024-03-01T13:00:00Z"}"#.into(),
+    ]));
+    shipper.write("raw/events_20240301.ndjson", &day);
+    shipper.backfill(&[]).assert_success("backfill");
+    assert_eq!(rows(&shipper), day1_rows());
+    let summary_of_a = |shipper: &Shipper| full_rows(shipper)[0].summary.clone().expect("a ended");
+    assert!(summary_of_a(&shipper).contains(r#""events":4,"#), "{}", summary_of_a(&shipper));
+
+    shipper.set_config("[mapping]\nrun_id = \"job\"\n");
+    let replayed = shipper.run_cmd(&["dlq", "replay"], &[]);
+    replayed.assert_success("dlq replay");
+    assert!(replayed.stdout.contains("3 considered, 2 shipped"), "{}", replayed.stdout);
+    let mut want = day1_rows();
+    want[0].events = 5;
+    want[0].last_ts = text("2024-03-01T10:00:10Z");
+    want.push(Row {
+        started_at: SqlValue::Null,
+        ..row("d", None, 1, ("2024-03-01T13:00:00Z", "2024-03-01T13:00:00Z"))
+    });
+    assert_eq!(rows(&shipper), want);
+    assert!(summary_of_a(&shipper).contains(r#""events":5,"#), "{}", summary_of_a(&shipper));
+    assert_file_fields_current(&shipper);
+    let live = full_rows(&shipper);
+    assert_eq!(live[2].summary, None, "d has not ended: no summary");
+
+    shipper.remove_db("db/catalog.sqlite");
+    shipper.run_cmd(&["catalog", "rebuild"], &[]).assert_success("catalog rebuild");
+    assert_eq!(full_rows(&shipper), live);
+}
+
+/// `summary` computing a run's summary where there is no catalog stores it in the run DB only:
+/// it creates no catalog (`run` and `backfill` create it, from the run DBs).
+#[test]
+fn summary_without_a_catalog_creates_none() {
+    let shipper = Shipper::with_config("");
+    shipper.write("raw/events_20240301.ndjson", &day1());
+    shipper.backfill(&[]).assert_success("backfill");
+    shipper.remove_db("db/catalog.sqlite");
+    // A new metric: the stored summary is no longer current, so it is computed.
+    shipper.set_config(
+        "[[summary]]\nname = \"fetches\"\nagg = \"count\"\nwhere = \"event_type = 'fetch'\"\n",
+    );
+    let done = shipper.run_cmd(&["summary"], &["a", "--json"]);
+    done.assert_success("summary");
+    let got: serde_json::Value = serde_json::from_str(&done.stdout).expect("JSON");
+    assert_eq!(got["metrics"]["fetches"], json!(4), "{}", done.stdout);
+    assert!(!catalog_path(&shipper).exists(), "summary created a catalog");
+}
