@@ -93,7 +93,7 @@ pub(crate) const DEFAULT_CLICKHOUSE_USER: &str = "default";
 /// ClickHouse wants few, big inserts (each makes a part the server merges later); 50,000 rows
 /// of telemetry lines are a few MiB.
 pub(crate) const DEFAULT_CLICKHOUSE_BATCH_MAX_ROWS: usize = 50_000;
-/// Bounds the sink's one batch in memory (the JSONEachRow body), whatever the line sizes.
+/// Bounds the sink's one batch in memory (the TabSeparated body), whatever the line sizes.
 pub(crate) const DEFAULT_CLICKHOUSE_BATCH_MAX_BYTES: usize = 16 * MIB as usize;
 /// How long a new line waits at most before the sink sends it (its pass interval): one
 /// insert a second keeps the server's part count low.

@@ -1,7 +1,8 @@
 //! The ClickHouse HTTP interface, blocking (ureq), on the sink's own thread: queries as POST
-//! bodies, inserts as `INSERT INTO db.table FORMAT JSONEachRow` with the rows as the body.
+//! bodies, inserts as `INSERT INTO db.table (columns) FORMAT TabSeparated` with the rows as
+//! the body.
 //!
-//! Only what every server since 18.16 understands is sent: JSONEachRow (not RowBinary), the
+//! Only what every server since 18.16 understands is sent: TabSeparated (not RowBinary), the
 //! `X-ClickHouse-User`/`X-ClickHouse-Key` headers (ureq's debug logs redact them, and the
 //! password never appears in a URL or an error), and the `insert_deduplication_token` setting
 //! only when `version()` said the server knows it (22.2 and later).
@@ -68,16 +69,17 @@ impl Client {
         self.send(self.request(), sql.as_bytes())
     }
 
-    /// Inserts JSONEachRow `rows` into `table` (`db.name`). With a token (and a server that
-    /// knows the setting) a retried block is dropped by the server itself.
+    /// Inserts TabSeparated `rows` of `columns` into `table` (`db.name`). With a token (and a
+    /// server that knows the setting) a retried block is dropped by the server itself.
     pub(crate) fn insert(
         &self,
         table: &str,
+        columns: &str,
         rows: &[u8],
         token: Option<&str>,
     ) -> Result<(), ClientError> {
-        let mut request =
-            self.request().query("query", format!("INSERT INTO {table} FORMAT JSONEachRow"));
+        let sql = format!("INSERT INTO {table} ({columns}) FORMAT TabSeparated");
+        let mut request = self.request().query("query", sql);
         if let Some(token) = token.filter(|_| self.dedup_tokens()) {
             request = request.query("insert_deduplication_token", token);
         }

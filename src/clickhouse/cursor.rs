@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use sha2::{Digest, Sha256};
 
 use super::client::{Client, ClientError};
-use super::rows::{self, EventRow, RunRow};
+use super::rows::{self, EventRow, Row, RunRow};
 use super::{Files, SINK};
 use crate::checkpoint::{SinkCursor, StateDb};
 use crate::config::{ClickHouseConfig, Config, ReadFrom};
@@ -433,7 +433,7 @@ impl Thread {
             let token = batch.token("events");
             let table = self.events_table.clone();
             self.retry("inserting events", |t| {
-                t.client.insert(&table, &batch.events, Some(&token))
+                t.client.insert(&table, EventRow::COLUMNS, &batch.events, Some(&token))
             })?;
         }
         let mut n_runs = 0;
@@ -459,7 +459,9 @@ impl Thread {
             let token = batch.token("runs");
             let table = format!("{}.runs", self.ch.database);
             if !body.is_empty() {
-                self.retry("inserting runs", |t| t.client.insert(&table, &body, Some(&token)))?;
+                self.retry("inserting runs", |t| {
+                    t.client.insert(&table, RunRow::COLUMNS, &body, Some(&token))
+                })?;
             }
         }
         // Acknowledged; the cursors have not moved (a crash here replays the batch).

@@ -10,7 +10,7 @@
 //! channels, so an outage, a slow server or a bad credential only makes its cursor wait; the
 //! readers and writers of the run DBs never wait for it. Its cursor moves only after the server
 //! acknowledged the insert (HTTP 200); a replay re-inserts rows that ReplacingMergeTree
-//! collapses (`ddl`). `client` speaks HTTP, `rows` encodes JSONEachRow, `cursor` is the thread.
+//! collapses (`ddl`). `client` speaks HTTP, `rows` encodes TabSeparated, `cursor` is the thread.
 
 mod client;
 mod cursor;

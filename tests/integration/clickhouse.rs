@@ -180,6 +180,62 @@ fn backfill_ships_every_record_once_and_again_adds_nothing() {
     assert!(!check.stdout.contains("s3cret") && !check.stderr.contains("s3cret"));
 }
 
+/// Bytes the TabSeparated body must escape arrive as the SQLite path stores them: tabs,
+/// newlines, CRs and backslashes in decoded values (`event_type`, `ts`, an `event_id` key) and a
+/// raw tab between JSON tokens (`data`), a value that reads `\N` (text, not NULL), a NUL, non-
+/// ASCII, a NULL `event_type` and a number as `ts`.
+#[test]
+fn awkward_bytes_arrive_as_the_run_dbs_hold_them() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "");
+    let lines = [
+        r#"{"run_id":"r\\1",	"event_type":"a\tb","ts":"\\N","x":"line\nbreak\r"}"#,
+        r#"{"run_id":"r\\1","event_type":"\\N","ts":"é\u0000ü","event_id":"k\t1\\"}"#,
+        r#"{"run_id":"r\\1","event_type":null,"ts":12.5,"event_id":"\\N"}"#,
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    assert!(text.contains('\t'), "a raw tab in data");
+    shipper.write("raw/events_20240101.ndjson", text.as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    shipper.backfill(&[]);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+
+    let value = |v: &rusqlite::types::Value| match v {
+        rusqlite::types::Value::Null => None,
+        rusqlite::types::Value::Text(t) => Some(t.clone()),
+        rusqlite::types::Value::Real(x) => Some(x.to_string()),
+        other => panic!("unexpected {other:?}"),
+    };
+    let mut want: Vec<_> = shipper
+        .snapshot()
+        .events
+        .iter()
+        .map(|e| {
+            let key = e.event_key.strip_prefix("blob:").unwrap_or(&e.event_key).to_string();
+            (e.run_id.clone(), key, value(&e.event_type), value(&e.ts), e.data.clone())
+        })
+        .collect();
+    want.sort();
+    assert_eq!(want.len(), 3);
+    assert_eq!(want[0].0, "r\\1");
+    let mut got: Vec<_> = server
+        .rows("SELECT run_id, event_key, event_type, ts, data FROM telemetry.events FINAL")
+        .into_iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().map(str::to_string);
+            (
+                text("run_id").unwrap(),
+                text("event_key").unwrap(),
+                text("event_type"),
+                text("ts"),
+                text("data").unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+}
+
 /// kill -9 between an acknowledged insert and the sink's cursor (crash point
 /// `clickhouse.after_insert`): the restart inserts the batch again, and `FINAL` shows every
 /// record once.
