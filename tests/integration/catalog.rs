@@ -376,6 +376,7 @@ fn dlq_replay_updates_the_catalog_and_the_summaries_of_ended_runs() {
     let replayed = shipper.run_cmd(&["dlq", "replay"], &[]);
     replayed.assert_success("dlq replay");
     assert!(replayed.stdout.contains("3 considered, 2 shipped"), "{}", replayed.stdout);
+    assert!(!replayed.stderr.contains("WARN"), "{}", replayed.stderr);
     let mut want = day1_rows();
     want[0].events = 5;
     want[0].last_ts = text("2024-03-01T10:00:10Z");
