@@ -140,8 +140,10 @@ pub(crate) fn compute(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite:
     for (name, value) in builtins {
         summary.metrics.push(Metric { name: name.into(), value, definition: BUILT_IN.into() });
     }
+    let columns = columns_digest(&tx)?;
     for (m, value) in metrics.iter().zip(scan.configured) {
-        summary.metrics.push(Metric { name: m.name.clone(), value, definition: definition(m) });
+        let definition = definition(m, &columns);
+        summary.metrics.push(Metric { name: m.name.clone(), value, definition });
     }
     tx.commit()?;
     Ok(summary)
@@ -186,10 +188,11 @@ pub(crate) fn stored(
     }
     let tx = conn.unchecked_transaction()?;
     let head = query::run_head(&tx)?;
+    let columns = columns_digest(&tx)?;
     let wanted = BUILTIN_NAMES
         .iter()
         .map(|n| (n.to_string(), BUILT_IN.to_string()))
-        .chain(metrics.iter().map(|m| (m.name.clone(), definition(m))));
+        .chain(metrics.iter().map(|m| (m.name.clone(), definition(m, &columns))));
     let mut out = Vec::new();
     {
         let mut row =
@@ -323,9 +326,27 @@ pub(super) fn copy_to_catalog(config: &Config, summary: &Summary, path: &Path) {
 }
 
 /// The stored `definition` of a configured metric: its config entry as JSON.
-fn definition(m: &SummaryMetric) -> String {
-    serde_json::json!({"agg": m.agg.as_str(), "column": m.column, "where": m.filter, "of": m.of})
-        .to_string()
+fn definition(m: &SummaryMetric, columns: &str) -> String {
+    let entry = serde_json::json!({
+        "agg": m.agg.as_str(), "column": m.column, "where": m.filter, "of": m.of,
+        "columns": columns,
+    });
+    entry.to_string()
+}
+
+/// Which typed columns a summary was computed over: a digest of the run DB's `events` table
+/// definition (SQLite keeps each added column's definition in it verbatim). Part of every
+/// configured metric's stored `definition`, so a `[columns]` path or type redefined in the DB
+/// makes its stored summary stale and `summary`/`slo` compute it again.
+fn columns_digest(conn: &Connection) -> rusqlite::Result<String> {
+    use sha2::Digest;
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+        [],
+        |r| r.get(0),
+    )?;
+    let digest = sha2::Sha256::digest(sql.as_bytes());
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `ended_at − started_at` in seconds when both are RFC 3339 text; else null.

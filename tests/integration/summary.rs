@@ -243,6 +243,39 @@ fn the_slo_gate_exits_0_when_every_slo_holds_and_1_when_one_fails_or_is_missing(
     assert_eq!(usage.status.code(), Some(2), "{}", usage.stderr);
 }
 
+/// A typed column redefined in the run DB (its path changed in `[columns]`, applied by
+/// `maintain`) makes the stored summary over it stale: `slo` computes it again and judges the
+/// new value, not the one stored before.
+#[test]
+fn a_redefined_typed_column_makes_the_stored_summary_stale() {
+    let config = |path: &str| {
+        format!(
+            "[columns]\nst = {{ path = \"{path}\", type = \"integer\" }}\n\
+             [[summary]]\nname = \"max_st\"\nagg = \"max\"\ncolumn = \"st\"\n\
+             [[slo]]\nname = \"status seen\"\nmetric = \"max_st\"\nmax = 500\n"
+        )
+    };
+    let shipper = Shipper::with_config(&config("$.status"));
+    let rel = "raw/events_20240301.ndjson";
+    shipper.write(rel, run_lines("finished").as_bytes());
+    shipper.age(rel);
+    shipper.backfill(&[]);
+    let verdict = |value: Value, ok: bool| {
+        json!({"ok": ok, "runs": [{"run_id": "r", "ok": ok, "slos": [
+            {"name": "status seen", "metric": "max_st", "value": value, "op": "max",
+             "threshold": 500.0, "ok": ok}]}]})
+    };
+    let pass = shipper.run_cmd(&["slo"], &["r", "--json"]);
+    assert_eq!(pass.status.code(), Some(0), "{}", pass.stderr);
+    assert_eq!(stdout_json(&pass.stdout), verdict(json!(429), true));
+
+    shipper.set_config(&config("$.nowhere"));
+    shipper.run_cmd(&["maintain"], &[]).assert_success("maintain");
+    let fail = shipper.run_cmd(&["slo"], &["r", "--json"]);
+    assert_eq!(fail.status.code(), Some(1), "{}", fail.stderr);
+    assert_eq!(stdout_json(&fail.stdout), verdict(Value::Null, false));
+}
+
 #[test]
 fn the_daemon_summarises_a_run_when_it_ends_and_shows_its_slis() {
     let addr = free_port();
