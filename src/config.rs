@@ -657,7 +657,10 @@ fn parse_analytics(
             (Some(_), false) => {
                 return Err((key("column"), format!("not allowed with agg = \"{}\"", agg.as_str())))
             }
-            (Some(c), true) if !summary_columns(typed).contains(&c.as_str()) => {
+            // SQL names ignore case, as in `[columns]` and `[[indexes]]`.
+            (Some(c), true)
+                if !summary_columns(typed).iter().any(|known| known.eq_ignore_ascii_case(c)) =>
+            {
                 let known = summary_columns(typed).join(", ");
                 return Err((
                     key("column"),
@@ -1664,6 +1667,18 @@ min = 100
         let text = c.to_toml_string();
         assert!(text.contains("[[summary]]") && text.contains("agg = \"p95\""), "{text}");
         assert_eq!(parse(&text).unwrap(), c, "{text}");
+    }
+
+    /// A summary's column is an SQL name: any case of a built-in or typed column, as in
+    /// `[[indexes]]`.
+    #[test]
+    fn a_summary_column_ignores_case() {
+        let text = "[columns]\nhttp_status = { path = \"$.s\", type = \"integer\" }\n\
+                    [[summary]]\nname = \"a\"\nagg = \"max\"\ncolumn = \"HTTP_Status\"\n\
+                    [[summary]]\nname = \"b\"\nagg = \"p50\"\ncolumn = \"TS\"\n";
+        let c = parse(text).unwrap();
+        let columns: Vec<_> = c.summary.iter().map(|m| m.column.as_deref()).collect();
+        assert_eq!(columns, [Some("HTTP_Status"), Some("TS")]);
     }
 
     /// Every error of an element names it: `summary[1].where`, `slo[0].metric`.
