@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::client::{Client, ClientError};
 use super::rows::{self, EventRow, Row, RunRow};
-use super::{Files, SINK};
+use super::{Files, Priority, SINK};
 use crate::checkpoint::{SinkCursor, StateDb};
 use crate::config::{ClickHouseConfig, Config, ReadFrom};
 use crate::follow::{Opened, Opener};
@@ -56,9 +56,11 @@ pub(super) fn run(
     password: Option<String>,
     files: Files,
     counters: Arc<Counters>,
+    priority: Priority,
     stop: Receiver<()>,
 ) -> anyhow::Result<()> {
     let ch = config.sinks.clickhouse.clone().expect("started only when configured");
+    let background = priority == Priority::Background && super::run_in_background();
     let state = StateDb::open(&config.output.state_db, &config.sqlite)
         .with_context(|| format!("opening state DB {}", config.output.state_db.display()))?;
     let cursors = state.sink_cursors(SINK).context("loading the clickhouse sink's cursors")?;
@@ -69,6 +71,7 @@ pub(super) fn run(
         Arc::new(Default::default()),
     );
     let mut thread = Thread {
+        background,
         client: Client::new(&ch, password),
         events_table: format!("{}.events", ch.database),
         config: config.clone(),
@@ -165,6 +168,8 @@ struct Thread {
     failing: Failing,
     give_up: Option<Duration>,
     first_pass: bool,
+    /// This thread runs as a background job (`SCHED_IDLE`).
+    background: bool,
 }
 
 impl Thread {
@@ -178,6 +183,7 @@ impl Thread {
                 database = %thread.ch.database,
                 created = ?created,
                 dedup_tokens = thread.client.dedup_tokens(),
+                background = thread.background,
                 "clickhouse sink connected"
             );
             Ok(())

@@ -42,6 +42,14 @@ pub(crate) enum Files {
     List(Vec<PathBuf>),
 }
 
+/// How the sink thread is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Priority {
+    Normal,
+    /// Beside backfill's run DBs: a background job ([`run_in_background`]).
+    Background,
+}
+
 /// The running sink thread. Dropping the handle without [`Sink::stop`] detaches nothing: the
 /// thread sees its stop channel close at its next safe point, but only `stop`/`finish` join it.
 pub(crate) struct Sink {
@@ -56,6 +64,7 @@ impl Sink {
         config: &Arc<Config>,
         files: Files,
         counters: Arc<Counters>,
+        priority: Priority,
     ) -> anyhow::Result<Option<Sink>> {
         let Some(clickhouse) = &config.sinks.clickhouse else { return Ok(None) };
         let password = clickhouse.password()?;
@@ -63,7 +72,7 @@ impl Sink {
         let config = config.clone();
         let thread = std::thread::Builder::new()
             .name("clickhouse".into())
-            .spawn(move || cursor::run(config, password, files, counters, stop_rx))
+            .spawn(move || cursor::run(config, password, files, counters, priority, stop_rx))
             .context("spawning the clickhouse sink thread")?;
         Ok(Some(Sink { stop, thread }))
     }
@@ -94,6 +103,32 @@ impl Sink {
     }
 }
 
+/// Makes the calling thread a background job (Linux's `SCHED_IDLE`: it runs on CPU time no
+/// other thread wants); false where that failed or does not exist. Backfill's sink thread calls
+/// it while the run DBs are being written: backfill is CPU-bound, and on a busy host (or one
+/// that runs the ClickHouse server too) the run DBs, the job's first output, and the producers
+/// keep the CPU; the sink takes what they leave, all of an idle core. Measured (`bench
+/// clickhouse`, server on the same 2 cores, 4 sittings each): the SQLite path's rate with the
+/// sink 80-89 % of its rate alone instead of 68-73 %, the ClickHouse rate 70-82k rows/s instead
+/// of 75-91k. Once the run DBs are complete, backfill restarts the sink at normal priority (an
+/// unprivileged thread cannot take its old priority back), so that on a host that is never
+/// idle its rest does not crawl; `run` keeps its sink at normal priority throughout.
+#[allow(unsafe_code)]
+pub(crate) fn run_in_background() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain syscall on the calling thread (pid 0) with a valid parameter struct.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc == 0 {
+            return true;
+        }
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "clickhouse sink: cannot run as a background job (SCHED_IDLE)");
+    }
+    false
+}
+
 /// Bytes of a source file the sink has not shipped: a plain file's size past its cursor; a
 /// `.gz` (whose cursor counts decompressed bytes) all of its size until it was read to its end
 /// at this size.
@@ -114,4 +149,29 @@ pub(crate) fn lag_bytes(size: u64, gzip: bool, cursor: Option<&SinkCursor>) -> u
 /// Whether the sink has shipped a plain file of `size` bytes to its end (retention's test).
 pub(crate) fn has_passed(size: u64, cursor: Option<&SinkCursor>) -> bool {
     cursor.is_some_and(|c| c.offset >= size)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// The calling thread's scheduling policy: field 41 of its `/proc` stat.
+    fn policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self");
+        // The name (field 2) may hold spaces; field 3 starts past its ')'.
+        let rest = &stat[stat.rfind(')').expect("(comm)") + 2..];
+        rest.split(' ').nth(41 - 3).expect("field 41").parse().expect("a number")
+    }
+
+    #[test]
+    fn a_background_thread_is_sched_idle_and_no_other_thread_is() {
+        let (before, ok, after) = std::thread::spawn(|| {
+            let before = policy();
+            let ok = super::run_in_background();
+            (before, ok, policy())
+        })
+        .join()
+        .expect("thread");
+        // SCHED_OTHER (0), then SCHED_IDLE (5).
+        assert_eq!((before, ok, after), (0, true, libc::SCHED_IDLE as u32));
+        assert_eq!(policy(), 0, "the spawning thread keeps its policy");
+    }
 }

@@ -48,20 +48,22 @@ pub(super) fn backfill(
     tracing::info!(files = files.len(), bytes = total_bytes, jobs, "backfill started");
     // Its own cursor over the same files (not for a rebuild, which moves no cursor).
     let mut sink_failed = false;
+    let sink_files = crate::clickhouse::Files::List(files.clone());
     let sink = match rebuild {
         Some(_) => None,
         None => {
-            let list = crate::clickhouse::Files::List(files.clone());
-            crate::clickhouse::Sink::start(&config, list, counters.clone()).unwrap_or_else(
-                |error| {
+            let list = sink_files.clone();
+            // A background job beside the run DBs (`clickhouse::run_in_background`).
+            let priority = crate::clickhouse::Priority::Background;
+            crate::clickhouse::Sink::start(&config, list, counters.clone(), priority)
+                .unwrap_or_else(|error| {
                     tracing::error!(
                         error = format!("{error:#}"),
                         "the clickhouse sink cannot start; shipping to the run DBs only"
                     );
                     sink_failed = true;
                     None
-                },
-            )
+                })
         }
     };
 
@@ -147,16 +149,31 @@ pub(super) fn backfill(
         // The run DBs are complete; the sink ships the rest from its cursor. Said, with the
         // time, so that a wait for the server is not taken for the run DBs' (and `bench
         // clickhouse` times the SQLite path by it).
-        if !sink.is_finished() {
+        let sink = if sink.is_finished() {
+            Ok(Some(sink))
+        } else {
             tracing::info!(
                 seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
                 "the run DBs are complete; waiting for the clickhouse sink"
             );
-        }
-        while !sink.is_finished() && !signals.is_stopping() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let result = if sink.is_finished() { sink.join() } else { sink.stop() };
+            // The rest at normal priority: on a host that is never idle, a background job
+            // would crawl. Stopped at a safe point, it goes on from its cursor.
+            sink.stop().and_then(|()| {
+                let priority = crate::clickhouse::Priority::Normal;
+                crate::clickhouse::Sink::start(&config, sink_files, counters.clone(), priority)
+            })
+        };
+        let result = sink.and_then(|sink| {
+            let Some(sink) = sink else { return Ok(()) };
+            while !sink.is_finished() && !signals.is_stopping() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if sink.is_finished() {
+                sink.join()
+            } else {
+                sink.stop()
+            }
+        });
         if let Err(error) = result {
             tracing::error!(error = format!("{error:#}"), "clickhouse sink");
             sink_failed = true;

@@ -111,7 +111,12 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
 /// unreadable password file) is an ERROR, not a stop: the run DBs are shipped regardless.
 fn start_sink(config: &Arc<Config>, counters: &Arc<Counters>) -> Option<crate::clickhouse::Sink> {
     let files = crate::clickhouse::Files::Globs(config.sources.paths.clone());
-    match crate::clickhouse::Sink::start(config, files, counters.clone()) {
+    match crate::clickhouse::Sink::start(
+        config,
+        files,
+        counters.clone(),
+        crate::clickhouse::Priority::Normal,
+    ) {
         Ok(sink) => sink,
         Err(error) => {
             tracing::error!(

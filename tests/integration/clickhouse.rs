@@ -158,7 +158,10 @@ fn backfill_ships_every_record_once_and_again_adds_nothing() {
     // and backfill still ends.
     let tail = br#"{"run_id":"run-1","event_type":"tail""#;
     shipper.append("raw/events_20240101.ndjson", tail);
-    shipper.backfill(&[]);
+    let done = shipper.backfill(&[]);
+    // Backfill's sink is a background job (SCHED_IDLE): the run DBs keep the CPU.
+    let connected = done.stderr.lines().find(|l| l.contains("clickhouse sink connected"));
+    assert!(connected.is_some_and(|l| l.contains("background=true")), "{}", done.stderr);
     assert_clickhouse_matches_run_dbs(&shipper, &server);
     let inserted = server.count("telemetry.events", false);
 
@@ -234,6 +237,30 @@ fn awkward_bytes_arrive_as_the_run_dbs_hold_them() {
         .collect();
     got.sort();
     assert_eq!(got, want);
+}
+
+/// Backfill's sink runs as a background job beside the run DBs; once they are complete the
+/// rest ships at normal priority. With the server down at the start, the sink that finally
+/// connects (after the run DBs are complete) is the restarted, normal one, and every record
+/// arrives once.
+#[test]
+fn backfill_ships_the_rest_at_normal_priority_once_the_run_dbs_are_complete() {
+    let mut server = ClickHouse::configure();
+    let shipper = shipper_for(&server, "", "");
+    shipper.write("raw/events_20240101.ndjson", lines(500, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    let backfill = shipper.spawn_backfill(&[]);
+    wait_until(DEADLINE, "the run DBs to be complete", || {
+        backfill.stderr_so_far().contains("the run DBs are complete")
+    });
+    server.start_again();
+    let done = backfill.wait();
+    done.assert_success("backfill");
+    let connected: Vec<&str> =
+        done.stderr.lines().filter(|l| l.contains("clickhouse sink connected")).collect();
+    assert_eq!(connected.len(), 1, "{}", done.stderr);
+    assert!(connected[0].contains("background=false"), "{}", connected[0]);
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
 }
 
 /// kill -9 between an acknowledged insert and the sink's cursor (crash point
