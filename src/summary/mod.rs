@@ -431,6 +431,16 @@ pub(crate) fn check_sql(
 ) -> Result<(), (String, String)> {
     let conn = crate::sink::run_db::empty_schema(schema)
         .map_err(|e| ("summary".to_string(), format!("cannot build the run-DB schema: {e}")))?;
+    // load_extension() prepares, then fails on every run (extension loading is off): refuse it
+    // here, where the key can be named.
+    conn.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| match ctx.action {
+        rusqlite::hooks::AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
+            rusqlite::hooks::Authorization::Deny
+        }
+        _ => rusqlite::hooks::Authorization::Allow,
+    }));
     for (i, m) in metrics.iter().enumerate() {
         for (field, fragment) in [("where", &m.filter), ("of", &m.of)] {
             let Some(fragment) = fragment else { continue };

@@ -347,6 +347,10 @@ fn check_config_rejects_bad_sql_fragments_naming_the_key() {
             "[[summary]]\nname = \"a\"\nagg = \"ratio\"\nwhere = \"event_type =\"\n",
             "summary[0].where: invalid SQL condition",
         ),
+        (
+            "[[summary]]\nname = \"a\"\nagg = \"count\"\nwhere = \"LOAD_EXTENSION('/tmp/x') IS NULL\"\n",
+            "summary[0].where: invalid SQL condition: not authorized",
+        ),
         ("[[slo]]\nname = \"s\"\nmetric = \"p99\"\nmax = 1\n", "slo[0].metric: unknown metric \"p99\""),
     ] {
         let shipper = Shipper::with_config(toml);
