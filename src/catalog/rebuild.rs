@@ -1,8 +1,9 @@
 //! `jsonl-shipper catalog rebuild`: recreates the catalog from the run DBs.
 //!
-//! Every run DB of `output.dir` is opened read-only (never created, migrated or checkpointed)
-//! and read in full into a temporary table of this connection, without holding the catalog's
-//! lock; then one transaction replaces every row. Readers and the daemon's catalog thread see
+//! Every run DB of `output.dir` is read in full, read-only, into a temporary table of this
+//! connection, without holding the catalog's lock; then one transaction replaces every row.
+//! The one write to a run DB: the summary of a run that has ended, when the stored one is not
+//! current (`summary::refresh_stored`, as the `summary` command does); no run DB is created. Readers and the daemon's catalog thread see
 //! the old catalog or the new one, never a mix; updates the daemon makes meanwhile merge into
 //! the new rows (a row never goes back: see `keeper`). A catalog SQLite finds corrupt is moved
 //! aside (kept) and a new one built.
@@ -60,7 +61,7 @@ pub(crate) fn rebuild(
         )?;
         let total = files.len() as u64;
         for (i, file_path) in files.iter().enumerate() {
-            match read_one(file_path) {
+            match read_one(file_path, config) {
                 Ok(Some((state, file))) => {
                     let n = insert.execute(params![
                         state.run_id,
@@ -111,9 +112,25 @@ pub(crate) fn rebuild(
     Ok(out)
 }
 
-fn read_one(path: &Path) -> rusqlite::Result<Option<(super::scan::RunDbState, FileState)>> {
-    let Some(state) = read_run_db(path, None)? else { return Ok(None) };
-    // Gone since listed (retention): no row.
+/// One run DB's row: its committed state and, for a run that has ended, its summary under
+/// `config` (the stored one while current, else computed and stored: a changed `[[summary]]`
+/// reaches the catalog through a rebuild). A summary that cannot be computed (one WARN) leaves
+/// the stored one, if any.
+fn read_one(
+    path: &Path,
+    config: &Config,
+) -> rusqlite::Result<Option<(super::scan::RunDbState, FileState)>> {
+    let Some(mut state) = read_run_db(path, None)? else { return Ok(None) };
+    if crate::sink::run_db::is_terminal(&state.committed.status) {
+        // Storing it changes neither the events nor the runs row read above.
+        match crate::summary::refresh_stored(path, config, false) {
+            Ok(summary) => state.summary = Some(summary.to_json()["metrics"].to_string()),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "catalog rebuild: cannot compute the run's summary; keeping the stored one")
+            }
+        }
+    }
+    // Stat'ed after the summary was stored. Gone since listed (retention): no row.
     Ok(FileState::of(path).map(|file| (state, file)))
 }
 

@@ -413,3 +413,38 @@ fn summary_without_a_catalog_creates_none() {
     assert_eq!(got["metrics"]["fetches"], json!(4), "{}", done.stdout);
     assert!(!catalog_path(&shipper).exists(), "summary created a catalog");
 }
+
+/// `catalog rebuild` computes the summary of an ended run whose stored one is not current (a
+/// metric added to the config) and stores it; runs still going get none.
+#[test]
+fn catalog_rebuild_computes_summaries_that_are_not_current() {
+    let shipper = Shipper::with_config("");
+    shipper.write("raw/events_20240301.ndjson", &day1());
+    shipper.write("raw/events_20240302.ndjson", &day2());
+    shipper.backfill(&[]).assert_success("backfill");
+    shipper.set_config(
+        "[[summary]]\nname = \"fetches\"\nagg = \"count\"\nwhere = \"event_type = 'fetch'\"\n",
+    );
+    let rebuilt = shipper.run_cmd(&["catalog", "rebuild"], &[]);
+    rebuilt.assert_success("catalog rebuild");
+    assert!(!rebuilt.stderr.contains("WARN"), "{}", rebuilt.stderr);
+    let rows = full_rows(&shipper);
+    assert_eq!(rows.iter().map(|r| r.row.clone()).collect::<Vec<_>>(), day2_rows());
+    let summary: serde_json::Value =
+        serde_json::from_str(rows[0].summary.as_deref().expect("a ended")).expect("JSON");
+    assert_eq!(summary["fetches"], json!(4), "{summary}");
+    assert_eq!(summary["events"], json!(4), "{summary}");
+    assert_eq!((rows[1].summary.as_deref(), rows[2].summary.as_deref()), (None, None));
+    assert_file_fields_current(&shipper);
+    // Stored in the run DB.
+    let conn = rusqlite::Connection::open(shipper.path("db/runs/a.sqlite")).unwrap();
+    let stored: String = conn
+        .query_row("SELECT value FROM summary WHERE name = 'fetches'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, "4");
+    drop(conn);
+    let done = shipper.run_cmd(&["summary"], &["a", "--json"]);
+    done.assert_success("summary");
+    let got: serde_json::Value = serde_json::from_str(&done.stdout).expect("JSON");
+    assert_eq!(got["metrics"], summary);
+}
