@@ -3,7 +3,8 @@
 //! Every run DB of `output.dir` is read in full, read-only, into a temporary table of this
 //! connection, without holding the catalog's lock; then one transaction replaces every row.
 //! The one write to a run DB: the summary of a run that has ended, when the stored one is not
-//! current (`summary::refresh_stored`, as the `summary` command does); no run DB is created. Readers and the daemon's catalog thread see
+//! current (`summarize`: `summary::refresh_stored`, as the `summary` command does); no run DB
+//! is created. Readers and the daemon's catalog thread see
 //! the old catalog or the new one, never a mix; updates the daemon makes meanwhile merge into
 //! the new rows (a row never goes back: see `keeper`). A catalog SQLite finds corrupt is moved
 //! aside (kept) and a new one built.
@@ -31,9 +32,13 @@ pub(crate) struct Rebuilt {
     pub seconds: f64,
 }
 
-/// Rebuilds the catalog of `config`; `progress(done, total)` is called after each run DB.
+/// Rebuilds the catalog of `config`; `summarize(db_path, status)` gives a run's current
+/// summary (the metrics' JSON object) or None to keep the stored one (`commands::catalog`
+/// passes the summary module's, which itself writes to the catalog: a closure keeps the two
+/// modules from importing each other); `progress(done, total)` is called after each run DB.
 pub(crate) fn rebuild(
     config: &Config,
+    mut summarize: impl FnMut(&Path, &rusqlite::types::Value) -> Option<String>,
     mut progress: impl FnMut(u64, u64),
 ) -> anyhow::Result<Rebuilt> {
     use anyhow::Context;
@@ -61,7 +66,7 @@ pub(crate) fn rebuild(
         )?;
         let total = files.len() as u64;
         for (i, file_path) in files.iter().enumerate() {
-            match read_one(file_path, config) {
+            match read_one(file_path, &mut summarize) {
                 Ok(Some((state, file))) => {
                     let n = insert.execute(params![
                         state.run_id,
@@ -112,25 +117,18 @@ pub(crate) fn rebuild(
     Ok(out)
 }
 
-/// One run DB's row: its committed state and, for a run that has ended, its summary under
-/// `config` (the stored one while current, else computed and stored: a changed `[[summary]]`
-/// reaches the catalog through a rebuild). A summary that cannot be computed (one WARN) leaves
-/// the stored one, if any.
+/// One run DB's row: its committed state, with the summary `summarize` gives (else the
+/// stored one), stat'ed after it (storing a summary writes the file).
 fn read_one(
     path: &Path,
-    config: &Config,
+    summarize: &mut impl FnMut(&Path, &rusqlite::types::Value) -> Option<String>,
 ) -> rusqlite::Result<Option<(super::scan::RunDbState, FileState)>> {
     let Some(mut state) = read_run_db(path, None)? else { return Ok(None) };
-    if crate::sink::run_db::is_terminal(&state.committed.status) {
-        // Storing it changes neither the events nor the runs row read above.
-        match crate::summary::refresh_stored(path, config, false) {
-            Ok(summary) => state.summary = Some(summary.to_json()["metrics"].to_string()),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "catalog rebuild: cannot compute the run's summary; keeping the stored one")
-            }
-        }
+    // Storing a summary changes neither the events nor the runs row read above.
+    if let Some(summary) = summarize(path, &state.committed.status) {
+        state.summary = Some(summary);
     }
-    // Stat'ed after the summary was stored. Gone since listed (retention): no row.
+    // Gone since listed (retention): no row.
     Ok(FileState::of(path).map(|file| (state, file)))
 }
 

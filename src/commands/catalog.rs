@@ -13,7 +13,20 @@ pub(super) fn rebuild(config: &Config) -> anyhow::Result<ExitCode> {
     let progress =
         Progress::new(0, "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} run DBs, ETA {eta}");
     let path = &config.output.catalog;
-    let rebuilt = crate::catalog::rebuild::rebuild(config, |done, total| {
+    // An ended run's summary, computed and stored when the stored one is not current.
+    let summarize = |db_path: &std::path::Path, status: &rusqlite::types::Value| {
+        if !crate::sink::run_db::is_terminal(status) {
+            return None;
+        }
+        match crate::summary::refresh_stored(db_path, config, false) {
+            Ok(summary) => Some(summary.to_json()["metrics"].to_string()),
+            Err(error) => {
+                tracing::warn!(path = %db_path.display(), %error, "catalog rebuild: cannot compute the run's summary; keeping the stored one");
+                None
+            }
+        }
+    };
+    let rebuilt = crate::catalog::rebuild::rebuild(config, summarize, |done, total| {
         if let Some(bar) = progress.bar() {
             bar.set_length(total);
             bar.set_position(done);
