@@ -3,8 +3,9 @@
 //!
 //! Then, as TOML comments after the config, how the run DBs compare with `[columns]` and
 //! `[[indexes]]`: columns and indexes no longer configured that DBs keep (never dropped), and
-//! what DBs still lack (applied when `run` or `backfill` next opens them). Each DB is opened
-//! read-only for two reads of its schema (`sink::columns::survey`); nothing is written.
+//! what DBs still lack (applied when `run` or `backfill` next write to them, or by `maintain`).
+//! Each DB is opened read-only for two reads of its schema (`sink::columns::survey`); nothing
+//! is written.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -82,13 +83,13 @@ fn schema_report(config: &Config) -> anyhow::Result<String> {
             tally.add(2, format!("index {index} is not in [[indexes]]: kept in {{}} (never dropped; by hand: DROP INDEX {index})"), &path);
         }
         for column in found.changed_columns {
-            tally.add(3, format!("column {column} is defined differently in {{}}: redefined when `run` or `backfill` next opens each"), &path);
+            tally.add(3, format!("column {column} is defined differently in {{}}: redefined when `run` or `backfill` next writes each, or now by `jsonl-shipper maintain`"), &path);
         }
         for column in found.missing_columns {
-            tally.add(4, format!("column {column} is missing from {{}}: added when `run` or `backfill` next opens each"), &path);
+            tally.add(4, format!("column {column} is missing from {{}}: added when `run` or `backfill` next writes each, or now by `jsonl-shipper maintain`"), &path);
         }
         for index in found.missing_indexes {
-            tally.add(5, format!("index {index} is missing from {{}}: built when `run` or `backfill` next opens each"), &path);
+            tally.add(5, format!("index {index} is missing from {{}}: built when `run` or `backfill` next writes each, or now by `jsonl-shipper maintain`"), &path);
         }
     }
     let mut report = String::new();

@@ -316,8 +316,8 @@ fn config_changes_keep_what_was_removed_and_check_config_reports_it() {
         check_config(),
         format!(
             "# [columns] and [[indexes]] in the 1 run DB in {}:\n{kept}\n\
-             # - column http_status is defined differently in 1 run DB: redefined when `run` or `backfill` next opens each{e_g}\n\
-             # - column depth is missing from 1 run DB: added when `run` or `backfill` next opens each{e_g}",
+             # - column http_status is defined differently in 1 run DB: redefined when `run` or `backfill` next writes each, or now by `jsonl-shipper maintain`{e_g}\n\
+             # - column depth is missing from 1 run DB: added when `run` or `backfill` next writes each, or now by `jsonl-shipper maintain`{e_g}",
             dir.display()
         )
     );
