@@ -18,7 +18,7 @@ pub(super) fn rebuild(config: &Config) -> anyhow::Result<ExitCode> {
         if !crate::sink::run_db::is_terminal(status) {
             return None;
         }
-        match crate::summary::refresh_stored(db_path, config, false) {
+        match summarize_ended(db_path, config) {
             Ok(summary) => Some(summary.to_json()["metrics"].to_string()),
             Err(error) => {
                 tracing::warn!(path = %db_path.display(), %error, "catalog rebuild: cannot compute the run's summary; keeping the stored one");
@@ -60,4 +60,22 @@ pub(super) fn rebuild(config: &Config) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(super::EXIT_FAILURE));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An ended run's summary for its catalog row. A run DB of an older schema is only read (its
+/// summary computed, not stored): storing would migrate it, and a migration may rewrite every
+/// row, which a rebuild beside the daemon must not do; `run`, `backfill` or `summary` migrate it.
+fn summarize_ended(
+    db_path: &std::path::Path,
+    config: &Config,
+) -> Result<crate::summary::Summary, crate::summary::SummaryError> {
+    let sqlite_error = |e| crate::summary::SummaryError::sqlite(db_path, e);
+    let reader = crate::summary::open_read_only(db_path, &config.sqlite).map_err(sqlite_error)?;
+    let version: i64 =
+        reader.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sqlite_error)?;
+    if version < crate::sink::run_db::MIGRATIONS.len() as i64 {
+        return crate::summary::compute(&reader, &config.summary).map_err(sqlite_error);
+    }
+    drop(reader);
+    crate::summary::refresh_stored(db_path, config, false)
 }

@@ -94,7 +94,7 @@ pub(crate) enum SummaryError {
 }
 
 impl SummaryError {
-    fn sqlite(path: &Path, source: rusqlite::Error) -> SummaryError {
+    pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> SummaryError {
         if source.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
             return SummaryError::TooSlow { path: path.to_path_buf(), limit: QUERY_TIME_LIMIT };
         }

@@ -395,6 +395,18 @@ fn a_schema_2_run_db_is_migrated_and_summarised() {
     )
     .expect("schema 2 fixture");
     drop(conn);
+    // `catalog rebuild` reads it, its summary into the row, without migrating it.
+    shipper.run_cmd(&["catalog", "rebuild"], &[]).assert_success("catalog rebuild");
+    assert_eq!(shipper.user_version("old.sqlite"), 2);
+    let catalog = rusqlite::Connection::open(shipper.path("db/catalog.sqlite")).expect("catalog");
+    let summary: String = catalog
+        .query_row("SELECT summary FROM runs WHERE run_id = 'old'", [], |r| r.get(0))
+        .expect("old's row with a summary");
+    assert!(
+        summary.contains(r#""events":2,"#) && summary.contains(r#""ratio_429":0.5"#),
+        "{summary}"
+    );
+    drop(catalog);
     let out = shipper.run_cmd(&["summary"], &["old", "--json"]);
     out.assert_success("summary of an old DB");
     assert_eq!(
