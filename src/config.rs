@@ -672,14 +672,6 @@ fn parse_analytics(
         if r.of.is_some() && agg != Agg::Ratio {
             return Err((key("of"), format!("only for agg = \"ratio\", not \"{}\"", agg.as_str())));
         }
-        if agg == Agg::Ratio && r.filter.is_none() {
-            // Without it the share is always 1 (or null): surely not what was meant.
-            return Err((
-                key("where"),
-                "missing: agg = \"ratio\" needs a where (the share of the events matching it)"
-                    .into(),
-            ));
-        }
         for (field, fragment) in [("where", &r.filter), ("of", &r.of)] {
             if fragment.as_ref().is_some_and(|f| f.trim().is_empty()) {
                 return Err((
@@ -1707,7 +1699,6 @@ min = 100
             (s("name = \"x\"\nagg = \"count\"\ncolumn = \"ts\""), "summary[1].column: not allowed with agg = \"count\""),
             (s("name = \"x\"\nagg = \"max\"\ncolumn = \"nope\""), "summary[1].column: unknown column \"nope\"; expected one of: event_key, run_id"),
             (s("name = \"x\"\nagg = \"count\"\nof = \"1\""), "summary[1].of: only for agg = \"ratio\", not \"count\""),
-            (s("name = \"x\"\nagg = \"ratio\"\nof = \"1\""), "summary[1].where: missing: agg = \"ratio\" needs a where"),
             (s("name = \"x\"\nagg = \"count\"\nwhere = \"\""), "summary[1].where: must not be empty"),
             (s("name = \"x\"\nagg = \"count\"\nwhere = 3"), "summary[1].where: invalid type: integer `3`"),
             (s("name = \"x\"\nagg = \"count\"\nwhen = \"1\""), "summary[1].when: unknown field `when`"),

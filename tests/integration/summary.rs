@@ -340,7 +340,7 @@ fn check_config_rejects_bad_sql_fragments_naming_the_key() {
             "summary[1].where: invalid SQL condition: no such column: nope",
         ),
         (
-            "[[summary]]\nname = \"a\"\nagg = \"ratio\"\nwhere = \"1\"\nof = \"1); DELETE FROM events; --\"\n",
+            "[[summary]]\nname = \"a\"\nagg = \"ratio\"\nof = \"1); DELETE FROM events; --\"\n",
             "summary[0].of: unbalanced ')'",
         ),
         (
