@@ -5,9 +5,10 @@
 //! from the sink's cursor (verified by fingerprints through `follow::Opener`, so a truncated or
 //! replaced file is read again from 0) with `tail::LineReader`, each line parsed by `parse`
 //! with the configured mapping. Bad lines are skipped (the SQLite path dead-letters them).
-//! A batch (at most `batch_max_rows` rows and `batch_max_bytes` of JSON, across files) is sent
-//! when full and at the end of every pass: events first, then one `runs` row per run in the
-//! batch, then the cursors of every file it covers move, in one state-DB transaction.
+//! A batch (at most `batch_max_rows` rows and `batch_max_bytes` of TabSeparated rows, across
+//! files) is sent when full and at the end of every pass: events first, then one `runs` row per
+//! run in the batch, then the cursors of every file it covers move, in one state-DB
+//! transaction.
 //!
 //! The `runs` row is the run DB's own row (the SQLite path's merge, not a second one), read
 //! once the SQLite checkpoint of each file holding run records of the batch has passed them,
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::client::{Client, ClientError};
 use super::rows::{self, EventRow, Row, RunRow};
-use super::{Files, Priority, SINK};
+use super::{Files, SINK};
 use crate::checkpoint::{SinkCursor, StateDb};
 use crate::config::{ClickHouseConfig, Config, ReadFrom};
 use crate::follow::{Opened, Opener};
@@ -56,11 +57,10 @@ pub(super) fn run(
     password: Option<String>,
     files: Files,
     counters: Arc<Counters>,
-    priority: Priority,
+    background: bool,
     stop: Receiver<()>,
 ) -> anyhow::Result<()> {
     let ch = config.sinks.clickhouse.clone().expect("started only when configured");
-    let background = priority == Priority::Background && super::run_in_background();
     let state = StateDb::open(&config.output.state_db, &config.sqlite)
         .with_context(|| format!("opening state DB {}", config.output.state_db.display()))?;
     let cursors = state.sink_cursors(SINK).context("loading the clickhouse sink's cursors")?;

@@ -149,13 +149,15 @@ pub(super) fn backfill(
         // The run DBs are complete; the sink ships the rest from its cursor. Said, with the
         // time, so that a wait for the server is not taken for the run DBs' (and `bench
         // clickhouse` times the SQLite path by it).
-        let sink = if sink.is_finished() {
-            Ok(Some(sink))
-        } else {
+        if !sink.is_finished() {
             tracing::info!(
                 seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
                 "the run DBs are complete; waiting for the clickhouse sink"
             );
+        }
+        let sink = if sink.is_finished() || !sink.is_background() || signals.is_stopping() {
+            Ok(Some(sink))
+        } else {
             // The rest at normal priority: on a host that is never idle, a background job
             // would crawl. Stopped at a safe point, it goes on from its cursor.
             sink.stop().and_then(|()| {
