@@ -86,6 +86,7 @@ pub(super) fn run(
         failing: Failing::default(),
         give_up,
         first_pass: true,
+        pass_paths: Vec::new(),
     };
     match thread.main(files) {
         Ok(()) | Err(Failure::Stopped) => Ok(()),
@@ -170,10 +171,14 @@ struct Thread {
     first_pass: bool,
     /// This thread runs as a background job (`SCHED_IDLE`).
     background: bool,
+    /// The files of the current pass (for the lag gauge).
+    pass_paths: Vec<PathBuf>,
 }
 
 impl Thread {
     fn main(&mut self, files: Files) -> Result<(), Failure> {
+        // Known before connecting: a server down at the start shows as lag at once.
+        self.pass_paths = self.paths(&files);
         self.retry("connecting", |thread| {
             let version = thread.client.check_version()?;
             let created = super::ddl::ensure(&thread.client, &thread.ch.database)?;
@@ -190,14 +195,13 @@ impl Thread {
         })?;
         loop {
             let started = Instant::now();
-            let paths = self.paths(&files);
-            let mut lag = 0;
-            for path in &paths {
-                lag += self.ship_file(path)?;
+            self.pass_paths = self.paths(&files);
+            for path in self.pass_paths.clone() {
+                self.ship_file(&path)?;
             }
             self.flush()?;
             self.first_pass = false;
-            self.counters.sink_lag_bytes.set(lag);
+            self.update_lag();
             // Backfill reads each file once to its end as of now, like the SQLite path (a
             // growing file's unterminated tail is left to the daemon), then ends.
             if matches!(files, Files::List(_)) {
@@ -205,6 +209,23 @@ impl Thread {
             }
             self.sleep(self.ch.batch_max_delay.saturating_sub(started.elapsed()))?;
         }
+    }
+
+    /// `jsonl_shipper_sink_lag_bytes`: the bytes of this pass's files past the saved cursors
+    /// (acknowledged by the server), as `status` counts them. Set at the end of every pass and
+    /// after every failed request, so that it grows during an outage (a stat and a 2-byte read
+    /// per file, at most once per backoff step).
+    fn update_lag(&self) {
+        let lag = self
+            .pass_paths
+            .iter()
+            .filter_map(|path| {
+                let meta = std::fs::metadata(path).ok()?;
+                let cursor = self.cursors.get(&FileId::of(&meta));
+                Some(super::lag_bytes(meta.len(), is_gz_path(path), cursor))
+            })
+            .sum();
+        self.counters.sink_lag_bytes.set(lag);
     }
 
     /// The files of this pass, deduplicated, in a stable order.
@@ -228,16 +249,16 @@ impl Thread {
     }
 
     /// Reads one file from the sink's cursor to its end into the batch (sending full batches
-    /// on the way). Returns its lag after this pass.
-    fn ship_file(&mut self, path: &Path) -> Result<u64, Failure> {
-        let Ok(meta) = std::fs::metadata(path) else { return Ok(0) };
+    /// on the way).
+    fn ship_file(&mut self, path: &Path) -> Result<(), Failure> {
+        let Ok(meta) = std::fs::metadata(path) else { return Ok(()) };
         if !meta.is_file() {
-            return Ok(0);
+            return Ok(());
         }
         let id = FileId::of(&meta);
         let mtime = meta.modified().ok();
         if self.drained.get(&id) == Some(&(meta.len(), mtime)) {
-            return Ok(0);
+            return Ok(());
         }
         let cursor = self.batch.cursors.get(&id).map(|(_, c)| c).or(self.cursors.get(&id)).cloned();
         let opened = match &cursor {
@@ -245,7 +266,7 @@ impl Thread {
                 if c.size == Some(meta.len()) && (c.offset >= meta.len() || is_gz_path(path)) =>
             {
                 self.drained.insert(id, (meta.len(), mtime));
-                return Ok(0);
+                return Ok(());
             }
             Some(c) => {
                 self.opener.reopen(path, &c.path, id, c.offset, c.line_no, c.fingerprint.clone())
@@ -259,10 +280,10 @@ impl Thread {
         };
         let mut opened = match opened {
             Ok(Some(opened)) => opened,
-            Ok(None) => return Ok(0),
+            Ok(None) => return Ok(()),
             Err(error) => {
                 tracing::warn!(path = %path.display(), error = format!("{error:#}"), "clickhouse sink: cannot open the file; trying again next pass");
-                return Ok(meta.len());
+                return Ok(());
             }
         };
         let idle = mtime
@@ -288,17 +309,7 @@ impl Thread {
         if at_end {
             self.drained.insert(id, (meta.len(), mtime));
         }
-        let size = opened.handle.metadata().map_or(meta.len(), |m| m.len());
-        let lag = if opened.file.gzip {
-            if at_end {
-                0
-            } else {
-                size
-            }
-        } else {
-            size.saturating_sub(opened.reader.offset())
-        };
-        Ok(lag)
+        Ok(())
     }
 
     /// Adds the file's lines to the batch, sending it whenever it is full. Returns whether
@@ -580,6 +591,7 @@ impl Thread {
                 Err(error) => {
                     let message = error.to_string();
                     self.counters.sink_errors.add(1);
+                    self.update_lag();
                     let _ = self.state.sink_failed(SINK, &message);
                     let since = *self.failing.since.get_or_insert_with(Instant::now);
                     self.failing.since_warn += 1;
