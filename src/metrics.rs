@@ -192,6 +192,14 @@ impl Slis {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Shows nothing if the run shown is the one at `path` (its DB was deleted).
+    pub(crate) fn forget(&self, path: &std::path::Path) {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| c.path == path) {
+            *current = None;
+        }
+    }
+
     /// Takes `snapshot` if its run ended no earlier than the one shown (or is that run).
     pub(crate) fn offer(&self, snapshot: SliSnapshot) -> bool {
         let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());

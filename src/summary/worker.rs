@@ -29,6 +29,9 @@ const MAX_PENDING: usize = 16 * 1024;
 pub(crate) const QUIET: Duration = Duration::from_secs(2);
 /// …or this long after the first commit that asked, whichever comes first.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How often the daemon looks again at the run the SLI gauges show: retention may have deleted
+/// it, or another process (`summary`, `maintain`, `dlq replay`) changed its summary.
+pub(crate) const SLI_RECHECK: Duration = Duration::from_secs(30);
 
 /// When the thread computes what it was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,9 +119,13 @@ impl Thread {
             self.load_latest();
         }
         let mut last_full_warning: Option<Instant> = None;
+        let mut next_recheck = Instant::now() + SLI_RECHECK;
         loop {
             let next = match self.timing {
-                Timing::Daemon => self.pending.values().map(Pending::due).min(),
+                Timing::Daemon => {
+                    let due = self.pending.values().map(Pending::due).min();
+                    Some(due.map_or(next_recheck, |due| due.min(next_recheck)))
+                }
                 Timing::AtEnd => self.pending.values().any(|p| p.closed).then(Instant::now),
             };
             let timer = next.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
@@ -134,6 +141,10 @@ impl Thread {
                 self.note(changed, &mut last_full_warning);
             }
             let now = Instant::now();
+            if self.timing == Timing::Daemon && now >= next_recheck {
+                self.recheck_shown();
+                next_recheck = now + SLI_RECHECK;
+            }
             let due: Vec<String> = match self.timing {
                 Timing::Daemon => (self.pending.iter())
                     .filter(|(_, p)| p.due() <= now)
@@ -243,6 +254,17 @@ impl Thread {
                 None
             }
         }
+    }
+
+    /// Every [`SLI_RECHECK`]: the gauges follow what other processes did to the run they show.
+    /// Its DB deleted (retention): the latest ended run left takes its place. Its stored summary
+    /// replaced, or no longer current (a typed column redefined by `maintain`): read again.
+    fn recheck_shown(&self) {
+        let Some(shown) = self.counters.slis.get() else { return };
+        if !shown.path.exists() {
+            self.counters.slis.forget(&shown.path);
+        }
+        self.load_latest();
     }
 
     /// At the daemon's start (or a reload): the gauges show the latest ended run's SLIs under

@@ -332,6 +332,48 @@ fn the_daemon_summarises_a_run_when_it_ends_and_shows_its_slis() {
     daemon.terminate(DEADLINE).assert_success("run after SIGTERM");
 }
 
+/// The SLI gauges follow what happens to the run they show: retention deleting its DB puts the
+/// latest ended run left in its place (within the daemon's 30 s recheck), as `slo --last 1`.
+#[test]
+fn the_sli_gauges_move_on_when_retention_deletes_the_run_they_show() {
+    let addr = free_port();
+    let shipper = Shipper::with_config(&format!(
+        "[metrics]\nlisten = \"{addr}\"\n[retention]\nmax_age = \"1h\"\ncheck_interval = \"1s\"\n"
+    ));
+    let run = |id: &str, events: usize, end: &str| {
+        let mut lines = vec![format!(
+            r#"{{"run_id":"{id}","record_type":"run","status":"running","start_time":"2024-03-01T08:00:00Z"}}"#
+        )];
+        for i in 0..events {
+            lines.push(format!(r#"{{"run_id":"{id}","event_id":"{id}{i}","event_type":"fetch"}}"#));
+        }
+        lines.push(format!(
+            r#"{{"run_id":"{id}","record_type":"run","status":"finished","end_time":"{end}"}}"#
+        ));
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>()
+    };
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "/metrics to answer", || get(addr, "/metrics").is_some());
+    let rel = "raw/events_20240301.ndjson";
+    shipper.write(rel, run("early", 2, "2024-03-01T10:00:00Z").as_bytes());
+    shipper.append(rel, run("late", 3, "2024-03-01T12:00:00Z").as_bytes());
+    let events = || metric(addr, "jsonl_shipper_summary_value{metric=\"events\"}");
+    wait_until(DEADLINE, "the gauges to show the run that ended last", || events() == Some(3.0));
+
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = shipper.path(&format!("db/runs/late.sqlite{suffix}"));
+        if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+            file.set_modified(past).expect("age the run DB");
+        }
+    }
+    wait_until(DEADLINE, "retention to delete the run DB", || {
+        !shipper.path("db/runs/late.sqlite").exists()
+    });
+    wait_until(DEADLINE, "the gauges to show the run left", || events() == Some(2.0));
+    daemon.terminate(DEADLINE).assert_success("run after SIGTERM");
+}
+
 #[test]
 fn check_config_rejects_bad_sql_fragments_naming_the_key() {
     for (toml, want) in [
