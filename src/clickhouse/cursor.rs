@@ -196,12 +196,14 @@ impl Thread {
         loop {
             let started = Instant::now();
             self.pass_paths = self.paths(&files);
+            let mut lag = 0;
             for path in self.pass_paths.clone() {
-                self.ship_file(&path)?;
+                lag += self.ship_file(&path)?;
             }
             self.flush()?;
             self.first_pass = false;
-            self.update_lag();
+            // Acknowledged: what the pass read is what the cursors passed.
+            self.counters.sink_lag_bytes.set(lag);
             // Backfill reads each file once to its end as of now, like the SQLite path (a
             // growing file's unterminated tail is left to the daemon), then ends.
             if matches!(files, Files::List(_)) {
@@ -211,10 +213,10 @@ impl Thread {
         }
     }
 
-    /// `jsonl_shipper_sink_lag_bytes`: the bytes of this pass's files past the saved cursors
-    /// (acknowledged by the server), as `status` counts them. Set at the end of every pass and
-    /// after every failed request, so that it grows during an outage (a stat and a 2-byte read
-    /// per file, at most once per backoff step).
+    /// `jsonl_shipper_sink_lag_bytes` after a failed request: the bytes of this pass's files
+    /// past the saved cursors (acknowledged by the server), as `status` counts them, so that it
+    /// grows during an outage, when no pass ends (a stat and a 2-byte read per file, once per
+    /// backoff step; a pass that ends sets it from what it read, without them).
     fn update_lag(&self) {
         let lag = self
             .pass_paths
@@ -249,16 +251,16 @@ impl Thread {
     }
 
     /// Reads one file from the sink's cursor to its end into the batch (sending full batches
-    /// on the way).
-    fn ship_file(&mut self, path: &Path) -> Result<(), Failure> {
-        let Ok(meta) = std::fs::metadata(path) else { return Ok(()) };
+    /// on the way). Returns its lag after this pass.
+    fn ship_file(&mut self, path: &Path) -> Result<u64, Failure> {
+        let Ok(meta) = std::fs::metadata(path) else { return Ok(0) };
         if !meta.is_file() {
-            return Ok(());
+            return Ok(0);
         }
         let id = FileId::of(&meta);
         let mtime = meta.modified().ok();
         if self.drained.get(&id) == Some(&(meta.len(), mtime)) {
-            return Ok(());
+            return Ok(0);
         }
         let cursor = self.batch.cursors.get(&id).map(|(_, c)| c).or(self.cursors.get(&id)).cloned();
         let opened = match &cursor {
@@ -266,7 +268,7 @@ impl Thread {
                 if c.size == Some(meta.len()) && (c.offset >= meta.len() || is_gz_path(path)) =>
             {
                 self.drained.insert(id, (meta.len(), mtime));
-                return Ok(());
+                return Ok(0);
             }
             Some(c) => {
                 self.opener.reopen(path, &c.path, id, c.offset, c.line_no, c.fingerprint.clone())
@@ -280,10 +282,10 @@ impl Thread {
         };
         let mut opened = match opened {
             Ok(Some(opened)) => opened,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(0),
             Err(error) => {
                 tracing::warn!(path = %path.display(), error = format!("{error:#}"), "clickhouse sink: cannot open the file; trying again next pass");
-                return Ok(());
+                return Ok(meta.len());
             }
         };
         let idle = mtime
@@ -309,7 +311,17 @@ impl Thread {
         if at_end {
             self.drained.insert(id, (meta.len(), mtime));
         }
-        Ok(())
+        let size = opened.handle.metadata().map_or(meta.len(), |m| m.len());
+        let lag = if opened.file.gzip {
+            if at_end {
+                0
+            } else {
+                size
+            }
+        } else {
+            size.saturating_sub(opened.reader.offset())
+        };
+        Ok(lag)
     }
 
     /// Adds the file's lines to the batch, sending it whenever it is full. Returns whether
