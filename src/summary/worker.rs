@@ -282,10 +282,21 @@ impl Thread {
             },
         };
         if let Some(path) = latest {
-            match super::refresh(&path, &self.config, false) {
+            match super::refresh_stored(&path, &self.config, false) {
                 Ok(summary) => {
                     let verdict = super::slo::judge(&summary, &self.config.slo);
-                    self.counters.slis.offer(snapshot(&path, &summary, &verdict));
+                    let snapshot = snapshot(&path, &summary, &verdict);
+                    // Unchanged since shown (a recheck finds that nearly always): no catalog
+                    // write every `SLI_RECHECK`.
+                    let same = |s: &SliSnapshot| {
+                        (&s.run_id, &s.values, &s.slos)
+                            == (&snapshot.run_id, &snapshot.values, &snapshot.slos)
+                    };
+                    if self.counters.slis.get().is_some_and(|shown| same(&shown)) {
+                        return;
+                    }
+                    super::copy_to_catalog(&self.config, &summary, &path);
+                    self.counters.slis.offer(snapshot);
                 }
                 Err(error) => tracing::warn!(
                     error = format!("{:#}", anyhow::Error::new(error)),
