@@ -76,6 +76,10 @@ fn summarize_ended(
     if version < crate::sink::run_db::MIGRATIONS.len() as i64 {
         return crate::summary::compute(&reader, &config.summary).map_err(sqlite_error);
     }
+    // Current (nearly always): answered on this connection, not a second one.
+    if let Some(summary) = crate::summary::stored(&reader, &config.summary).map_err(sqlite_error)? {
+        return Ok(summary);
+    }
     drop(reader);
-    crate::summary::refresh_stored(db_path, config, false)
+    crate::summary::refresh_stored(db_path, config, true)
 }
