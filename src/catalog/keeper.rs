@@ -433,17 +433,7 @@ impl Thread {
         let tx =
             catalog.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if let Some(file) = FileState::of(path) {
-            upsert(
-                &tx,
-                &Refresh {
-                    run_id: &state.run_id,
-                    db_path: path,
-                    committed: &state.committed,
-                    ts: &state.ts,
-                    file: &file,
-                    merge,
-                },
-            )?;
+            upsert(&tx, &Refresh::of_state(&state, path, &file, merge))?;
             if let Some(summary) = &state.summary {
                 tx.execute(
                     "UPDATE runs SET summary = ?2 WHERE run_id = ?1",

@@ -239,17 +239,7 @@ pub(crate) fn refresh_rows(
     for (db_path, state) in &states {
         // Stat'ed under the lock, as the catalog thread does: never a row for a deleted file.
         let Some(file) = FileState::of(db_path) else { continue };
-        upsert(
-            &tx,
-            &Refresh {
-                run_id: &state.run_id,
-                db_path,
-                committed: &state.committed,
-                ts: &state.ts,
-                file: &file,
-                merge: true,
-            },
-        )?;
+        upsert(&tx, &Refresh::of_state(state, db_path, &file, true))?;
         n += 1;
     }
     tx.commit()?;
@@ -362,6 +352,19 @@ struct Refresh<'a> {
     ts: &'a TsRange,
     file: &'a FileState,
     merge: bool,
+}
+
+impl<'a> Refresh<'a> {
+    /// The refresh of a run DB as [`scan::read_run_db`] read it, its file as `file`.
+    fn of_state(
+        state: &'a scan::RunDbState,
+        db_path: &'a Path,
+        file: &'a FileState,
+        merge: bool,
+    ) -> Refresh<'a> {
+        let (run_id, committed, ts) = (&state.run_id, &state.committed, &state.ts);
+        Refresh { run_id, db_path, committed, ts, file, merge }
+    }
 }
 
 fn upsert(conn: &Connection, refresh: &Refresh<'_>) -> rusqlite::Result<()> {
