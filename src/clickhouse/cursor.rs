@@ -200,7 +200,7 @@ impl Thread {
             for path in self.pass_paths.clone() {
                 lag += self.ship_file(&path)?;
             }
-            self.flush()?;
+            self.flush(false)?;
             self.first_pass = false;
             // Acknowledged: what the pass read is what the cursors passed.
             self.counters.sink_lag_bytes.set(lag);
@@ -347,7 +347,7 @@ impl Thread {
                 if self.is_full() {
                     self.note_cursor(opened, *range_start, false);
                     *range_start = opened.reader.offset();
-                    self.flush().map_err(ReadError::from)?;
+                    self.flush(true).map_err(ReadError::from)?;
                 }
             }
             if !finished {
@@ -409,8 +409,7 @@ impl Thread {
                     event_key: key,
                     event_type: rows::scalar_text(&record.event_type, event_type),
                     ts: rows::scalar_text(&record.ts, ts),
-                    // parse_line accepted it: UTF-8.
-                    data: std::str::from_utf8(bytes).unwrap_or_default(),
+                    data: bytes,
                     source: &file.source,
                     line_no: meta.line_no,
                     pos: parse::stream_pos(file.day, meta.line_no) as u64,
@@ -449,8 +448,11 @@ impl Thread {
         self.batch.cursors.insert(file.id, (previous.unwrap_or(range_start), cursor));
     }
 
-    /// Sends the batch (events, then runs rows), then saves the cursors it moves.
-    fn flush(&mut self) -> Result<(), Failure> {
+    /// Sends the batch (events, then runs rows), then saves the cursors it moves. A full
+    /// batch leaves its buffer to the next (backfill or a catch-up sends one after another:
+    /// no regrowth and page faults each time); the pass's last one frees it, so an idle
+    /// daemon holds no batch-sized buffer.
+    fn flush(&mut self, keep_buffer: bool) -> Result<(), Failure> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -510,6 +512,12 @@ impl Thread {
             self.cursors.insert(cursor.id, cursor.clone());
         }
         self.counters.sink_rows.add((batch.n_events + n_runs) as u64);
+        if keep_buffer {
+            let mut events = batch.events;
+            events.clear();
+            debug_assert!(self.batch.events.is_empty(), "nothing is added during a flush");
+            self.batch.events = events;
+        }
         Ok(())
     }
 

@@ -29,7 +29,8 @@ pub(crate) struct EventRow<'a> {
     pub event_key: &'a str,
     pub event_type: Option<&'a str>,
     pub ts: Option<&'a str>,
-    pub data: &'a str,
+    /// The line as read (valid UTF-8: `parse` accepted it).
+    pub data: &'a [u8],
     pub source: &'a str,
     pub line_no: u64,
     pub pos: u64,
@@ -50,7 +51,7 @@ impl Row for EventRow<'_> {
         tab(out);
         nullable(out, self.ts);
         tab(out);
-        text(out, self.data);
+        escaped(out, self.data);
         tab(out);
         text(out, self.source);
         tab(out);
@@ -106,22 +107,43 @@ fn tab(out: &mut Vec<u8>) {
 /// ClickHouse's TabSeparated reader decodes them (so `\N` stays text, never NULL); every other
 /// byte as it is.
 fn text(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
+    escaped(out, text.as_bytes());
+}
+
+/// [`text`] of bytes. The sink's hottest loop (a whole line per row): a JSON line holds a raw
+/// CR or NUL only in the rare case of a CRLF line or whitespace, so the common case looks for
+/// the other three escapes with memchr's vectorised search (measured, 1,000,000 rows: the
+/// sink thread's CPU 15 % in a byte-at-a-time loop).
+fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len());
     let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match byte {
-            b'\\' => b"\\\\",
-            b'\t' => b"\\t",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            0 => b"\\0",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
+    if memchr::memchr2(b'\r', 0, bytes).is_none() {
+        for i in memchr::memchr3_iter(b'\\', b'\t', b'\n', bytes) {
+            out.extend_from_slice(&bytes[start..i]);
+            out.extend_from_slice(escape(bytes[i]));
+            start = i + 1;
+        }
+    } else {
+        for (i, &byte) in bytes.iter().enumerate() {
+            if matches!(byte, b'\\' | b'\t' | b'\n' | b'\r' | 0) {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(escape(byte));
+                start = i + 1;
+            }
+        }
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+/// The TabSeparated escape of one of the five bytes [`escaped`] escapes.
+fn escape(byte: u8) -> &'static [u8] {
+    match byte {
+        b'\\' => b"\\\\",
+        b'\t' => b"\\t",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        _ => b"\\0",
+    }
 }
 
 /// A Nullable(String) field: `\N` for NULL.
@@ -132,9 +154,19 @@ fn nullable(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-fn number(out: &mut Vec<u8>, n: u64) {
-    use std::io::Write;
-    let _ = write!(out, "{n}");
+/// Decimal digits (not `write!`: its formatting machinery was a tenth of the sink's CPU).
+fn number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A scalar column's text (see the module docs); `buf` holds a number's text.
@@ -157,10 +189,11 @@ pub(crate) fn scalar_text<'a>(scalar: &'a Scalar<'a>, buf: &'a mut String) -> Op
 
 /// Lowercase hex of a derived line key.
 pub(crate) fn hex_key(key: &[u8; 24], buf: &mut String) {
-    use std::fmt::Write;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     buf.clear();
     for byte in key {
-        let _ = write!(buf, "{byte:02x}");
+        buf.push(char::from(HEX[usize::from(byte >> 4)]));
+        buf.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
 }
 
@@ -184,6 +217,36 @@ mod tests {
         check_scalar(Scalar::Real(1e300), Some("1e+300"));
     }
 
+    proptest::proptest! {
+        /// Both of `escaped`'s paths (memchr's, and the byte loop for a CR or NUL) agree with
+        /// the plainest escaping, and numbers with `Display`.
+        #[test]
+        fn escaping_is_the_plain_byte_by_byte_one(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"\\\t\n\r\0{\"a".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..64,
+            ),
+            n in proptest::num::u64::ANY,
+        ) {
+            let mut want = Vec::new();
+            for &byte in &bytes {
+                match byte {
+                    b'\\' | b'\t' | b'\n' | b'\r' | 0 => want.extend_from_slice(escape(byte)),
+                    _ => want.push(byte),
+                }
+            }
+            let mut got = b"x".to_vec();
+            escaped(&mut got, &bytes);
+            proptest::prop_assert_eq!(&got[1..], &want[..]);
+            let mut digits = Vec::new();
+            number(&mut digits, n);
+            proptest::prop_assert_eq!(digits, n.to_string().into_bytes());
+        }
+    }
+
     #[test]
     fn rows_are_one_tab_separated_line_with_escapes() {
         let mut body = Vec::new();
@@ -202,7 +265,7 @@ mod tests {
                 event_key: &key,
                 event_type: None,
                 ts: Some("\\N"),
-                data: "{\"a\":\"x\\ty\"}\t\r\u{0}é",
+                data: "{\"a\":\"x\\ty\"}\t\r\u{0}é".as_bytes(),
                 source: "/raw/events_20240101.ndjson",
                 line_no: 7,
                 pos: 20240101_0000000007,
