@@ -14,7 +14,7 @@
 //! cargo run --release --example bench -- summary  [--events 1000000] [--reps 5] [--metrics F]
 //! cargo run --release --example bench -- pair     [--runs 1,50,5000] [--n 3]
 //! cargo run --release --example bench -- clickhouse [--runs 50] [--reps 3] [--url URL]
-//!                                                [--sink-extra 'batch_max_rows = 100000']
+//!                                                [--sink-extra 'batch_max_rows = 100000'] [--server-nice 19]
 //! ```
 //!
 //! Each mode's module says what it measures and how: `backfill.rs` (also the data set that
