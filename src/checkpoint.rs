@@ -83,6 +83,9 @@ const MIGRATIONS: &[&str] = &[
         errors INTEGER NOT NULL DEFAULT 0,
         last_error TEXT
     );",
+    // 4 → 5: when the last error happened, and when the sink answered again after it.
+    "ALTER TABLE sink_status ADD COLUMN last_error_at INTEGER;
+    ALTER TABLE sink_status ADD COLUMN recovered_at INTEGER;",
 ];
 
 /// A saved position in one file.
@@ -369,6 +372,19 @@ pub(crate) struct SinkStatus {
     /// Failed requests since the state DB was created.
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Unix milliseconds of the last failure (None from a state DB of before version 5).
+    pub last_error_at: Option<i64>,
+    /// Unix milliseconds of the first request that succeeded after a failure.
+    pub recovered_at: Option<i64>,
+}
+
+impl SinkStatus {
+    /// Whether the last request failed: no success since the last error.
+    pub(crate) fn failing(&self) -> bool {
+        let Some(error) = self.last_error_at else { return self.last_error.is_some() };
+        let ok = self.recovered_at.max(self.last_insert_at);
+        ok.is_none_or(|ok| ok < error)
+    }
 }
 
 impl StateDb {
@@ -441,12 +457,27 @@ impl StateDb {
     pub(crate) fn sink_failed(&mut self, sink: &str, error: &str) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO sink_status (sink, errors, last_error) VALUES (?1, 1, ?2)
+                "INSERT INTO sink_status (sink, errors, last_error, last_error_at)
+                 VALUES (?1, 1, ?2, ?3)
                  ON CONFLICT (sink) DO UPDATE SET errors = errors + 1,
-                    last_error = excluded.last_error",
+                    last_error = excluded.last_error, last_error_at = excluded.last_error_at",
             )?
-            .execute(params![sink, error])?;
+            .execute(params![sink, error, unix_millis()])?;
         Ok(())
+    }
+
+    /// Records that `sink`'s requests succeed again after a failure (once per outage, not per
+    /// request), so that `status` tells a past error from a current one.
+    pub(crate) fn sink_recovered(&mut self, sink: &str) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE sink_status SET recovered_at = ?2 WHERE sink = ?1")?
+            .execute(params![sink, unix_millis()])?;
+        Ok(())
+    }
+
+    /// The schema version (`user_version`): the migrations applied.
+    fn version(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))
     }
 
     /// What `status` shows of `sink` (defaults if it never ran).
@@ -455,13 +486,22 @@ impl StateDb {
         let row = self
             .conn
             .query_row(
-                "SELECT last_insert_at, errors, last_error FROM sink_status WHERE sink = ?1",
+                // `status` reads a state DB as its daemon left it, maybe of version 4.
+                if self.version()? >= 5 {
+                    "SELECT last_insert_at, errors, last_error, last_error_at, recovered_at
+                     FROM sink_status WHERE sink = ?1"
+                } else {
+                    "SELECT last_insert_at, errors, last_error, NULL, NULL
+                     FROM sink_status WHERE sink = ?1"
+                },
                 [sink],
                 |r| {
                     Ok(SinkStatus {
                         last_insert_at: r.get(0)?,
                         errors: r.get::<_, i64>(1)? as u64,
                         last_error: r.get(2)?,
+                        last_error_at: r.get(3)?,
+                        recovered_at: r.get(4)?,
                     })
                 },
             )
@@ -505,6 +545,35 @@ fn fingerprint_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Fingerpr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `status` of a newer version reads a state DB its (older) daemon keeps at version 4,
+    /// without the error times; the daemon of this version records and reads them.
+    #[test]
+    fn sink_status_reads_a_version_4_state_db_and_records_error_times_from_5_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        let mut v4 = Connection::open(&path).unwrap();
+        migrate(&mut v4, &MIGRATIONS[..4]).unwrap();
+        v4.execute("INSERT INTO sink_status (sink, errors, last_error) VALUES ('ch', 2, 'x')", [])
+            .unwrap();
+        drop(v4);
+        let old = StateDb::open_read_only(&path).unwrap().expect("a state DB");
+        let want = SinkStatus { errors: 2, last_error: Some("x".into()), ..Default::default() };
+        assert_eq!(old.sink_status("ch").unwrap(), want);
+        drop(old);
+
+        let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
+        let mut db = StateDb::open(&path, &sqlite).unwrap();
+        assert_eq!(db.version().unwrap(), 5);
+        db.sink_failed("ch", "y").unwrap();
+        let failed = db.sink_status("ch").unwrap();
+        assert_eq!((failed.errors, failed.last_error.as_deref()), (3, Some("y")));
+        assert!(failed.last_error_at.is_some() && failed.failing(), "{failed:?}");
+        db.sink_recovered("ch").unwrap();
+        let answered = db.sink_status("ch").unwrap();
+        assert!(answered.recovered_at >= answered.last_error_at, "{answered:?}");
+        assert!(!answered.failing(), "{answered:?}");
+    }
 
     #[test]
     fn prune_forgets_only_files_gone_for_longer_than_the_cutoff() {

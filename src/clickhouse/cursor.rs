@@ -604,6 +604,9 @@ impl Thread {
                 Ok(value) => {
                     if let Some(since) = self.failing.since.take() {
                         tracing::info!(server = %self.ch.url, failed_for = ?since.elapsed(), "clickhouse sink: the server answers again; catching up");
+                        if let Err(error) = self.state.sink_recovered(SINK) {
+                            tracing::debug!(%error, "recording the sink's recovery for status");
+                        }
                     }
                     self.failing.backoff = Duration::ZERO;
                     return Ok(value);

@@ -50,6 +50,10 @@ struct SinkStatus {
     errors: u64,
     /// The last failure's message (the server's own), if any.
     last_error: Option<String>,
+    /// RFC 3339; when that failure happened (null from a state DB of an older version).
+    last_error_at: Option<String>,
+    /// Whether the last request failed (no request succeeded since `last_error_at`).
+    failing: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,13 +215,14 @@ fn sink_status(config: &Config, db: Option<&StateDb>) -> SinkStatus {
         })
         .sum();
     let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let rfc3339 = |ms: i64| humantime::format_rfc3339_seconds(at(ms)).to_string();
     SinkStatus {
         lag_bytes,
-        last_insert_at: recorded
-            .last_insert_at
-            .map(|ms| humantime::format_rfc3339_seconds(at(ms)).to_string()),
+        last_insert_at: recorded.last_insert_at.map(rfc3339),
         errors: recorded.errors,
+        failing: recorded.failing(),
         last_error: recorded.last_error,
+        last_error_at: recorded.last_error_at.map(rfc3339),
     }
 }
 
@@ -242,10 +247,13 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
     let mut firsts: Vec<usize> =
         status.files.iter().map(|f| name_cell(f).chars().count()).collect();
     firsts.extend([dirs.runs.chars().count(), dirs.dlq.chars().count(), "DEAD LETTERS".len()]);
+    // Labels of our own are never cut ("total: 0 files" read "total:…files").
+    firsts.push(format!("total: {} files", status.files.len()).len());
+    firsts.extend(status.sinks.keys().map(|name| format!("{name} SINK").len()));
     let w = firsts.into_iter().max().unwrap_or(0).clamp(12, first_max);
 
     let mut out = String::new();
-    let mut row = |first: &str, nums: [&str; 3], age: &str| {
+    let row = |out: &mut String, first: &str, nums: [&str; 3], age: &str| {
         let first = shorten(first, w);
         let line =
             format!("{first:<w$} {:>NUM$} {:>NUM$} {:>NUM$}  {age}", nums[0], nums[1], nums[2]);
@@ -255,48 +263,106 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
     let size = |n: u64| bytesize::ByteSize(n).display().iec().to_string();
     let opt = |n: Option<u64>| n.map_or_else(|| "-".to_string(), size);
 
-    row("FILE", ["OFFSET", "SIZE", "LAG"], "LAST READ");
+    row(&mut out, "FILE", ["OFFSET", "SIZE", "LAG"], "LAST READ");
     let shown = shown_files(&status.files);
     for (f, _) in status.files.iter().zip(&shown).filter(|(_, &shown)| shown) {
         let age = f.last_read.map_or_else(|| "-".to_string(), |t| ago(now, t));
-        row(&name_cell(f), [&size(f.offset), &opt(f.size), &opt(f.lag_bytes)], &age);
+        row(&mut out, &name_cell(f), [&size(f.offset), &opt(f.size), &opt(f.lag_bytes)], &age);
     }
     let hidden = shown.iter().filter(|&&shown| !shown).count();
     if hidden > 0 {
-        row(&format!("… {hidden} more, no lag"), ["", "", ""], "");
+        row(&mut out, &format!("… {hidden} more, no lag"), ["", "", ""], "");
     }
     let lag: u64 = status.files.iter().filter_map(|f| f.lag_bytes).sum();
     let n = status.files.len();
-    row(&format!("total: {n} file{}", if n == 1 { "" } else { "s" }), ["", "", &size(lag)], "");
-    row("", ["", "", ""], "");
+    row(
+        &mut out,
+        &format!("total: {n} file{}", if n == 1 { "" } else { "s" }),
+        ["", "", &size(lag)],
+        "",
+    );
+    row(&mut out, "", ["", "", ""], "");
 
     let runs = &status.runs;
-    row("RUN DBS", ["COUNT", "SIZE", "WAL"], "");
-    row(dirs.runs, [&runs.count.to_string(), &size(runs.bytes), &size(runs.wal_bytes)], "");
+    row(&mut out, "RUN DBS", ["COUNT", "SIZE", "WAL"], "");
+    row(
+        &mut out,
+        dirs.runs,
+        [&runs.count.to_string(), &size(runs.bytes), &size(runs.wal_bytes)],
+        "",
+    );
     for wal in &runs.largest_wals {
-        row(&format!("  {}", wal.name), ["", "", &size(wal.bytes)], "");
+        row(&mut out, &format!("  {}", wal.name), ["", "", &size(wal.bytes)], "");
     }
     if let Some(catalog) = &runs.catalog {
         let first = format!("  catalog: {} events", catalog.events);
-        row(&first, [&catalog.runs.to_string(), &size(catalog.bytes), ""], "");
+        row(&mut out, &first, [&catalog.runs.to_string(), &size(catalog.bytes), ""], "");
     }
-    row("", ["", "", ""], "");
+    row(&mut out, "", ["", "", ""], "");
 
-    row("DEAD LETTERS", ["LINES", "", ""], "");
-    row(dirs.dlq, [&status.dlq.lines.to_string(), "", ""], "");
+    row(&mut out, "DEAD LETTERS", ["LINES", "", ""], "");
+    row(&mut out, dirs.dlq, [&status.dlq.lines.to_string(), "", ""], "");
     for (reason, lines) in &status.dlq.by_reason {
-        row(&format!("  {reason}"), [&lines.to_string(), "", ""], "");
+        row(&mut out, &format!("  {reason}"), [&lines.to_string(), "", ""], "");
     }
     for (name, sink) in &status.sinks {
-        row("", ["", "", ""], "");
-        row(&format!("{} SINK", name.to_uppercase()), ["ERRORS", "", "LAG"], "LAST INSERT");
+        row(&mut out, "", ["", "", ""], "");
+        row(
+            &mut out,
+            &format!("{} SINK", name.to_uppercase()),
+            ["ERRORS", "", "LAG"],
+            "LAST INSERT",
+        );
         let last = sink.last_insert_at.as_deref().unwrap_or("-");
-        row("", [&sink.errors.to_string(), "", &size(sink.lag_bytes)], last);
+        row(&mut out, "", [&sink.errors.to_string(), "", &size(sink.lag_bytes)], last);
         if let Some(error) = &sink.last_error {
-            row(&format!("  last error: {error}"), ["", "", ""], "");
+            // Whole, wrapped: the server's message is what an operator acts on.
+            let when = match (&sink.last_error_at, sink.failing) {
+                (Some(at), true) => format!(" at {at}, failing now"),
+                (Some(at), false) => format!(" at {at}, answered since"),
+                (None, _) => String::new(),
+            };
+            for line in wrap(&format!("last error{when}: {error}"), width.saturating_sub(2)) {
+                out.push_str("  ");
+                out.push_str(&line);
+                out.push('\n');
+            }
         }
     }
     out
+}
+
+/// `text` cut into lines of at most `width` chars (at least 20), at spaces where it can.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(20);
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let mut word = word;
+        loop {
+            let line = lines.last_mut().expect("one line at least");
+            let used = line.chars().count();
+            let room = if used == 0 { width } else { width.saturating_sub(used + 1) };
+            let len = word.chars().count();
+            if len <= room {
+                if used > 0 {
+                    line.push(' ');
+                }
+                line.push_str(word);
+                break;
+            }
+            if used > 0 {
+                lines.push(String::new());
+                continue;
+            }
+            // A word longer than a line: cut it.
+            let cut = word.char_indices().nth(width).map_or(word.len(), |(i, _)| i);
+            line.push_str(&word[..cut]);
+            word = &word[cut..];
+            lines.push(String::new());
+        }
+    }
+    lines.retain(|l| !l.is_empty());
+    lines
 }
 
 /// Which files the table lists: every one with lag, and the most recently read others (a host
@@ -515,6 +581,77 @@ DEAD LETTERS                       LINES
 /d/dlq                                 0
 ";
         assert_eq!(got, want, "got:\n{got}");
+    }
+
+    #[test]
+    fn a_sink_error_is_shown_whole_wrapped_with_its_time_and_whether_it_is_current() {
+        let message = "http://ch-01.example.net:8123: HTTP 516: Code: 516. DB::Exception: \
+                       default: Authentication failed: password is incorrect or there is no user \
+                       with such name. (AUTHENTICATION_FAILED) (version 24.3.1.1)";
+        let sink = |failing| SinkStatus {
+            lag_bytes: 3 << 20,
+            last_insert_at: Some("2024-01-07T11:00:00Z".into()),
+            errors: 17,
+            last_error: Some(message.into()),
+            last_error_at: Some("2024-01-07T11:59:00Z".into()),
+            failing,
+        };
+        let status = |failing| Status {
+            files: vec![],
+            runs: RunsStatus::default(),
+            dlq: DlqStatus { lines: 0, by_reason: BTreeMap::new() },
+            sinks: [("clickhouse", sink(failing))].into(),
+        };
+        let dirs = Dirs { runs: "/d/db/runs", dlq: "/d/dlq" };
+        let got = table(&status(true), &dirs, now(), WIDTH);
+        let sink_part = &got[got.find("CLICKHOUSE").expect("a sink section")..];
+        let want = "\
+CLICKHOUSE SINK     ERRORS                   LAG  LAST INSERT
+                        17               3.0 MiB  2024-01-07T11:00:00Z
+  last error at 2024-01-07T11:59:00Z, failing now:
+  http://ch-01.example.net:8123: HTTP 516: Code: 516. DB::Exception: default:
+  Authentication failed: password is incorrect or there is no user with such
+  name. (AUTHENTICATION_FAILED) (version 24.3.1.1)
+";
+        assert!(got.starts_with("FILE "), "{got}");
+        assert!(got.contains("\ntotal: 0 files "), "{got}");
+        assert_eq!(sink_part, want, "got:\n{got}");
+        for line in got.lines() {
+            assert!(line.chars().count() <= WIDTH, "{} columns: {line:?}", line.chars().count());
+        }
+        let got = table(&status(false), &dirs, now(), WIDTH);
+        assert!(got.contains("  last error at 2024-01-07T11:59:00Z, answered since:\n"), "{got}");
+    }
+
+    #[test]
+    fn wrap_cuts_at_spaces_and_cuts_a_word_longer_than_a_line() {
+        assert_eq!(wrap("aaa bbb ccc", 20), ["aaa bbb ccc"]);
+        let long = "x".repeat(45);
+        assert_eq!(
+            wrap(&format!("ab {long} cd"), 20),
+            ["ab", &long[..20], &long[20..40], "xxxxx cd"]
+        );
+    }
+
+    #[test]
+    fn a_sink_is_failing_until_a_request_succeeds_after_its_last_error() {
+        use crate::checkpoint::SinkStatus as Recorded;
+        let r = |insert, error: Option<i64>, recovered| Recorded {
+            last_insert_at: insert,
+            errors: 1,
+            last_error: error.map(|_| "boom".to_string()),
+            last_error_at: error,
+            recovered_at: recovered,
+        };
+        assert!(!Recorded::default().failing());
+        assert!(r(None, Some(5), None).failing());
+        assert!(r(Some(4), Some(5), None).failing());
+        assert!(!r(Some(6), Some(5), None).failing(), "an insert after it");
+        assert!(!r(Some(4), Some(5), Some(7)).failing(), "a request after it");
+        assert!(r(Some(4), Some(9), Some(7)).failing(), "failed again after recovering");
+        // A state DB of before version 5: an error without a time counts as current.
+        let old = Recorded { last_error: Some("boom".into()), ..Recorded::default() };
+        assert!(old.failing());
     }
 
     #[test]

@@ -305,7 +305,11 @@ fn daemon_with_the_server_down_at_start_ships_sqlite_first_then_catches_up() {
     wait_until(DEADLINE, "the sink to report its failures", || {
         sink_status(&shipper)["errors"].as_u64().is_some_and(|n| n > 0)
     });
-    assert_eq!(sink_status(&shipper)["lag_bytes"], size());
+    let failing = sink_status(&shipper);
+    assert_eq!(failing["lag_bytes"], size());
+    assert_eq!(failing["failing"], true, "{failing}");
+    assert!(failing["last_error_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{failing}");
+    assert!(failing["last_error"].as_str().is_some_and(|e| e.contains("127.0.0.1")), "{failing}");
     // The gauge says the same while the server is down (an alert on it can fire).
     wait_until(DEADLINE, "the lag gauge to show the unshipped file", || {
         let series = "jsonl_shipper_sink_lag_bytes{sink=\"clickhouse\"}";
@@ -337,6 +341,13 @@ fn daemon_with_the_server_down_at_start_ships_sqlite_first_then_catches_up() {
     shipper.append("raw/events_20240101.ndjson", lines(300, 500).as_bytes());
     wait_until(DEADLINE, "the run DBs to hold the appended lines", || shipper.progress() == size());
     assert_clickhouse_matches_run_dbs(&shipper, &server);
+    // The error is kept, with its time, and told apart from a current one.
+    let answered = sink_status(&shipper);
+    assert_eq!(answered["failing"], false, "{answered}");
+    assert_eq!(answered["last_error_at"], failing["last_error_at"], "{answered}");
+    let table = shipper.run_cmd(&["status"], &[]);
+    table.assert_success("status");
+    assert!(table.stdout.contains(", answered since:"), "{}", table.stdout);
     let log = daemon.terminate(Duration::from_secs(30));
     log.assert_success("run after SIGTERM");
     // One WARN per minute at most, not one per retry.

@@ -478,8 +478,15 @@ fn a_version_1_state_db_is_migrated_in_place_and_its_checkpoints_are_resumed() {
     assert_eq!(shipper.checkpoints(), want_cp);
     let conn = rusqlite::Connection::open(&state).expect("open state DB");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-    // 4 since issue 12 (the sinks' cursors, `sink_files`): every migration applied in turn.
-    assert_eq!(version, 4);
+    // 4 since issue 12 (the sinks' cursors, `sink_files`), 5 with the sink's error times:
+    // every migration applied in turn.
+    assert_eq!(version, 5);
+    let times: Option<i64> = conn
+        .query_row("SELECT max(last_error_at) + max(recovered_at) FROM sink_status", [], |r| {
+            r.get(0)
+        })
+        .expect("the version 5 columns");
+    assert_eq!(times, None);
     let sink_files: i64 =
         conn.query_row("SELECT count(*) FROM sink_files", [], |r| r.get(0)).expect("sink_files");
     assert_eq!(sink_files, 0);
