@@ -506,6 +506,40 @@ impl Config {
             .expect("RawConfig holds only strings, integers, arrays and tables")
     }
 
+    /// The keys whose effective values differ between `self` and `new`, dotted
+    /// (`sources.rescan_interval`; an array of tables such as `[[summary]]` is one key), for
+    /// the reload's log line: names only, never values (a URL may carry a user).
+    pub(crate) fn changed_keys(&self, new: &Config) -> Vec<String> {
+        fn flatten(prefix: &str, value: toml::Value, out: &mut Vec<(String, toml::Value)>) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, value) in table {
+                        let key = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+                        flatten(&key, value, out);
+                    }
+                }
+                other => out.push((prefix.to_owned(), other)),
+            }
+        }
+        let flat = |config: &Config| {
+            let mut out = Vec::new();
+            // RawConfig holds only what TOML can hold (see to_toml_string).
+            if let Ok(value) = toml::Value::try_from(RawConfig::from(config)) {
+                flatten("", value, &mut out);
+            }
+            out.into_iter().collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let (old, new) = (flat(self), flat(new));
+        let mut keys: Vec<String> = old
+            .iter()
+            .filter(|(key, value)| new.get(*key) != Some(value))
+            .map(|(key, _)| key.clone())
+            .chain(new.keys().filter(|key| !old.contains_key(*key)).cloned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     fn validate(&self) -> Result<(), Bad> {
         /// `a/./b/../c` as `a/c`, without touching the file system.
         fn lexical(path: &Path) -> PathBuf {
@@ -1486,6 +1520,22 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, Path::new(ORIGIN), Path::new("/etc/js"))
+    }
+
+    #[test]
+    fn changed_keys_name_what_a_reload_changes_and_nothing_else() {
+        let old = parse("[sources]\npaths = [\"/r/*.ndjson\"]\n").unwrap();
+        assert_eq!(old.changed_keys(&old), Vec::<String>::new());
+        let new = parse(
+            "[sources]\npaths = [\"/r/*.ndjson\"]\nrescan_interval = \"5s\"\n\
+             [mapping]\nrun_id = \"job\"\n\
+             [metrics]\nlisten = \"127.0.0.1:9108\"\n\
+             [[summary]]\nname = \"n\"\nagg = \"count\"\n",
+        )
+        .unwrap();
+        let want = ["mapping.run_id", "metrics.listen", "sources.rescan_interval", "summary"];
+        assert_eq!(old.changed_keys(&new), want);
+        assert_eq!(new.changed_keys(&old), want, "a key removed is a change too");
     }
 
     /// `text` must fail with a message containing `want`.

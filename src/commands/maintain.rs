@@ -12,6 +12,7 @@ pub(super) fn maintain(config: Config, vacuum: bool) -> anyhow::Result<ExitCode>
     super::prepare_dirs(&config)?;
     let report = maintain::run_once(&config, &HashSet::new(), Options::full(vacuum), None)?;
     let r = &report.retention;
+    crate::maintain::retention::HeldForSink::default().update(&r.held_for_sink);
     println!(
         "maintain: {} run DBs checkpointed{}, state DB {}; retention deleted {} run DBs, {} DLQ files, {} source files ({} bytes); {} kept (in use or changed), {} failed",
         report.maintained,

@@ -91,7 +91,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
                 if new.metrics != config.metrics {
                     ops = restart_ops(ops, &config, &new, &counters)?;
                 }
-                tracing::info!(patterns = ?new.sources.paths, "config reloaded; resuming from the checkpoints just written");
+                let changed = config.changed_keys(&new);
+                tracing::info!(?changed, patterns = ?new.sources.paths, "config reloaded; resuming from the checkpoints just written");
                 config = new;
             }
         }
@@ -233,22 +234,28 @@ impl Retention {
         let (stop, stopped) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("retention".into())
-            .spawn(move || loop {
-                select! {
-                    recv(stopped) -> _ => return,
-                    default(config.retention.check_interval) => {}
-                }
-                match crate::maintain::run_once(
-                    &config,
-                    &HashSet::new(),
-                    crate::maintain::Options::periodic(),
-                    Some(&releases),
-                ) {
-                    Ok(report) => counters.retention_deleted.add(report.deleted()),
-                    Err(error) => tracing::error!(
-                        error = format!("{error:#}"),
-                        "retention round failed; will retry"
-                    ),
+            .spawn(move || {
+                let mut held = crate::maintain::retention::HeldForSink::default();
+                loop {
+                    select! {
+                        recv(stopped) -> _ => return,
+                        default(config.retention.check_interval) => {}
+                    }
+                    match crate::maintain::run_once(
+                        &config,
+                        &HashSet::new(),
+                        crate::maintain::Options::periodic(),
+                        Some(&releases),
+                    ) {
+                        Ok(report) => {
+                            held.update(&report.retention.held_for_sink);
+                            counters.retention_deleted.add(report.deleted());
+                        }
+                        Err(error) => tracing::error!(
+                            error = format!("{error:#}"),
+                            "retention round failed; will retry"
+                        ),
+                    }
                 }
             })
             .context("spawning the retention thread")?;

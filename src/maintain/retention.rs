@@ -298,6 +298,30 @@ pub(crate) struct Applied {
     pub bytes: u64,
     /// Planned deletions skipped: in use, written since, or failed (with why).
     pub skipped: Vec<(PathBuf, String)>,
+    /// Source files kept because the remote sink has not passed them ([`HeldForSink`] says so).
+    pub held_for_sink: Vec<SourceFile>,
+}
+
+/// The source files retention keeps for the remote sink, remembered between rounds, so that
+/// the daemon says so once per file when it starts keeping it, not every `check_interval`
+/// for as long as the sink is behind (the deletion, once the sink passed it, is logged too).
+#[derive(Debug, Default)]
+pub(crate) struct HeldForSink {
+    said: HashSet<PathBuf>,
+}
+
+impl HeldForSink {
+    /// Logs the files newly kept by this round (`Applied::held_for_sink`); returns them.
+    pub(crate) fn update(&mut self, held: &[SourceFile]) -> Vec<PathBuf> {
+        let now: HashSet<PathBuf> = held.iter().map(|s| s.path.clone()).collect();
+        let mut new = Vec::new();
+        for source in held.iter().filter(|s| !self.said.contains(&s.path)) {
+            tracing::info!(path = %source.path.display(), bytes = source.bytes, "retention: keeping a fully shipped source file until the clickhouse sink has passed it");
+            new.push(source.path.clone());
+        }
+        self.said = now;
+        new
+    }
 }
 
 impl Applied {
@@ -320,10 +344,7 @@ pub(crate) fn apply(
     state: Option<&StateDb>,
     releases: Option<&Releases>,
 ) -> Applied {
-    let mut out = Applied::default();
-    for source in &plan.held_for_sink {
-        tracing::info!(path = %source.path.display(), bytes = source.bytes, "retention: keeping a fully shipped source file: the clickhouse sink has not passed it yet");
-    }
+    let mut out = Applied { held_for_sink: plan.held_for_sink.clone(), ..Applied::default() };
     for (run, why) in &plan.runs {
         // With writers to ask, do not wait out a lock they hold: ask them instead.
         let wait = if releases.is_some() { Duration::ZERO } else { config.sqlite.busy_timeout };
@@ -610,6 +631,13 @@ mod tests {
         let held = plan(&inputs, &policy, now());
         assert!(held.sources.is_empty());
         assert_eq!(held.held_for_sink.len(), 1);
+        // Said once, not every round; again only once it was let go and kept anew.
+        let mut said = HeldForSink::default();
+        let path = inputs.sources[0].path.clone();
+        assert_eq!(said.update(&held.held_for_sink), std::slice::from_ref(&path));
+        assert_eq!(said.update(&held.held_for_sink), Vec::<PathBuf>::new());
+        assert_eq!(said.update(&[]), Vec::<PathBuf>::new());
+        assert_eq!(said.update(&held.held_for_sink), [path]);
         inputs.sources[0].sink_passed = Some(true);
         assert_eq!(plan(&inputs, &policy, now()).sources.len(), 1);
     }

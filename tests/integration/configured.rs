@@ -186,6 +186,10 @@ fn sighup_applies_a_new_mapping_and_a_removed_glob_without_re_reading_anything()
     shipper.set_config(raw_only);
     daemon.hangup();
     wait_until(DEADLINE, "the reload", || daemon.stderr_so_far().contains("config reloaded"));
+    // The log names what changed (and the summary sections untouched are not named).
+    let said = daemon.stderr_so_far();
+    let line = said.lines().find(|l| l.contains("config reloaded")).unwrap_or_default();
+    assert!(line.contains(r#"changed=["mapping.run_id", "sources.paths"]"#), "{line}");
     shipper.append(raw, b"{\"job\":\"m\",\"event_id\":\"2\"}\n");
     shipper.append(other, b"{\"run_id\":\"m\",\"event_id\":\"o2\"}\n");
     shipper.append(raw, b"{\"run_id\":\"m\",\"event_id\":\"3\"}\n");
