@@ -143,6 +143,34 @@ pub struct ClickHouseConfig {
     pub batch_max_bytes: usize,
     pub batch_max_delay: Duration,
     pub timeout: Duration,
+    /// When `backfill` ships to ClickHouse: beside the run DBs or after them.
+    pub backfill: SinkBackfill,
+}
+
+/// When `backfill` runs the ClickHouse sink (`sinks.clickhouse.backfill`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkBackfill {
+    /// `after` on a host of at most 2 CPUs, else `beside`.
+    Auto,
+    /// While the run DBs are written, as a background job (`SCHED_IDLE`), then at normal
+    /// priority: ClickHouse gets history sooner where spare cores make that free.
+    Beside,
+    /// Once the run DBs are complete: on a small host, any work beside them (even at idle
+    /// priority) slows the job's first output (ARCHITECTURE.md, "The fleet sink").
+    After,
+}
+
+impl SinkBackfill {
+    /// Whether the sink waits for the run DBs, `Auto` decided by this host's CPUs.
+    pub(crate) fn after(self) -> bool {
+        match self {
+            SinkBackfill::Beside => false,
+            SinkBackfill::After => true,
+            SinkBackfill::Auto => {
+                std::thread::available_parallelism().map_or(true, |n| n.get() <= 2)
+            }
+        }
+    }
 }
 
 impl ClickHouseConfig {
@@ -1004,6 +1032,7 @@ macro_rules! human_enum {
 human_enum!(ReadFrom { Beginning = "beginning", End = "end" });
 human_enum!(Synchronous { Off = "off", Normal = "normal", Full = "full", Extra = "extra" });
 human_enum!(LogFormat { Text = "text", Json = "json" });
+human_enum!(SinkBackfill { Auto = "auto", Beside = "beside", After = "after" });
 human_enum!(Agg {
     Count = "count", Sum = "sum", Avg = "avg", Min = "min", Max = "max",
     P50 = "p50", P90 = "p90", P95 = "p95", P99 = "p99", Ratio = "ratio"
@@ -1138,6 +1167,8 @@ struct RawClickHouse {
     batch_max_delay: Option<Duration>,
     #[serde(with = "human")]
     timeout: Option<Duration>,
+    #[serde(with = "human")]
+    backfill: Option<SinkBackfill>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -1309,6 +1340,7 @@ impl RawConfig {
             batch_max_bytes: c.batch_max_bytes.unwrap_or(DEFAULT_CLICKHOUSE_BATCH_MAX_BYTES),
             batch_max_delay: c.batch_max_delay.unwrap_or(DEFAULT_CLICKHOUSE_BATCH_MAX_DELAY),
             timeout: c.timeout.unwrap_or(DEFAULT_CLICKHOUSE_TIMEOUT),
+            backfill: c.backfill.unwrap_or(SinkBackfill::Auto),
         });
         let max_line_bytes = s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         let output_dir = path(o.dir, "db/runs");
@@ -1506,6 +1538,7 @@ impl From<&Config> for RawConfig {
                     batch_max_bytes: Some(ch.batch_max_bytes),
                     batch_max_delay: Some(ch.batch_max_delay),
                     timeout: Some(ch.timeout),
+                    backfill: Some(ch.backfill),
                 }),
             },
         }
@@ -1656,6 +1689,7 @@ mod tests {
             ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\nhost_label = \"\"", "sinks.clickhouse.host_label: must not be empty"),
             ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\nbatch_max_rows = 0", "sinks.clickhouse.batch_max_rows: must be between 1 and 1000000, got 0"),
             ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\ntimeout = \"0s\"", "sinks.clickhouse.timeout: must be greater than zero"),
+            ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\nbackfill = \"later\"", "sinks.clickhouse.backfill: invalid value \"later\", expected one of: auto, beside, after"),
             ("[sinks.clickhouse]\nurl = \"http://h\"\ndatabase = \"t\"\npassword = \"x\"", "sinks.clickhouse.password: unknown field"),
             ("[sinks.elastic]\nurl = \"http://h\"", "sinks.elastic: unknown field"),
             ("[log]\nlevel = \"info\"\n[log]\n", "config.toml: line 3, column 2: duplicate key"),
@@ -1815,6 +1849,10 @@ min = 100
         assert_eq!(ch.password_file.as_deref(), Some(Path::new("/etc/js/ch-password")));
         assert!(!ch.host_label.is_empty());
         assert_eq!(ch.batch_max_rows, DEFAULT_CLICKHOUSE_BATCH_MAX_ROWS);
+        assert_eq!(ch.backfill, SinkBackfill::Auto);
+        let after = parse(&format!("{text}\nbackfill = \"after\"")).unwrap();
+        assert_eq!(after.sinks.clickhouse.map(|c| c.backfill), Some(SinkBackfill::After));
+        assert!(SinkBackfill::After.after() && !SinkBackfill::Beside.after());
         let effective = c.to_toml_string();
         assert!(effective.contains("[sinks.clickhouse]"), "{effective}");
         assert_eq!(parse(&effective).unwrap(), c, "{effective}");

@@ -119,7 +119,8 @@ impl Sink {
 
 /// Makes the calling thread a background job (Linux's `SCHED_IDLE`: it runs on CPU time no
 /// other thread wants); false where that failed or does not exist. Backfill's sink thread calls
-/// it while the run DBs are being written: backfill is CPU-bound, and on a busy host (or one
+/// it while the run DBs are being written (`sinks.clickhouse.backfill = "beside"`; on a host of
+/// 2 CPUs or fewer the default waits for the run DBs instead, see `config::SinkBackfill`): backfill is CPU-bound, and on a busy host (or one
 /// that runs the ClickHouse server too) the run DBs, the job's first output, and the producers
 /// keep the CPU; the sink takes what they leave, all of an idle core. Measured (`bench
 /// clickhouse`, server on the same 2 cores, 4 sittings each): the SQLite path's rate with the

@@ -49,22 +49,24 @@ pub(super) fn backfill(
     // Its own cursor over the same files (not for a rebuild, which moves no cursor).
     let mut sink_failed = false;
     let sink_files = crate::clickhouse::Files::List(files.clone());
+    // `sinks.clickhouse.backfill`: beside the run DBs as a background job
+    // (`clickhouse::run_in_background`), or once they are complete.
+    let sink_after = config.sinks.clickhouse.as_ref().is_some_and(|ch| ch.backfill.after());
+    let start_sink = |priority, failed: &mut bool| {
+        crate::clickhouse::Sink::start(&config, sink_files.clone(), counters.clone(), priority)
+            .unwrap_or_else(|error| {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "the clickhouse sink cannot start; shipping to the run DBs only"
+                );
+                *failed = true;
+                None
+            })
+    };
     let sink = match rebuild {
         Some(_) => None,
-        None => {
-            let list = sink_files.clone();
-            // A background job beside the run DBs (`clickhouse::run_in_background`).
-            let priority = crate::clickhouse::Priority::Background;
-            crate::clickhouse::Sink::start(&config, list, counters.clone(), priority)
-                .unwrap_or_else(|error| {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        "the clickhouse sink cannot start; shipping to the run DBs only"
-                    );
-                    sink_failed = true;
-                    None
-                })
-        }
+        None if sink_after => None,
+        None => start_sink(crate::clickhouse::Priority::Background, &mut sink_failed),
     };
 
     let queue = {
@@ -145,6 +147,11 @@ pub(super) fn backfill(
         bar.set_message("committing the last batches");
     }
     pipeline.finish()?;
+    let sink = if sink_after && rebuild.is_none() && !signals.is_stopping() {
+        start_sink(crate::clickhouse::Priority::Normal, &mut sink_failed)
+    } else {
+        sink
+    };
     if let Some(sink) = sink {
         // The run DBs are complete; the sink ships the rest from its cursor. Said, with the
         // time, so that a wait for the server is not taken for the run DBs' (and `bench

@@ -149,7 +149,8 @@ fn sink_status(shipper: &Shipper) -> Json {
 #[test]
 fn backfill_ships_every_record_once_and_again_adds_nothing() {
     let server = ClickHouse::start();
-    let shipper = shipper_for(&server, "", "batch_max_rows = 500");
+    // Beside the run DBs whatever this host's CPUs (`auto` is `after` on 2 or fewer).
+    let shipper = shipper_for(&server, "", "batch_max_rows = 500\nbackfill = \"beside\"");
     shipper.write("raw/events_20240101.ndjson", lines(2000, 0).as_bytes());
     shipper.write("raw/events_20240102.ndjson", lines(1000, 0).as_bytes());
     shipper.write_gz("raw/events_20231231.ndjson.gz", lines(700, 0).as_bytes(), &[1000]);
@@ -246,7 +247,7 @@ fn awkward_bytes_arrive_as_the_run_dbs_hold_them() {
 #[test]
 fn backfill_ships_the_rest_at_normal_priority_once_the_run_dbs_are_complete() {
     let mut server = ClickHouse::configure();
-    let shipper = shipper_for(&server, "", "");
+    let shipper = shipper_for(&server, "", "backfill = \"beside\"");
     shipper.write("raw/events_20240101.ndjson", lines(500, 0).as_bytes());
     shipper.age("raw/events_20240101.ndjson");
     let backfill = shipper.spawn_backfill(&[]);
@@ -261,6 +262,29 @@ fn backfill_ships_the_rest_at_normal_priority_once_the_run_dbs_are_complete() {
     assert_eq!(connected.len(), 1, "{}", done.stderr);
     assert!(connected[0].contains("background=false"), "{}", connected[0]);
     assert_clickhouse_matches_run_dbs(&shipper, &server);
+}
+
+/// `backfill = "after"`: the sink starts only once the run DBs are complete (nothing is sent
+/// before), at normal priority, and ships every record once.
+#[test]
+fn backfill_after_the_run_dbs_starts_the_sink_once_they_are_complete() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "batch_max_rows = 300\nbackfill = \"after\"");
+    shipper.write("raw/events_20240101.ndjson", lines(1500, 0).as_bytes());
+    shipper.write_gz("raw/events_20231231.ndjson.gz", lines(400, 0).as_bytes(), &[700]);
+    shipper.age("raw/events_20240101.ndjson");
+    let done = shipper.backfill(&[]);
+    done.assert_success("backfill");
+    let at = |what: &str| done.stderr.lines().position(|l| l.contains(what));
+    let (complete, connected) = (at("the run DBs are complete"), at("clickhouse sink connected"));
+    assert!(complete.is_some() && complete < connected, "{}", done.stderr);
+    let line = done.stderr.lines().nth(connected.unwrap_or_default()).unwrap_or_default();
+    assert!(line.contains("background=false"), "{line}");
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    // Again: nothing more.
+    let inserted = server.count("telemetry.events", false);
+    shipper.backfill(&[]).assert_success("backfill again");
+    assert_eq!(server.count("telemetry.events", false), inserted);
 }
 
 /// kill -9 between an acknowledged insert and the sink's cursor (crash point
