@@ -221,9 +221,10 @@ struct Acc {
     n: i64,
     /// Ratio: rows matching `where` among the `of` rows.
     hits: i64,
-    /// Sum of the integers (exact) and of the reals.
+    /// Sum of the integers (exact) and of the reals, and whether any value was a real.
     ints: i128,
     reals: f64,
+    any_real: bool,
     range: MinMax,
 }
 
@@ -311,7 +312,10 @@ pub(super) fn scan(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite::Re
                     acc.n += 1;
                     match v {
                         Num::Int(x) => acc.ints += i128::from(x),
-                        Num::Real(x) => acc.reals += x,
+                        Num::Real(x) => {
+                            acc.reals += x;
+                            acc.any_real = true;
+                        }
                     }
                     acc.range.offer(v);
                 }
@@ -346,8 +350,12 @@ pub(super) fn scan(conn: &Connection, metrics: &[SummaryMetric]) -> rusqlite::Re
             // Null: nothing matched `of`, or the column had no numeric value.
             _ if acc.n == 0 => Value::Null,
             Agg::Ratio => Value::from(acc.hits as f64 / acc.n as f64),
-            // Like SQLite's total(): a float, and never an overflow.
-            Agg::Sum => Value::from(acc.ints as f64 + acc.reals),
+            // Integers sum to an integer, as SQL's sum() does; a real among them, or a sum
+            // beyond i64, gives a float (like total(): never an overflow error).
+            Agg::Sum => match i64::try_from(acc.ints) {
+                Ok(sum) if !acc.any_real => Value::from(sum),
+                _ => Value::from(acc.ints as f64 + acc.reals),
+            },
             Agg::Avg => Value::from((acc.ints as f64 + acc.reals) / acc.n as f64),
             Agg::Min => acc.range.min.map_or(Value::Null, Num::json),
             Agg::Max => acc.range.max.map_or(Value::Null, Num::json),

@@ -82,7 +82,7 @@ fn a_summary_known_by_construction() {
             "duration_s": 1800.5,
             "first_ts": 1, "last_ts": 100,
             "fetches": 63,
-            "sum_ts": 5050.0, "avg_ts": 50.5, "min_ts": 1, "max_ts": 100,
+            "sum_ts": 5050, "avg_ts": 50.5, "min_ts": 1, "max_ts": 100,
             "p50": 50, "p90": 90, "p95": 95, "p99": 99,
             "p50_parse": 75,
             // 'x' % 2 = 0 is true in SQLite: 30 even numbers plus the 3 text ones, of 63.
@@ -220,4 +220,29 @@ fn builtin_columns_are_the_schema() {
     let names: Vec<String> =
         stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
     assert_eq!(names, crate::config::BUILTIN_COLUMNS);
+}
+
+/// `sum` of integers is an integer (as SQL's `sum()`), a float once a real is among them or
+/// the sum leaves i64 (as `total()`, never an overflow error).
+#[test]
+fn sums_are_integers_unless_a_real_or_an_overflow_makes_them_floats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = fixture(dir.path());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&format!(
+        "UPDATE events SET ts = 2.5 WHERE event_key = 'e91';
+         UPDATE events SET ts = {} WHERE event_key IN ('e92', 'e93');",
+        i64::MAX
+    ))
+    .unwrap();
+    let sums = [
+        metric("ints", Agg::Sum, Some("ts"), Some("event_type = 'parse'")),
+        metric("with_real", Agg::Sum, Some("ts"), Some("line_no IN (90, 91)")),
+        metric("overflow", Agg::Sum, Some("ts"), Some("line_no IN (92, 93)")),
+    ];
+    let got = compute(&conn, &sums).unwrap().to_json()["metrics"].clone();
+    assert_eq!(got["ints"], json!((61..=90).sum::<i64>()));
+    assert!(got["ints"].is_i64(), "{got}");
+    assert_eq!(got["with_real"], json!(92.5));
+    assert_eq!(got["overflow"], json!(2.0 * i64::MAX as f64));
 }
