@@ -159,6 +159,9 @@ pub(crate) struct Counters {
     pub sink_errors: Counter,
     /// `jsonl_shipper_batch_commit_seconds`: one observation per successful run-DB commit.
     pub commit_seconds: Histogram,
+    /// Of those commits' time, how long they waited for their run DB's write lock (`BEGIN
+    /// IMMEDIATE`, held by another connection), in µs: tells a lock from a slow disk.
+    pub lock_wait_micros: Counter,
     /// `jsonl_shipper_last_commit_timestamp_seconds`, in ms (0 = none yet).
     pub last_commit_unix_ms: Gauge,
     /// Run-DB writes in progress (the health signal), see [`Counters::write_started`].
@@ -242,9 +245,10 @@ impl Counters {
     }
 
     /// Records a successful run-DB commit that took `took`.
-    pub(crate) fn commit_succeeded(&self, took: Duration) {
+    pub(crate) fn commit_succeeded(&self, took: Duration, lock_wait: Duration) {
         self.commits.add(1);
         self.commit_seconds.observe(took);
+        self.lock_wait_micros.add(lock_wait.as_micros().min(u128::from(u64::MAX)) as u64);
         self.last_commit_unix_ms.set(unix_ms(SystemTime::now()));
     }
 
@@ -614,7 +618,7 @@ mod tests {
         let c = Counters::default();
         c.lines_read.add(3);
         c.dlq(DeadReason::InvalidJson).add(2);
-        c.commit_succeeded(Duration::from_millis(3));
+        c.commit_succeeded(Duration::from_millis(3), Duration::ZERO);
         let text = render(c);
         for line in [
             "jsonl_shipper_lines_read_total 3",

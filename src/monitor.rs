@@ -117,13 +117,16 @@ impl Monitor {
         }
         self.status(now, health.err());
         let snapshot = self.counters.commit_seconds.snapshot();
-        if let Some(p95) = self.slow.observe(now, snapshot) {
+        let lock_wait = self.counters.lock_wait_micros.get();
+        if let Some(p95) = self.slow.observe(now, snapshot, lock_wait) {
             let window = self.slow.window_count();
+            let locked = self.slow.lock_share();
             tracing::warn!(
                 p95_seconds = format!("{p95:.3}"),
                 threshold = %humantime::format_duration(self.config.metrics.slow_commit_threshold),
                 commits_last_minute = window,
-                hint = tuning_hint(&self.config, window),
+                lock_wait_share = format!("{:.0} %", locked * 100.0),
+                hint = tuning_hint(&self.config, window, locked),
                 "slow run-DB commits: p95 over the last minute is above metrics.slow_commit_threshold"
             );
         }
@@ -153,9 +156,20 @@ impl Monitor {
     }
 }
 
-/// A concrete next step for a slow disk, from what the config says.
-fn tuning_hint(config: &Config, commits_last_minute: u64) -> String {
+/// A concrete next step, from where the commits' time went and what the config says.
+/// `lock_share`: the part of it spent waiting for run DBs' write locks.
+fn tuning_hint(config: &Config, commits_last_minute: u64, lock_share: f64) -> String {
     let mut hints = Vec::new();
+    if lock_share >= LOCK_BOUND {
+        // The disk is not the cause: saying "check the disk" would send the operator astray.
+        return format!(
+            "{:.0} % of that time was spent waiting for run DBs' write locks, held by another \
+             connection (an sqlite3 or Datasette session in a write transaction, a script's \
+             open transaction) under {}; find it with `fuser` or `lsof` on the run DB",
+            lock_share * 100.0,
+            config.output.dir.display()
+        );
+    }
     // More than one commit per second per writer: batches are small, each pays an fsync.
     if commits_last_minute > 60 * config.output.writer_threads as u64 {
         hints.push(format!(
@@ -179,13 +193,18 @@ fn tuning_hint(config: &Config, commits_last_minute: u64) -> String {
     hints.join("; ")
 }
 
-/// Decides when to warn about slow commits: keeps a minute of histogram snapshots and
-/// compares the p95 of their difference with the threshold.
+/// From this share of the commits' time spent waiting for locks, the hint blames the lock.
+const LOCK_BOUND: f64 = 0.5;
+
+/// Decides when to warn about slow commits: keeps a minute of histogram snapshots (and of the
+/// lock-wait total) and compares the p95 of their difference with the threshold.
 struct SlowCommits {
     threshold: f64,
-    history: VecDeque<(Instant, HistogramSnapshot)>,
+    history: VecDeque<(Instant, HistogramSnapshot, u64)>,
     last_warning: Option<Instant>,
     window: HistogramSnapshot,
+    /// Lock waits within the window, µs.
+    window_lock_micros: u64,
 }
 
 impl SlowCommits {
@@ -195,17 +214,20 @@ impl SlowCommits {
             history: VecDeque::new(),
             last_warning: None,
             window: HistogramSnapshot::default(),
+            window_lock_micros: 0,
         }
     }
 
-    /// Records `now`'s snapshot; returns the window's p95 when a warning is due.
-    fn observe(&mut self, now: Instant, snapshot: HistogramSnapshot) -> Option<f64> {
-        self.history.push_back((now, snapshot));
-        while self.history.front().is_some_and(|(t, _)| now - *t > SLOW_WINDOW) {
+    /// Records `now`'s snapshot and lock-wait total (µs); returns the window's p95 when a
+    /// warning is due.
+    fn observe(&mut self, now: Instant, snapshot: HistogramSnapshot, lock: u64) -> Option<f64> {
+        self.history.push_back((now, snapshot, lock));
+        while self.history.front().is_some_and(|(t, ..)| now - *t > SLOW_WINDOW) {
             self.history.pop_front();
         }
-        let (_, oldest) = self.history.front()?;
+        let (_, oldest, oldest_lock) = self.history.front()?;
         self.window = snapshot.since(oldest);
+        self.window_lock_micros = lock.saturating_sub(*oldest_lock);
         let p95 = self.window.quantile(0.95)?;
         if p95 <= self.threshold || self.last_warning.is_some_and(|t| now - t < SLOW_WARN_EVERY) {
             return None;
@@ -216,6 +238,14 @@ impl SlowCommits {
 
     fn window_count(&self) -> u64 {
         self.window.count()
+    }
+
+    /// The part of the window's commit time spent waiting for write locks (0 to 1).
+    fn lock_share(&self) -> f64 {
+        match self.window.sum_micros {
+            0 => 0.0,
+            sum => (self.window_lock_micros as f64 / sum as f64).min(1.0),
+        }
     }
 }
 
@@ -230,42 +260,59 @@ mod tests {
         let mut slow = SlowCommits::new(Duration::from_millis(500));
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(slow.observe(at(0), h.snapshot()), None);
+        assert_eq!(slow.observe(at(0), h.snapshot(), 0), None);
         for _ in 0..100 {
             h.observe(Duration::from_millis(3));
         }
-        assert_eq!(slow.observe(at(1), h.snapshot()), None);
+        assert_eq!(slow.observe(at(1), h.snapshot(), 0), None);
         for _ in 0..20 {
             h.observe(Duration::from_secs(2));
         }
-        let p95 = slow.observe(at(2), h.snapshot()).expect("20 of 120 commits took 2 s");
+        let p95 = slow.observe(at(2), h.snapshot(), 0).expect("20 of 120 commits took 2 s");
         assert!(p95 > 1.0 && p95 <= 2.5, "{p95}");
         assert_eq!(slow.window_count(), 120);
         // Still slow, but warned already.
         h.observe(Duration::from_secs(2));
-        assert_eq!(slow.observe(at(30), h.snapshot()), None);
+        assert_eq!(slow.observe(at(30), h.snapshot(), 0), None);
         // The slow minute has left the window: fast commits only, no warning even when allowed.
         for _ in 0..100 {
             h.observe(Duration::from_millis(3));
         }
-        assert_eq!(slow.observe(at(100), h.snapshot()), None);
+        assert_eq!(slow.observe(at(100), h.snapshot(), 0), None);
         for _ in 0..100 {
             h.observe(Duration::from_millis(3));
         }
-        assert_eq!(slow.observe(at(700), h.snapshot()), None);
+        assert_eq!(slow.observe(at(700), h.snapshot(), 0), None);
         for _ in 0..50 {
             h.observe(Duration::from_secs(5));
         }
-        assert!(slow.observe(at(701), h.snapshot()).is_some(), "a new period may warn again");
+        assert!(slow.observe(at(701), h.snapshot(), 0).is_some(), "a new period may warn again");
     }
 
     #[test]
     fn tuning_hint_names_the_keys_to_change() {
         let config = Config::for_base(std::path::Path::new("/data"));
-        let hint = tuning_hint(&config, 10_000);
+        let hint = tuning_hint(&config, 10_000, 0.1);
         let now = format!("output.batch_max_events (now {})", config.output.batch_max_events);
         assert!(hint.contains(&now), "{hint}");
         assert!(hint.contains("sqlite.synchronous"), "{hint}");
-        assert!(!tuning_hint(&config, 3).contains("batch_max_events"));
+        assert!(!tuning_hint(&config, 3, 0.0).contains("batch_max_events"));
+        // Mostly lock waits: the lock is named, the disk is not blamed.
+        let locked = tuning_hint(&config, 10_000, 0.8);
+        assert!(locked.starts_with("80 % of that time was spent waiting for run DBs' write locks"));
+        assert!(!locked.contains("disk") && !locked.contains("synchronous"), "{locked}");
+    }
+
+    #[test]
+    fn the_lock_share_is_the_windows_lock_wait_over_its_commit_time() {
+        let h = Histogram::default();
+        let mut slow = SlowCommits::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        slow.observe(t0, h.snapshot(), 1_000_000);
+        h.observe(Duration::from_secs(2));
+        h.observe(Duration::from_secs(2));
+        // 3 s of the 4 s waited for the lock (the 1 s before the window does not count).
+        assert!(slow.observe(t0 + Duration::from_secs(1), h.snapshot(), 4_000_000).is_some());
+        assert!((slow.lock_share() - 0.75).abs() < 1e-9, "{}", slow.lock_share());
     }
 }

@@ -316,9 +316,13 @@ impl Writer {
         let _pending = self.counters.write_started(); // ops: /healthz and watchdog signal
         loop {
             let attempt_started = Instant::now(); // ops: jsonl_shipper_batch_commit_seconds
+            let mut lock_wait = Duration::ZERO;
             let result = self.pool.get(run_id).and_then(|conn| {
+                // Waits (busy_timeout) for the write lock: what another connection costs us.
+                let begin = Instant::now();
                 let tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                lock_wait = begin.elapsed();
                 let outcome = run_db::write_run(&tx, run_id, batch, &self.config.mapping)?;
                 tx.commit()?;
                 crate::crash::point("writer.after_commit");
@@ -326,7 +330,8 @@ impl Writer {
             });
             match result {
                 Ok(outcome) => {
-                    self.counters.commit_succeeded(attempt_started.elapsed()); // ops: metrics
+                    // ops: metrics
+                    self.counters.commit_succeeded(attempt_started.elapsed(), lock_wait);
                     self.after_commit(run_id);
                     self.tell_catalog(run_id, batch, &outcome);
                     if attempt > 0 {

@@ -46,6 +46,42 @@ fn a_locked_run_db_delays_the_batch_and_it_commits_once_the_lock_is_gone() {
     assert!(finished.stderr.contains("succeeded after retries"), "{}", finished.stderr);
 }
 
+/// A commit slowed by another connection's write lock (shorter than `busy_timeout`, so no
+/// retry) is reported as slow, and the WARN says the lock, not the disk, is the cause.
+#[test]
+fn slow_commits_behind_another_connections_lock_are_blamed_on_the_lock_not_the_disk() {
+    let addr = crate::ops::free_port();
+    let shipper = Shipper::with_config(&format!(
+        "[output]\nbatch_max_delay = \"20ms\"\n[sqlite]\nbusy_timeout = \"20s\"\n\
+         [metrics]\nlisten = \"{addr}\"\nslow_commit_threshold = \"100ms\"\n"
+    ));
+    shipper.write("raw/events_20240301.ndjson", lines("a", 1, 0).as_bytes());
+    let daemon = shipper.spawn_run();
+    wait_until(DEADLINE, "the first row", || {
+        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 1)
+    });
+    let locker = rusqlite::Connection::open(shipper.path("db/runs/r1.sqlite")).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    shipper.append("raw/events_20240301.ndjson", lines("b", 1, 0).as_bytes());
+    wait_until(DEADLINE, "the second line to be read", || {
+        crate::ops::metric(addr, "jsonl_shipper_lines_read_total") == Some(2.0)
+    });
+    // The stimulus, not a wait for a result: the writer's commit waits behind the lock.
+    std::thread::sleep(Duration::from_millis(400));
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    wait_until(DEADLINE, "the slow-commit WARN", || {
+        daemon.stderr_so_far().contains("slow run-DB commits")
+    });
+    let finished = daemon.terminate(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let warn = finished.stderr.lines().find(|l| l.contains("slow run-DB commits")).unwrap();
+    assert!(warn.contains("waiting for run DBs' write locks"), "{warn}");
+    assert!(!warn.contains("check the disk"), "{warn}");
+    assert_eq!(shipper.snapshot().events.len(), 2);
+    assert!(!finished.stderr.contains("cannot write run DB"), "no retry: {}", finished.stderr);
+}
+
 /// Unmounts on drop, so a failing test leaves no mount behind.
 struct Tmpfs(std::path::PathBuf);
 
