@@ -379,9 +379,13 @@ pub(crate) struct SinkStatus {
 }
 
 impl SinkStatus {
-    /// Whether the last request failed: no success since the last error.
+    /// Whether the last request failed: no success since the last error. An error recorded
+    /// before version 5 has no time: it is past once the sink has connected since (every
+    /// start of the sink records that).
     pub(crate) fn failing(&self) -> bool {
-        let Some(error) = self.last_error_at else { return self.last_error.is_some() };
+        let Some(error) = self.last_error_at else {
+            return self.last_error.is_some() && self.recovered_at.is_none();
+        };
         let ok = self.recovered_at.max(self.last_insert_at);
         ok.is_none_or(|ok| ok < error)
     }

@@ -536,8 +536,9 @@ impl Config {
 
     /// The keys whose effective values differ between `self` and `new`, dotted
     /// (`sources.rescan_interval`; an array of tables such as `[[summary]]` is one key), for
-    /// the reload's log line: names only, never values (a URL may carry a user).
-    pub(crate) fn changed_keys(&self, new: &Config) -> Vec<String> {
+    /// the reload's log line: names only, never values. None if either could not be turned
+    /// into TOML (not expected: `to_toml_string` relies on it).
+    pub(crate) fn changed_keys(&self, new: &Config) -> Option<Vec<String>> {
         fn flatten(prefix: &str, value: toml::Value, out: &mut Vec<(String, toml::Value)>) {
             match value {
                 toml::Value::Table(table) => {
@@ -551,13 +552,10 @@ impl Config {
         }
         let flat = |config: &Config| {
             let mut out = Vec::new();
-            // RawConfig holds only what TOML can hold (see to_toml_string).
-            if let Ok(value) = toml::Value::try_from(RawConfig::from(config)) {
-                flatten("", value, &mut out);
-            }
-            out.into_iter().collect::<std::collections::BTreeMap<_, _>>()
+            flatten("", toml::Value::try_from(RawConfig::from(config)).ok()?, &mut out);
+            Some(out.into_iter().collect::<std::collections::BTreeMap<_, _>>())
         };
-        let (old, new) = (flat(self), flat(new));
+        let (old, new) = (flat(self)?, flat(new)?);
         let mut keys: Vec<String> = old
             .iter()
             .filter(|(key, value)| new.get(*key) != Some(value))
@@ -565,7 +563,7 @@ impl Config {
             .chain(new.keys().filter(|key| !old.contains_key(*key)).cloned())
             .collect();
         keys.sort();
-        keys
+        Some(keys)
     }
 
     fn validate(&self) -> Result<(), Bad> {
@@ -1558,7 +1556,7 @@ mod tests {
     #[test]
     fn changed_keys_name_what_a_reload_changes_and_nothing_else() {
         let old = parse("[sources]\npaths = [\"/r/*.ndjson\"]\n").unwrap();
-        assert_eq!(old.changed_keys(&old), Vec::<String>::new());
+        assert_eq!(old.changed_keys(&old), Some(Vec::new()));
         let new = parse(
             "[sources]\npaths = [\"/r/*.ndjson\"]\nrescan_interval = \"5s\"\n\
              [mapping]\nrun_id = \"job\"\n\
@@ -1567,8 +1565,8 @@ mod tests {
         )
         .unwrap();
         let want = ["mapping.run_id", "metrics.listen", "sources.rescan_interval", "summary"];
-        assert_eq!(old.changed_keys(&new), want);
-        assert_eq!(new.changed_keys(&old), want, "a key removed is a change too");
+        assert_eq!(old.changed_keys(&new).unwrap(), want);
+        assert_eq!(new.changed_keys(&old).unwrap(), want, "a key removed is a change too");
     }
 
     /// `text` must fail with a message containing `want`.

@@ -165,6 +165,21 @@ impl<R: Read> LineReader<R> {
         Ok(Some(self.take(line_end, false)))
     }
 
+    /// Gives back the line just handed out (`meta` of the `Line::Complete` that `next_line`
+    /// or `finish` returned last; its bytes are still buffered), so that the next call hands
+    /// it out again: for a caller that must not read past an offset.
+    pub(crate) fn unread(&mut self, meta: LineMeta) {
+        let len = (meta.end_offset - meta.offset) as usize;
+        assert!(
+            self.offset == meta.end_offset && self.line_no == meta.line_no && self.start >= len,
+            "unread: not the line just handed out"
+        );
+        self.start -= len;
+        self.offset = meta.offset;
+        self.line_no -= 1;
+        self.scanned = 0;
+    }
+
     /// The stream cannot be read past here (a corrupt `.gz`): hands out the bytes buffered
     /// after the last complete line, maybe none, as its last line.
     pub(crate) fn give_up(&mut self) -> Line<'_> {
@@ -436,6 +451,21 @@ mod tests {
             Line::Complete(LineMeta { offset: 7, line_no: 4, end_offset: 10 }, b"ccc")
         );
         assert!(r.finish().unwrap().is_none());
+    }
+
+    #[test]
+    fn an_unread_line_is_handed_out_again() {
+        let src = Pieces(vec![b"a\nbb\nc".to_vec()]);
+        let mut r = LineReader::new(src, 10, 5, 100, 10);
+        assert!(matches!(r.next_line().unwrap(), Some(Line::Complete(_, b"a"))));
+        let Some(Line::Complete(meta, b"bb")) = r.next_line().unwrap() else { panic!("bb") };
+        r.unread(meta);
+        assert_eq!((r.offset(), r.line_no(), r.pending_bytes()), (12, 6, 4));
+        assert_eq!(collect(&mut r), vec![(12, 7, "bb".into())]);
+        let Some(Line::Complete(meta, b"c")) = r.finish().unwrap() else { panic!("c") };
+        r.unread(meta);
+        assert_eq!((r.offset(), r.line_no()), (15, 7));
+        assert!(matches!(r.finish().unwrap(), Some(Line::Complete(_, b"c"))));
     }
 
     #[test]

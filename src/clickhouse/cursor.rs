@@ -87,6 +87,8 @@ pub(super) fn run(
         give_up,
         first_pass: true,
         pass_paths: Vec::new(),
+        capped: matches!(files, Files::List(_)),
+        saves: 0,
     };
     match thread.main(files) {
         Ok(()) | Err(Failure::Stopped) => Ok(()),
@@ -173,6 +175,10 @@ struct Thread {
     background: bool,
     /// The files of the current pass (for the lag gauge).
     pass_paths: Vec<PathBuf>,
+    /// Backfill: each file is read only up to its SQLite checkpoint (see [`Thread::main`]).
+    capped: bool,
+    /// Cursor saves so far (a backfill pass that saved none ends the thread).
+    saves: u64,
 }
 
 impl Thread {
@@ -193,8 +199,14 @@ impl Thread {
             );
             Ok(())
         })?;
+        // The server answers: an error `status` still shows (from before a restart, a reload
+        // or a backfill that gave up) is a past one.
+        if let Err(error) = self.state.sink_recovered(SINK) {
+            tracing::debug!(%error, "recording the sink's recovery for status");
+        }
         loop {
             let started = Instant::now();
+            let saves = self.saves;
             self.pass_paths = self.paths(&files);
             let mut lag = 0;
             for path in self.pass_paths.clone() {
@@ -204,9 +216,12 @@ impl Thread {
             self.first_pass = false;
             // Acknowledged: what the pass read is what the cursors passed.
             self.counters.sink_lag_bytes.set(lag);
-            // Backfill reads each file once to its end as of now, like the SQLite path (a
-            // growing file's unterminated tail is left to the daemon), then ends.
-            if matches!(files, Files::List(_)) {
+            // Backfill ships what its run DBs hold: each file up to its SQLite checkpoint
+            // (beside them, as far as they are committed; a file still growing may hold run
+            // records the SQLite path will not read, and waiting for those would never end).
+            // It passes again while that moves its cursors, and ends when a pass moved none;
+            // once the run DBs are complete, backfill starts a last pass.
+            if matches!(files, Files::List(_)) && (lag == 0 || self.saves == saves) {
                 return Ok(());
             }
             self.sleep(self.ch.batch_max_delay.saturating_sub(started.elapsed()))?;
@@ -334,6 +349,15 @@ impl Thread {
     ) -> Result<bool, ReadError> {
         let file = opened.file.clone();
         let mut buf = (String::new(), String::new(), String::new());
+        let cap = match self.capped {
+            true => self.state.shipped_offset(file.id).ok().flatten().unwrap_or(0),
+            false => u64::MAX,
+        };
+        // A complete line past the cap is given back, and the file left there for now.
+        let past_cap = |line: &Line<'_>| match line {
+            Line::Complete(meta, _) if meta.end_offset > cap => Some(*meta),
+            _ => None,
+        };
         loop {
             let mut got_line = false;
             loop {
@@ -342,6 +366,10 @@ impl Thread {
                     Ok(None) => break,
                     Err(e) => return Err(ReadError::Io(e)),
                 };
+                if let Some(meta) = past_cap(&line) {
+                    opened.reader.unread(meta);
+                    return Ok(false);
+                }
                 got_line = true;
                 self.add(&file, line, &mut buf);
                 if self.is_full() {
@@ -355,6 +383,10 @@ impl Thread {
             }
             let got_tail = match opened.reader.finish() {
                 Ok(Some(line)) => {
+                    if let Some(meta) = past_cap(&line) {
+                        opened.reader.unread(meta);
+                        return Ok(false);
+                    }
                     self.add(&file, line, &mut buf);
                     true
                 }
@@ -454,6 +486,10 @@ impl Thread {
     /// daemon holds no batch-sized buffer.
     fn flush(&mut self, keep_buffer: bool) -> Result<(), Failure> {
         if self.batch.is_empty() {
+            if !keep_buffer {
+                // A full batch's buffer, kept, may end the pass with nothing in it.
+                self.batch.events = Vec::new();
+            }
             return Ok(());
         }
         if !matches!(self.stop.try_recv(), Err(TryRecvError::Empty)) {
@@ -511,6 +547,7 @@ impl Thread {
         for cursor in cursors {
             self.cursors.insert(cursor.id, cursor.clone());
         }
+        self.saves += 1;
         self.counters.sink_rows.add((batch.n_events + n_runs) as u64);
         if keep_buffer {
             let mut events = batch.events;

@@ -55,8 +55,6 @@ pub(crate) enum Priority {
 pub(crate) struct Sink {
     stop: Sender<()>,
     thread: JoinHandle<anyhow::Result<()>>,
-    /// The thread runs as a background job ([`Priority::Background`], and it took).
-    background: bool,
 }
 
 impl Sink {
@@ -71,36 +69,28 @@ impl Sink {
         let Some(clickhouse) = &config.sinks.clickhouse else { return Ok(None) };
         let password = clickhouse.password()?;
         let (stop, stop_rx) = crossbeam_channel::bounded(0);
-        let (started, started_rx) = crossbeam_channel::bounded(1);
         let config = config.clone();
         let thread = std::thread::Builder::new()
             .name("clickhouse".into())
             .spawn(move || {
                 // Set by the thread on itself, before anything else.
                 let background = priority == Priority::Background && run_in_background();
-                let _ = started.send(background);
                 cursor::run(config, password, files, counters, background, stop_rx)
             })
             .context("spawning the clickhouse sink thread")?;
-        let background = started_rx.recv().unwrap_or(false);
-        Ok(Some(Sink { stop, thread, background }))
+        Ok(Some(Sink { stop, thread }))
     }
 
     /// Stops the thread at its next safe point (between requests, or in a retry's wait; an
     /// HTTP request in flight ends within `timeout`) and joins it. Lines read but not
     /// acknowledged are read again by the next start: the cursor did not move past them.
     pub(crate) fn stop(self) -> anyhow::Result<()> {
-        let Sink { stop, thread, .. } = self;
+        let Sink { stop, thread } = self;
         drop(stop);
         match thread.join() {
             Ok(result) => result,
             Err(_) => anyhow::bail!("the clickhouse sink thread panicked"),
         }
-    }
-
-    /// Whether the thread runs as a background job (`SCHED_IDLE`).
-    pub(crate) fn is_background(&self) -> bool {
-        self.background
     }
 
     /// Whether the thread has ended on its own (backfill: every file shipped, or given up).

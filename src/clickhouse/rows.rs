@@ -231,10 +231,15 @@ mod tests {
             ),
             n in proptest::num::u64::ANY,
         ) {
+            // Written out, not `escape()`: the oracle must not share the table it checks.
             let mut want = Vec::new();
             for &byte in &bytes {
                 match byte {
-                    b'\\' | b'\t' | b'\n' | b'\r' | 0 => want.extend_from_slice(escape(byte)),
+                    b'\\' => want.extend_from_slice(br"\\"),
+                    b'\t' => want.extend_from_slice(br"\t"),
+                    b'\n' => want.extend_from_slice(br"\n"),
+                    b'\r' => want.extend_from_slice(br"\r"),
+                    0 => want.extend_from_slice(br"\0"),
                     _ => want.push(byte),
                 }
             }

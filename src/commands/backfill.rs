@@ -21,6 +21,9 @@ use crate::shutdown::Signals;
 
 use super::progress::Progress;
 
+/// Without a progress bar, the ClickHouse pass after the run DBs says how far it is this often.
+const SINK_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 pub(super) fn backfill(
     config: Config,
     jobs: usize,
@@ -63,10 +66,20 @@ pub(super) fn backfill(
                 None
             })
     };
-    let sink = match rebuild {
-        Some(_) => None,
-        None if sink_after => None,
-        None => start_sink(crate::clickhouse::Priority::Background, &mut sink_failed),
+    let sink = match (&rebuild, &config.sinks.clickhouse) {
+        (Some(_), _) | (None, None) => None,
+        (None, Some(ch)) if sink_after => {
+            // Started once the run DBs are complete; what would stop it then is said now.
+            if let Err(error) = ch.password() {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "the clickhouse sink cannot start; shipping to the run DBs only"
+                );
+                sink_failed = true;
+            }
+            None
+        }
+        (None, Some(_)) => start_sink(crate::clickhouse::Priority::Background, &mut sink_failed),
     };
 
     let queue = {
@@ -147,45 +160,52 @@ pub(super) fn backfill(
         bar.set_message("committing the last batches");
     }
     pipeline.finish()?;
-    let sink = if sink_after && rebuild.is_none() && !signals.is_stopping() {
-        start_sink(crate::clickhouse::Priority::Normal, &mut sink_failed)
-    } else {
-        sink
+    // The run DBs are complete. A sink that ran beside them shipped what they held as it
+    // read (each file up to its SQLite checkpoint); it is stopped (at a safe point: it goes on
+    // from its cursor) or joined, and a last pass at normal priority ships the rest: on a host
+    // that is never idle a background job would crawl, and an unprivileged thread cannot take
+    // its priority back.
+    let beside = match sink {
+        Some(sink) if sink.is_finished() => sink.join(),
+        Some(sink) => sink.stop(),
+        None => Ok(()),
     };
-    if let Some(sink) = sink {
-        // The run DBs are complete; the sink ships the rest from its cursor. Said, with the
-        // time, so that a wait for the server is not taken for the run DBs' (and `bench
-        // clickhouse` times the SQLite path by it).
-        if !sink.is_finished() {
-            tracing::info!(
-                seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
-                "the run DBs are complete; waiting for the clickhouse sink"
-            );
+    if let Err(error) = beside {
+        // Gave up on a failing server: the minute is not spent again.
+        tracing::error!(error = format!("{error:#}"), "clickhouse sink");
+        sink_failed = true;
+    }
+    if rebuild.is_none()
+        && config.sinks.clickhouse.is_some()
+        && !sink_failed
+        && !signals.is_stopping()
+    {
+        // Said, with the time, before the sink starts, so that a wait for the server is not
+        // taken for the run DBs' (and `bench clickhouse` times the SQLite path by it).
+        tracing::info!(
+            seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+            "the run DBs are complete; waiting for the clickhouse sink"
+        );
+        if let Some(bar) = progress.bar() {
+            bar.set_message("shipping to ClickHouse");
         }
-        let sink = if sink.is_finished() || !sink.is_background() || signals.is_stopping() {
-            Ok(Some(sink))
-        } else {
-            // The rest at normal priority: on a host that is never idle, a background job
-            // would crawl. Stopped at a safe point, it goes on from its cursor.
-            sink.stop().and_then(|()| {
-                let priority = crate::clickhouse::Priority::Normal;
-                crate::clickhouse::Sink::start(&config, sink_files, counters.clone(), priority)
-            })
-        };
-        let result = sink.and_then(|sink| {
-            let Some(sink) = sink else { return Ok(()) };
+        if let Some(sink) = start_sink(crate::clickhouse::Priority::Normal, &mut sink_failed) {
+            let mut said = Instant::now();
             while !sink.is_finished() && !signals.is_stopping() {
                 std::thread::sleep(Duration::from_millis(100));
+                let (rows, lag) = (counters.sink_rows.get(), counters.sink_lag_bytes.get());
+                if let Some(bar) = progress.bar() {
+                    bar.set_message(format!("shipping to ClickHouse: {rows} rows"));
+                } else if said.elapsed() >= SINK_PROGRESS_EVERY {
+                    said = Instant::now();
+                    tracing::info!(rows, lag_bytes = lag, "clickhouse sink: shipping");
+                }
             }
-            if sink.is_finished() {
-                sink.join()
-            } else {
-                sink.stop()
+            let result = if sink.is_finished() { sink.join() } else { sink.stop() };
+            if let Err(error) = result {
+                tracing::error!(error = format!("{error:#}"), "clickhouse sink");
+                sink_failed = true;
             }
-        });
-        if let Err(error) = result {
-            tracing::error!(error = format!("{error:#}"), "clickhouse sink");
-            sink_failed = true;
         }
     }
     progress.clear();

@@ -35,6 +35,7 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
     let mut first_start = true;
     // Files rotated away or deleted that the last configuration's tailer was finishing.
     let mut finishing = None;
+    let held = Arc::new(std::sync::Mutex::new(Default::default()));
     loop {
         let pipeline = Pipeline::start(config.clone(), Mode::Daemon, counters.clone())?;
         let clock = SystemClock;
@@ -66,7 +67,8 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
         );
         crate::systemd::ready(&status); // ops: READY=1 (ends a reload), STATUS= with the lag
         first_start = false;
-        let retention = Retention::spawn(config.clone(), counters.clone(), pipeline.releases())?;
+        let retention =
+            Retention::spawn(config.clone(), counters.clone(), pipeline.releases(), held.clone())?;
         let sink = start_sink(&config, &counters);
         let exit = main_loop(&mut tailer, &signals, watch.as_mut(), &counters, &args);
         if matches!(exit, Exit::Shutdown) {
@@ -91,8 +93,11 @@ pub(super) fn run(config: Config, args: ConfigArgs) -> anyhow::Result<ExitCode> 
                 if new.metrics != config.metrics {
                     ops = restart_ops(ops, &config, &new, &counters)?;
                 }
-                let changed = config.changed_keys(&new);
-                tracing::info!(?changed, patterns = ?new.sources.paths, "config reloaded; resuming from the checkpoints just written");
+                let changed = match config.changed_keys(&new) {
+                    Some(keys) => format!("{keys:?}"),
+                    None => "unknown (the configs could not be compared)".into(),
+                };
+                tracing::info!(%changed, patterns = ?new.sources.paths, "config reloaded; resuming from the checkpoints just written");
                 config = new;
             }
         }
@@ -226,36 +231,37 @@ struct Retention {
 }
 
 impl Retention {
+    /// `held`: what retention said it keeps for the sink, remembered across reloads.
     fn spawn(
         config: Arc<Config>,
         counters: Arc<Counters>,
         releases: Arc<crate::sink::Releases>,
+        held: Arc<std::sync::Mutex<crate::maintain::retention::HeldForSink>>,
     ) -> anyhow::Result<Retention> {
         let (stop, stopped) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("retention".into())
-            .spawn(move || {
-                let mut held = crate::maintain::retention::HeldForSink::default();
-                loop {
-                    select! {
-                        recv(stopped) -> _ => return,
-                        default(config.retention.check_interval) => {}
-                    }
-                    match crate::maintain::run_once(
-                        &config,
-                        &HashSet::new(),
-                        crate::maintain::Options::periodic(),
-                        Some(&releases),
-                    ) {
-                        Ok(report) => {
+            .spawn(move || loop {
+                select! {
+                    recv(stopped) -> _ => return,
+                    default(config.retention.check_interval) => {}
+                }
+                match crate::maintain::run_once(
+                    &config,
+                    &HashSet::new(),
+                    crate::maintain::Options::periodic(),
+                    Some(&releases),
+                ) {
+                    Ok(report) => {
+                        if let Ok(mut held) = held.lock() {
                             held.update(&report.retention.held_for_sink);
-                            counters.retention_deleted.add(report.deleted());
                         }
-                        Err(error) => tracing::error!(
-                            error = format!("{error:#}"),
-                            "retention round failed; will retry"
-                        ),
+                        counters.retention_deleted.add(report.deleted());
                     }
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "retention round failed; will retry"
+                    ),
                 }
             })
             .context("spawning the retention thread")?;

@@ -334,9 +334,14 @@ fn table(status: &Status, dirs: &Dirs<'_>, now: SystemTime, width: usize) -> Str
 
 /// `text` cut into lines of at most `width` chars (at least 20), at spaces where it can.
 fn wrap(text: &str, width: usize) -> Vec<String> {
+    // A server's message may hold its own line breaks (a parse error quotes rows).
+    text.split('\n').flat_map(|piece| wrap_line(piece, width)).collect()
+}
+
+fn wrap_line(text: &str, width: usize) -> Vec<String> {
     let width = width.max(20);
     let mut lines = vec![String::new()];
-    for word in text.split(' ') {
+    for word in text.split([' ', '\t', '\r']).filter(|w| !w.is_empty()) {
         let mut word = word;
         loop {
             let line = lines.last_mut().expect("one line at least");
@@ -626,6 +631,10 @@ CLICKHOUSE SINK     ERRORS                   LAG  LAST INSERT
     #[test]
     fn wrap_cuts_at_spaces_and_cuts_a_word_longer_than_a_line() {
         assert_eq!(wrap("aaa bbb ccc", 20), ["aaa bbb ccc"]);
+        // Line breaks of its own, runs of spaces, a space at a full line: never wider.
+        assert_eq!(wrap("Row 1:\nColumn 0,   name: x ", 20), ["Row 1:", "Column 0, name: x"]);
+        assert_eq!(wrap(&format!("{} b", "a".repeat(20)), 20), ["a".repeat(20), "b".into()]);
+        assert_eq!(wrap("ünïcödé ünïcödé ünïcödé", 20), ["ünïcödé ünïcödé", "ünïcödé"]);
         let long = "x".repeat(45);
         assert_eq!(
             wrap(&format!("ab {long} cd"), 20),
@@ -649,9 +658,11 @@ CLICKHOUSE SINK     ERRORS                   LAG  LAST INSERT
         assert!(!r(Some(6), Some(5), None).failing(), "an insert after it");
         assert!(!r(Some(4), Some(5), Some(7)).failing(), "a request after it");
         assert!(r(Some(4), Some(9), Some(7)).failing(), "failed again after recovering");
-        // A state DB of before version 5: an error without a time counts as current.
+        // A state DB of before version 5: an error without a time is current until the sink
+        // has connected since.
         let old = Recorded { last_error: Some("boom".into()), ..Recorded::default() };
         assert!(old.failing());
+        assert!(!Recorded { recovered_at: Some(1), ..old }.failing());
     }
 
     #[test]

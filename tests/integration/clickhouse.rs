@@ -287,6 +287,40 @@ fn backfill_after_the_run_dbs_starts_the_sink_once_they_are_complete() {
     assert_eq!(server.count("telemetry.events", false), inserted);
 }
 
+/// Backfill's sink ships what the run DBs hold, not what a file still being written gained
+/// since: lines (a run record among them) appended after the SQLite pass, before the sink
+/// read the file, stay for the daemon. Before, the sink waited for ever for the SQLite path
+/// to store that run record, and backfill never ended.
+#[test]
+fn backfill_ships_what_the_run_dbs_hold_of_a_file_still_growing() {
+    let mut server = ClickHouse::configure();
+    let shipper = shipper_for(&server, "", "backfill = \"after\"");
+    let file = "raw/events_20240101.ndjson";
+    shipper.write(file, lines(120, 0).as_bytes());
+    let backfill = shipper.spawn_backfill(&[]);
+    wait_until(DEADLINE, "the run DBs to be complete", || {
+        backfill.stderr_so_far().contains("the run DBs are complete")
+    });
+    let late = serde_json::json!({"run_id": "run-0", "record_type": "run", "status": "failed"});
+    shipper.append(file, format!("{late}\n{}", lines(10, 500)).as_bytes());
+    server.start_again();
+    let done = backfill.wait();
+    done.assert_success("backfill");
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    assert_eq!(
+        shipper.snapshot().events.len(),
+        120 - 5 - 3,
+        "the first 120 lines: 5 run records, 3 bad"
+    );
+
+    // The daemon ships the rest to both.
+    let daemon = shipper.spawn_run();
+    let size = || std::fs::metadata(shipper.path(file)).unwrap().len();
+    wait_until(DEADLINE, "the run DBs to hold the appended lines", || shipper.progress() == size());
+    assert_clickhouse_matches_run_dbs(&shipper, &server);
+    daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
+}
+
 /// kill -9 between an acknowledged insert and the sink's cursor (crash point
 /// `clickhouse.after_insert`): the restart inserts the batch again, and `FINAL` shows every
 /// record once.
