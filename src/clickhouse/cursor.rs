@@ -58,6 +58,7 @@ pub(super) fn run(
     files: Files,
     counters: Arc<Counters>,
     background: bool,
+    until_stopped: bool,
     stop: Receiver<()>,
 ) -> anyhow::Result<()> {
     let ch = config.sinks.clickhouse.clone().expect("started only when configured");
@@ -88,6 +89,7 @@ pub(super) fn run(
         first_pass: true,
         pass_paths: Vec::new(),
         capped: matches!(files, Files::List(_)),
+        until_stopped,
         saves: 0,
     };
     match thread.main(files) {
@@ -179,6 +181,8 @@ struct Thread {
     capped: bool,
     /// Cursor saves so far (a backfill pass that saved none ends the thread).
     saves: u64,
+    /// Backfill beside the run DBs: passes go on until stopped, as the checkpoints move.
+    until_stopped: bool,
 }
 
 impl Thread {
@@ -219,9 +223,13 @@ impl Thread {
             // Backfill ships what its run DBs hold: each file up to its SQLite checkpoint
             // (beside them, as far as they are committed; a file still growing may hold run
             // records the SQLite path will not read, and waiting for those would never end).
-            // It passes again while that moves its cursors, and ends when a pass moved none;
-            // once the run DBs are complete, backfill starts a last pass.
-            if matches!(files, Files::List(_)) && (lag == 0 || self.saves == saves) {
+            // Beside the run DBs it passes until stopped (the checkpoints move on); once they
+            // are complete, backfill starts a last pass, which passes again while that moves
+            // its cursors and ends when one moved none.
+            if matches!(files, Files::List(_))
+                && !self.until_stopped
+                && (lag == 0 || self.saves == saves)
+            {
                 return Ok(());
             }
             self.sleep(self.ch.batch_max_delay.saturating_sub(started.elapsed()))?;

@@ -46,7 +46,8 @@ pub(crate) enum Files {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Priority {
     Normal,
-    /// Beside backfill's run DBs: a background job ([`run_in_background`]).
+    /// Beside backfill's run DBs: a background job ([`run_in_background`]) that goes on
+    /// until stopped (the run DBs keep growing), whatever it has shipped so far.
     Background,
 }
 
@@ -75,7 +76,8 @@ impl Sink {
             .spawn(move || {
                 // Set by the thread on itself, before anything else.
                 let background = priority == Priority::Background && run_in_background();
-                cursor::run(config, password, files, counters, background, stop_rx)
+                let until_stopped = priority == Priority::Background;
+                cursor::run(config, password, files, counters, background, until_stopped, stop_rx)
             })
             .context("spawning the clickhouse sink thread")?;
         Ok(Some(Sink { stop, thread }))
