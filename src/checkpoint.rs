@@ -186,9 +186,23 @@ impl StateDb {
             apply_pragmas(&conn, sqlite)?;
             migrate(&mut conn, MIGRATIONS)?;
             check_readable(&conn)?;
-            Ok(conn)
+            Ok::<_, rusqlite::Error>(conn)
         };
-        let conn = open().map_err(|e| OpenError::new(path, e))?;
+        // Two processes creating the state DB at once (the daemon starting as a backfill
+        // does): SQLite answers some of the first open's steps (the switch to WAL, the first
+        // migration) with SQLITE_BUSY without waiting; seen as a daemon that exited at start.
+        let started = std::time::Instant::now();
+        let conn = loop {
+            match open() {
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && started.elapsed() < sqlite.busy_timeout =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                result => break result.map_err(|e| OpenError::new(path, e))?,
+            }
+        };
         Ok(StateDb { conn, path: path.to_path_buf() })
     }
 

@@ -91,6 +91,9 @@ pub(super) fn run(
         capped: matches!(files, Files::List(_)),
         until_stopped,
         saves: 0,
+        caps: HashMap::new(),
+        cap_unknown: false,
+        cap_warned: None,
     };
     match thread.main(files) {
         Ok(()) | Err(Failure::Stopped) => Ok(()),
@@ -183,6 +186,11 @@ struct Thread {
     saves: u64,
     /// Backfill beside the run DBs: passes go on until stopped, as the checkpoints move.
     until_stopped: bool,
+    /// The last pass's caps, read once per file ([`Thread::cap`]).
+    caps: HashMap<FileId, u64>,
+    /// A cap could not be read this pass, and when that was last said.
+    cap_unknown: bool,
+    cap_warned: Option<Instant>,
 }
 
 impl Thread {
@@ -226,8 +234,10 @@ impl Thread {
             // Beside the run DBs it passes until stopped (the checkpoints move on); once they
             // are complete, backfill starts a last pass, which passes again while that moves
             // its cursors and ends when one moved none.
+            let cap_unknown = std::mem::take(&mut self.cap_unknown);
             if matches!(files, Files::List(_))
                 && !self.until_stopped
+                && !cap_unknown
                 && (lag == 0 || self.saves == saves)
             {
                 return Ok(());
@@ -286,6 +296,21 @@ impl Thread {
             return Ok(0);
         }
         let cursor = self.batch.cursors.get(&id).map(|(_, c)| c).or(self.cursors.get(&id)).cloned();
+        let cap = match self.capped {
+            false => u64::MAX,
+            true => {
+                let gz = is_gz_path(path);
+                let lag = super::lag_bytes(meta.len(), gz, cursor.as_ref());
+                let Some(cap) = self.cap(id) else { return Ok(lag) };
+                // Nothing new below the cap: not even opened (a .gz would be decompressed
+                // from its start). Beside the run DBs a .gz is left to the last pass: followed
+                // as the SQLite path reads it, it would be decompressed again every pass.
+                if cursor.as_ref().map_or(0, |c| c.offset) >= cap || (gz && self.until_stopped) {
+                    return Ok(lag);
+                }
+                cap
+            }
+        };
         let opened = match &cursor {
             Some(c)
                 if c.size == Some(meta.len()) && (c.offset >= meta.len() || is_gz_path(path)) =>
@@ -320,7 +345,7 @@ impl Thread {
             // Read again from 0 (the content changed), or from a line's start.
             self.batch.cursors.remove(&id);
         }
-        let read = self.read_file(&mut opened, finished, &mut range_start);
+        let read = self.read_file(&mut opened, finished, &mut range_start, cap);
         let at_end = match read {
             Ok(at_end) => at_end,
             Err(ReadError::Stopped) => return Err(Failure::Stopped),
@@ -347,6 +372,35 @@ impl Thread {
         Ok(lag)
     }
 
+    /// Backfill: the file's SQLite checkpoint, the most of it the sink reads. Read once per
+    /// file in the last pass (a daemon running beside would move it for as long as producers
+    /// write, and the pass would never end), at every pass beside the run DBs (it follows
+    /// them). None when the state DB cannot say now: the pass is then not a last one.
+    fn cap(&mut self, id: FileId) -> Option<u64> {
+        if !self.until_stopped {
+            if let Some(&cap) = self.caps.get(&id) {
+                return Some(cap);
+            }
+        }
+        match self.state.shipped_offset(id) {
+            Ok(offset) => {
+                let cap = offset.unwrap_or(0);
+                if !self.until_stopped {
+                    self.caps.insert(id, cap);
+                }
+                Some(cap)
+            }
+            Err(error) => {
+                self.cap_unknown = true;
+                if self.cap_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    self.cap_warned = Some(Instant::now());
+                    tracing::warn!(%error, "clickhouse sink: cannot read the SQLite checkpoints; trying again next pass");
+                }
+                None
+            }
+        }
+    }
+
     /// Adds the file's lines to the batch, sending it whenever it is full. Returns whether
     /// the file was read to its end (no partial line left).
     fn read_file(
@@ -354,13 +408,10 @@ impl Thread {
         opened: &mut Opened,
         finished: bool,
         range_start: &mut u64,
+        cap: u64,
     ) -> Result<bool, ReadError> {
         let file = opened.file.clone();
         let mut buf = (String::new(), String::new(), String::new());
-        let cap = match self.capped {
-            true => self.state.shipped_offset(file.id).ok().flatten().unwrap_or(0),
-            false => u64::MAX,
-        };
         // A complete line past the cap is given back, and the file left there for now.
         let past_cap = |line: &Line<'_>| match line {
             Line::Complete(meta, _) if meta.end_offset > cap => Some(*meta),

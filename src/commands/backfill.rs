@@ -201,10 +201,20 @@ pub(super) fn backfill(
                     tracing::info!(rows, lag_bytes = lag, "clickhouse sink: shipping");
                 }
             }
-            let result = if sink.is_finished() { sink.join() } else { sink.stop() };
-            if let Err(error) = result {
-                tracing::error!(error = format!("{error:#}"), "clickhouse sink");
-                sink_failed = true;
+            let finished = sink.is_finished();
+            let result = if finished { sink.join() } else { sink.stop() };
+            match result {
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "clickhouse sink");
+                    sink_failed = true;
+                }
+                Ok(()) if finished && counters.sink_lag_bytes.get() > 0 => tracing::warn!(
+                    lag_bytes = counters.sink_lag_bytes.get(),
+                    "clickhouse sink: bytes of these files are not in the run DBs yet (a file \
+                     still being written), so not in ClickHouse either; the daemon ships them \
+                     to both if its globs match the files, or run backfill again"
+                ),
+                Ok(()) => {}
             }
         }
     }

@@ -481,7 +481,8 @@ fn a_version_1_state_db_is_migrated_in_place_and_its_checkpoints_are_resumed() {
     // 4 since issue 12 (the sinks' cursors, `sink_files`), 5 with the sink's error times:
     // every migration applied in turn.
     assert_eq!(version, 5);
-    // Only that the version 5 columns exist (the query fails otherwise) and start empty.
+    // Only that the version 5 columns exist: the query fails otherwise (the v1 fixture has no
+    // sink, so no sink_status row to carry them).
     let times: Option<i64> = conn
         .query_row("SELECT max(last_error_at) + max(recovered_at) FROM sink_status", [], |r| {
             r.get(0)
