@@ -143,7 +143,9 @@ impl Batch {
     }
 
     /// Derived from the files and byte ranges the batch covers: the same lines read again
-    /// after a crash, cut the same way, carry the same token.
+    /// after a crash, cut the same way, carry the same token. Often they are cut another way
+    /// (a batch that ended at a pass's end, or at backfill's cap, ends elsewhere the next time):
+    /// then the server stores them again and ReplacingMergeTree collapses them (`FINAL`).
     fn token(&self, table: &str) -> String {
         let mut ranges: Vec<_> =
             self.cursors.iter().map(|(id, (s, c))| (*id, *s, c.offset)).collect();
