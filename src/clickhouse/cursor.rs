@@ -90,7 +90,6 @@ pub(super) fn run(
         pass_paths: Vec::new(),
         capped: matches!(files, Files::List(_)),
         until_stopped,
-        saves: 0,
         caps: HashMap::new(),
         cap_unknown: false,
         cap_warned: None,
@@ -184,8 +183,6 @@ struct Thread {
     pass_paths: Vec<PathBuf>,
     /// Backfill: each file is read only up to its SQLite checkpoint (see [`Thread::main`]).
     capped: bool,
-    /// Cursor saves so far (a backfill pass that saved none ends the thread).
-    saves: u64,
     /// Backfill beside the run DBs: passes go on until stopped, as the checkpoints move.
     until_stopped: bool,
     /// The last pass's caps, read once per file ([`Thread::cap`]).
@@ -220,7 +217,6 @@ impl Thread {
         }
         loop {
             let started = Instant::now();
-            let saves = self.saves;
             self.pass_paths = self.paths(&files);
             let mut lag = 0;
             for path in self.pass_paths.clone() {
@@ -234,14 +230,10 @@ impl Thread {
             // (beside them, as far as they are committed; a file still growing may hold run
             // records the SQLite path will not read, and waiting for those would never end).
             // Beside the run DBs it passes until stopped (the checkpoints move on); once they
-            // are complete, backfill starts a last pass, which passes again while that moves
-            // its cursors and ends when one moved none.
+            // are complete, backfill starts a last pass, which reads every file to its cap
+            // (read once) and ends, unless a cap could not be read.
             let cap_unknown = std::mem::take(&mut self.cap_unknown);
-            if matches!(files, Files::List(_))
-                && !self.until_stopped
-                && !cap_unknown
-                && (lag == 0 || self.saves == saves)
-            {
+            if matches!(files, Files::List(_)) && !self.until_stopped && !cap_unknown {
                 return Ok(());
             }
             self.sleep(self.ch.batch_max_delay.saturating_sub(started.elapsed()))?;
@@ -608,7 +600,6 @@ impl Thread {
         for cursor in cursors {
             self.cursors.insert(cursor.id, cursor.clone());
         }
-        self.saves += 1;
         self.counters.sink_rows.add((batch.n_events + n_runs) as u64);
         if keep_buffer {
             let mut events = batch.events;

@@ -21,8 +21,12 @@ use crate::shutdown::Signals;
 
 use super::progress::Progress;
 
-/// Without a progress bar, the ClickHouse pass after the run DBs says how far it is this often.
-const SINK_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+/// Without a progress bar, the ClickHouse pass after the run DBs says how far it is this often
+/// (as the run DBs' pass does).
+const SINK_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Files named one by one in the closing WARN about bytes the sink has not shipped.
+const UNSHIPPED_NAMED: usize = 10;
 
 pub(super) fn backfill(
     config: Config,
@@ -160,6 +164,9 @@ pub(super) fn backfill(
         bar.set_message("committing the last batches");
     }
     pipeline.finish()?;
+    let run_dbs_done = started.elapsed().as_secs_f64();
+    // What the summary line says of ClickHouse (None: no sink, or a rebuild).
+    let mut clickhouse: Option<String> = None;
     // The run DBs are complete. A sink that ran beside them shipped what they held as it
     // read (each file up to its SQLite checkpoint); it is stopped (at a safe point: it goes on
     // from its cursor) or joined, and a last pass at normal priority ships the rest: on a host
@@ -203,20 +210,33 @@ pub(super) fn backfill(
             }
             let finished = sink.is_finished();
             let result = if finished { sink.join() } else { sink.stop() };
-            match result {
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "clickhouse sink");
-                    sink_failed = true;
+            if let Err(error) = result {
+                tracing::error!(error = format!("{error:#}"), "clickhouse sink");
+                sink_failed = true;
+            } else if finished {
+                let left = crate::clickhouse::unshipped(&config.output.state_db, &files);
+                for (path, bytes) in left.iter().take(UNSHIPPED_NAMED) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        bytes,
+                        "clickhouse sink: not in the run DBs yet (a file still being written), \
+                         so not in ClickHouse either; the daemon ships it to both if its globs \
+                         match it, or run backfill again"
+                    );
                 }
-                Ok(()) if finished && counters.sink_lag_bytes.get() > 0 => tracing::warn!(
-                    lag_bytes = counters.sink_lag_bytes.get(),
-                    "clickhouse sink: bytes of these files are not in the run DBs yet (a file \
-                     still being written), so not in ClickHouse either; the daemon ships them \
-                     to both if its globs match the files, or run backfill again"
-                ),
-                Ok(()) => {}
+                if left.len() > UNSHIPPED_NAMED {
+                    let more = left.len() - UNSHIPPED_NAMED;
+                    tracing::warn!(more, "clickhouse sink: more files not shipped to their end");
+                }
             }
         }
+    }
+    if rebuild.is_none() && config.sinks.clickhouse.is_some() {
+        let rows = counters.sink_rows.get();
+        clickhouse = Some(match sink_failed {
+            true => format!("clickhouse: {rows} rows, FAILED (said above; run backfill again)"),
+            false => format!("clickhouse: {rows} rows"),
+        });
     }
     progress.clear();
 
@@ -225,7 +245,8 @@ pub(super) fn backfill(
     let interrupted = signals.is_stopping();
     let outcome = if interrupted { "interrupted (resume by running it again)" } else { "done" };
     let (unchanged, seconds) = (counters.events_unchanged.get(), elapsed);
-    let rate = (events + unchanged) as f64 / elapsed.max(1e-9);
+    // The run DBs' rate: a wait for ClickHouse after them is not theirs.
+    let rate = (events + unchanged) as f64 / run_dbs_done.max(1e-9);
     if config.log.format == crate::config::LogFormat::Json {
         // A log pipeline gets the summary as one more JSON line, not as text it cannot parse.
         tracing::info!(
@@ -239,17 +260,20 @@ pub(super) fn backfill(
             blank_lines = counters.blank_lines.get(),
             seconds,
             events_per_second = rate.round(),
+            clickhouse_rows = clickhouse.as_ref().map(|_| counters.sink_rows.get()),
+            clickhouse_failed = clickhouse.as_ref().map(|_| sink_failed),
             output = %config.output.dir.display(),
             "backfill summary"
         );
     } else {
         eprintln!(
-            "backfill {outcome}: {} files, {} lines, {events} events written ({unchanged} already stored), {} runs, {} dead letters, {} blank lines, {seconds:.1}s, {rate:.0} events/s",
+            "backfill {outcome}: {} files, {} lines, {events} events written ({unchanged} already stored), {} runs, {} dead letters, {} blank lines, {seconds:.1}s, {rate:.0} events/s{}",
             files.len(),
             counters.lines_read.get(),
             counters.runs_touched.get(),
             counters.dlq_total(),
             counters.blank_lines.get(),
+            clickhouse.map(|c| format!("; {c}")).unwrap_or_default(),
         );
         eprintln!(
             "run DBs are in {dir} (one per run); try: sqlite3 {dir}/<run>.sqlite 'SELECT event_type, count(*) FROM events GROUP BY 1'; dead letters: jsonl-shipper dlq list",

@@ -320,6 +320,11 @@ fn backfill_ships_what_the_run_dbs_hold_of_a_file_still_growing() {
         120 - 5 - 3,
         "the first 120 lines: 5 run records, 3 bad"
     );
+    // Said, naming the file, and the summary line says what ClickHouse got.
+    let warn = done.stderr.lines().find(|l| l.contains("not in the run DBs yet"));
+    assert!(warn.is_some_and(|l| l.contains("events_20240101.ndjson")), "{}", done.stderr);
+    let summary = done.stderr.lines().find(|l| l.starts_with("backfill done:"));
+    assert!(summary.is_some_and(|l| l.contains("; clickhouse: ") && !l.contains("FAILED")));
 
     // The daemon ships the rest to both.
     let daemon = shipper.spawn_run();
