@@ -75,6 +75,8 @@ pub(super) fn backfill(
         (None, Some(ch)) if sink_after => {
             // Started once the run DBs are complete; what would stop it then is said now.
             if let Err(error) = ch.password() {
+                // Through anyhow, so that `{:#}` prints the OS error it carries too.
+                let error = anyhow::Error::from(error);
                 tracing::error!(
                     error = format!("{error:#}"),
                     "the clickhouse sink cannot start; shipping to the run DBs only"

@@ -334,6 +334,26 @@ fn backfill_ships_what_the_run_dbs_hold_of_a_file_still_growing() {
     daemon.terminate(Duration::from_secs(30)).assert_success("run after SIGTERM");
 }
 
+/// `backfill = "after"` with an unreadable password file: said at the start, with the OS's
+/// reason, the run DBs built all the same, exit 1, and nothing sent.
+#[test]
+fn backfill_after_says_an_unreadable_password_file_at_the_start_and_exits_1() {
+    let server = ClickHouse::start();
+    let shipper = shipper_for(&server, "", "backfill = \"after\"");
+    std::fs::remove_file(shipper.root().join("ch-password")).expect("remove the password file");
+    shipper.write("raw/events_20240101.ndjson", lines(100, 0).as_bytes());
+    shipper.age("raw/events_20240101.ndjson");
+    let done = shipper.run_cmd(&["backfill"], &[]);
+    assert_eq!(done.status.code(), Some(1), "{}", done.stderr);
+    let at = |what: &str| done.stderr.find(what);
+    let (said, started) = (at("cannot read the password file"), at("backfill started"));
+    assert!(said.is_some() && said > started, "{}", done.stderr);
+    assert!(done.stderr.contains("No such file or directory"), "{}", done.stderr);
+    assert!(done.stderr.contains("clickhouse: 0 rows, FAILED"), "{}", done.stderr);
+    assert_eq!(shipper.snapshot().events.len(), 100 - 4 - 2, "the run DBs are built");
+    assert_eq!(server.count("telemetry.events", false), 0);
+}
+
 /// Backfill beside a running daemon while a producer keeps appending: the daemon moves the
 /// file's SQLite checkpoint on and on, and backfill's last ClickHouse pass still ends (it
 /// reads each file's cap once). Everything reaches both outputs once. (Without the cap read
