@@ -1,7 +1,8 @@
 //! The sink thread: its own cursor over the source files, batches of rows, inserts retried
 //! until acknowledged, then the cursor saved (state DB `sink_files`).
 //!
-//! One pass every `batch_max_delay`: every file the globs match (or backfill's list) is read
+//! One pass every `batch_max_delay`: every file the globs match (or backfill's list, each file
+//! only up to its SQLite checkpoint: see `Thread::main`) is read
 //! from the sink's cursor (verified by fingerprints through `follow::Opener`, so a truncated or
 //! replaced file is read again from 0) with `tail::LineReader`, each line parsed by `parse`
 //! with the configured mapping. Bad lines are skipped (the SQLite path dead-letters them).
