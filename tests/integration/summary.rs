@@ -460,3 +460,33 @@ fn a_schema_2_run_db_is_migrated_and_summarised() {
     );
     assert_eq!(shipper.user_version("old.sqlite"), 3);
 }
+
+/// A metric over a typed column the run DB does not have yet (added to the config after the
+/// run was written) is null, and `summary` says why on stderr; once `maintain` added the
+/// column, it has its value and no note.
+#[test]
+fn summary_says_why_a_metric_over_a_column_the_run_db_lacks_is_null() {
+    let shipper = Shipper::with_config("");
+    shipper.write("raw/events_20240301.ndjson", run_lines("finished").as_bytes());
+    shipper.age("raw/events_20240301.ndjson");
+    shipper.backfill(&[]);
+    shipper.set_config(
+        "[columns]\nhttp_status = { path = \"$.status\", type = \"integer\" }\n\
+         [[summary]]\nname = \"sum_status\"\nagg = \"sum\"\ncolumn = \"http_status\"\n",
+    );
+    let before = shipper.run_cmd(&["summary"], &["r", "--json"]);
+    before.assert_success("summary --json");
+    assert_eq!(stdout_json(&before.stdout)["metrics"]["sum_status"], Value::Null);
+    assert!(
+        before.stderr.contains("note: sum_status: column \"http_status\" is not in this run DB"),
+        "{}",
+        before.stderr
+    );
+    shipper.run_cmd(&["maintain"], &[]).assert_success("maintain");
+    let after = shipper.run_cmd(&["summary"], &["r", "--json"]);
+    after.assert_success("summary --json");
+    // e1..e100: 8 of the 80 fetches are 429s, the other 92 are 200s; t1 is a 200, t2 a 429.
+    let want = 9 * 429 + 93 * 200;
+    assert_eq!(stdout_json(&after.stdout)["metrics"]["sum_status"], json!(want));
+    assert!(!after.stderr.contains("note:"), "{}", after.stderr);
+}
