@@ -246,15 +246,7 @@ impl Thread {
     /// grows during an outage, when no pass ends (a stat and a 2-byte read per file, once per
     /// backoff step; a pass that ends sets it from what it read, without them).
     fn update_lag(&self) {
-        let lag = self
-            .pass_paths
-            .iter()
-            .filter_map(|path| {
-                let meta = std::fs::metadata(path).ok()?;
-                let cursor = self.cursors.get(&FileId::of(&meta));
-                Some(super::lag_bytes(meta.len(), is_gz_path(path), cursor))
-            })
-            .sum();
+        let lag = self.pass_paths.iter().filter_map(|p| super::file_lag(p, &self.cursors)).sum();
         self.counters.sink_lag_bytes.set(lag);
     }
 

@@ -153,23 +153,27 @@ pub(crate) fn lag_bytes(size: u64, gzip: bool, cursor: Option<&SinkCursor>) -> u
     }
 }
 
-/// The files of `paths` the sink has not shipped to their end, with their lag in bytes (what
-/// `status` counts), read from the state DB: for backfill's closing WARN.
+/// The lag of the file at `path` now (a stat and a 2-byte read), against the sink's saved
+/// cursors; None if it cannot be read. What `status`, the lag gauge during an outage and
+/// backfill's closing WARN count.
+pub(crate) fn file_lag(
+    path: &std::path::Path,
+    cursors: &std::collections::HashMap<crate::identity::FileId, SinkCursor>,
+) -> Option<u64> {
+    let meta = std::fs::metadata(path).ok()?;
+    let gzip = std::fs::File::open(path).and_then(|f| crate::tail::is_gzip(&f)).ok()?;
+    Some(lag_bytes(meta.len(), gzip, cursors.get(&crate::identity::FileId::of(&meta))))
+}
+
+/// The files of `paths` the sink has not shipped to their end, with their lag in bytes, read
+/// from the state DB: for backfill's closing WARN.
 pub(crate) fn unshipped(state_db: &std::path::Path, paths: &[PathBuf]) -> Vec<(PathBuf, u64)> {
     let Ok(Some(state)) = crate::checkpoint::StateDb::open_read_only(state_db) else {
         return Vec::new();
     };
     let cursors = state.sink_cursors(SINK).unwrap_or_default();
-    paths
-        .iter()
-        .filter_map(|path| {
-            let meta = std::fs::metadata(path).ok()?;
-            let gzip = std::fs::File::open(path).and_then(|f| crate::tail::is_gzip(&f)).ok()?;
-            let id = crate::identity::FileId::of(&meta);
-            let lag = lag_bytes(meta.len(), gzip, cursors.get(&id));
-            (lag > 0).then(|| (path.clone(), lag))
-        })
-        .collect()
+    let lag = |path: &PathBuf| file_lag(path, &cursors).filter(|&lag| lag > 0);
+    paths.iter().filter_map(|path| Some((path.clone(), lag(path)?))).collect()
 }
 
 /// Whether the sink has shipped a plain file of `size` bytes to its end (retention's test).

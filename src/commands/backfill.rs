@@ -59,29 +59,27 @@ pub(super) fn backfill(
     // `sinks.clickhouse.backfill`: beside the run DBs as a background job
     // (`clickhouse::run_in_background`), or once they are complete.
     let sink_after = config.sinks.clickhouse.as_ref().is_some_and(|ch| ch.backfill.after());
+    let cannot_start = |error: anyhow::Error, failed: &mut bool| {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "the clickhouse sink cannot start; shipping to the run DBs only"
+        );
+        *failed = true;
+    };
     let start_sink = |priority, failed: &mut bool| {
         crate::clickhouse::Sink::start(&config, sink_files.clone(), counters.clone(), priority)
             .unwrap_or_else(|error| {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "the clickhouse sink cannot start; shipping to the run DBs only"
-                );
-                *failed = true;
+                cannot_start(error, failed);
                 None
             })
     };
     let sink = match (&rebuild, &config.sinks.clickhouse) {
         (Some(_), _) | (None, None) => None,
         (None, Some(ch)) if sink_after => {
-            // Started once the run DBs are complete; what would stop it then is said now.
+            // Started once the run DBs are complete; what would stop it then is said now
+            // (through anyhow, so that `{:#}` prints the OS error it carries too).
             if let Err(error) = ch.password() {
-                // Through anyhow, so that `{:#}` prints the OS error it carries too.
-                let error = anyhow::Error::from(error);
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "the clickhouse sink cannot start; shipping to the run DBs only"
-                );
-                sink_failed = true;
+                cannot_start(error.into(), &mut sink_failed);
             }
             None
         }

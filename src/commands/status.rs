@@ -206,14 +206,7 @@ fn sink_status(config: &Config, db: Option<&StateDb>) -> SinkStatus {
             paths.extend(crate::discover::glob_files(&p).unwrap_or_default());
         }
     }
-    let lag_bytes = paths
-        .iter()
-        .filter_map(|path| {
-            let meta = std::fs::metadata(path).ok()?;
-            let gzip = std::fs::File::open(path).and_then(|f| crate::tail::is_gzip(&f)).ok()?;
-            Some(crate::clickhouse::lag_bytes(meta.len(), gzip, cursors.get(&FileId::of(&meta))))
-        })
-        .sum();
+    let lag_bytes = paths.iter().filter_map(|p| crate::clickhouse::file_lag(p, &cursors)).sum();
     let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     let rfc3339 = |ms: i64| humantime::format_rfc3339_seconds(at(ms)).to_string();
     SinkStatus {

@@ -11,10 +11,13 @@ pub(super) fn summary(config: &Config, run_id: &str, json: bool) -> anyhow::Resu
     let summary = summary_of(config, run_id)?;
     // A metric over a typed column this run DB does not have yet is null; say why (stderr:
     // `--json` stays one object).
-    let have = events_columns(&summary::runs::path_of(config, run_id));
+    let path = summary::runs::path_of(config, run_id);
+    let missing = crate::sink::columns::survey(&path, &config.schema)
+        .map(|survey| survey.missing_columns)
+        .unwrap_or_default();
     for m in &config.summary {
         let Some(column) = &m.column else { continue };
-        if !have.is_empty() && !have.iter().any(|c| c.eq_ignore_ascii_case(column)) {
+        if missing.iter().any(|c| c.eq_ignore_ascii_case(column)) {
             eprintln!(
                 "note: {}: column {column:?} is not in this run DB yet (it is added when run or \
                  backfill next writes it, or now by `jsonl-shipper maintain`)",
@@ -41,18 +44,6 @@ pub(super) fn summary_of(config: &Config, run_id: &str) -> anyhow::Result<Summar
         }
         other => Ok(other?),
     }
-}
-
-/// The columns of the run DB's `events` (generated ones included); empty if it cannot be read.
-fn events_columns(path: &std::path::Path) -> Vec<String> {
-    let read = || -> rusqlite::Result<Vec<String>> {
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-        let conn = rusqlite::Connection::open_with_flags(path, flags)?;
-        let mut stmt = conn.prepare("SELECT name FROM pragma_table_xinfo('events')")?;
-        let names = stmt.query_map([], |r| r.get(0))?.collect();
-        names
-    };
-    read().unwrap_or_default()
 }
 
 /// Two columns: the run and its status, then one metric a line (`events_by_type` as
