@@ -218,7 +218,7 @@ impl StateDb {
             )?;
             conn.busy_timeout(Duration::from_secs(5))?;
             // Created but not migrated yet (a writer died in between): nothing recorded.
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let version = crate::sqlite::user_version(&conn)?;
             if version == 0 {
                 return Ok(None);
             }
@@ -493,11 +493,6 @@ impl StateDb {
         Ok(())
     }
 
-    /// The schema version (`user_version`): the migrations applied.
-    fn version(&self) -> rusqlite::Result<i64> {
-        self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-    }
-
     /// What `status` shows of `sink` (defaults if it never ran).
     pub(crate) fn sink_status(&self, sink: &str) -> rusqlite::Result<SinkStatus> {
         use rusqlite::OptionalExtension;
@@ -505,7 +500,7 @@ impl StateDb {
             .conn
             .query_row(
                 // `status` reads a state DB as its daemon left it, maybe of version 4.
-                if self.version()? >= 5 {
+                if crate::sqlite::user_version(&self.conn)? >= 5 {
                     "SELECT last_insert_at, errors, last_error, last_error_at, recovered_at
                      FROM sink_status WHERE sink = ?1"
                 } else {
@@ -582,7 +577,7 @@ mod tests {
 
         let sqlite = crate::config::Config::for_base(dir.path()).sqlite;
         let mut db = StateDb::open(&path, &sqlite).unwrap();
-        assert_eq!(db.version().unwrap(), 5);
+        assert_eq!(crate::sqlite::user_version(&db.conn).unwrap(), 5);
         db.sink_failed("ch", "y").unwrap();
         let failed = db.sink_status("ch").unwrap();
         assert_eq!((failed.errors, failed.last_error.as_deref()), (3, Some("y")));

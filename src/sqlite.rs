@@ -47,6 +47,11 @@ pub(crate) fn apply_pragmas(conn: &Connection, sqlite: &SqliteConfig) -> rusqlit
     ))
 }
 
+/// `PRAGMA user_version`: the schema version (the migrations applied).
+pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 /// Brings a DB to the newest schema, in one transaction, idempotently (cargo's scheme:
 /// `user_version` counts the migrations applied).
 pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
@@ -60,13 +65,13 @@ pub(crate) fn migrate_and(
     migrations: &[&str],
     also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<bool> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = user_version(conn)?;
     if version as usize >= migrations.len() {
         return Ok(false);
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Re-read under the write lock: another process may have migrated meanwhile.
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = user_version(&tx)?;
     for migration in &migrations[version.max(0) as usize..] {
         tx.execute_batch(migration)?;
     }

@@ -115,7 +115,7 @@ impl Catalog {
             return Ok(None);
         }
         let conn = open_existing_read_only(path)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = crate::sqlite::user_version(&conn)?;
         if version == 0 {
             // Created, never migrated (a crash at its first open): as good as missing.
             return Ok(None);

@@ -71,8 +71,7 @@ fn summarize_ended(
 ) -> Result<crate::summary::Summary, crate::summary::SummaryError> {
     let sqlite_error = |e| crate::summary::SummaryError::sqlite(db_path, e);
     let reader = crate::summary::open_read_only(db_path, &config.sqlite).map_err(sqlite_error)?;
-    let version: i64 =
-        reader.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sqlite_error)?;
+    let version = crate::sqlite::user_version(&reader).map_err(sqlite_error)?;
     if version < crate::sink::run_db::MIGRATIONS.len() as i64 {
         return crate::summary::compute(&reader, &config.summary).map_err(sqlite_error);
     }

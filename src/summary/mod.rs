@@ -182,7 +182,7 @@ pub(crate) fn stored(
     conn: &Connection,
     metrics: &[SummaryMetric],
 ) -> rusqlite::Result<Option<Summary>> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = crate::sqlite::user_version(conn)?;
     if version < 3 {
         return Ok(None);
     }

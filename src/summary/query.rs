@@ -40,7 +40,7 @@ pub(super) struct Head {
 
 pub(super) fn run_head(conn: &Connection) -> rusqlite::Result<Head> {
     // `commits` is schema 3; an old DB opened read-only (not migrated) has none.
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = crate::sqlite::user_version(conn)?;
     let commits = if version >= 3 { "commits" } else { "0" };
     conn.query_row(
         &format!("SELECT run_id, status, started_at, ended_at, {commits} FROM runs LIMIT 1"),
