@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{drained_lines, poll_until, wait_until, Shipper, DEADLINE};
+use crate::harness::{drained_lines, poll_until, wait_until, Running, Shipper, DEADLINE};
 
 fn lines(prefix: &str, n: usize, pad: usize) -> String {
     (0..n).map(|i| line(prefix, i, pad)).collect()
@@ -15,20 +15,25 @@ fn line(prefix: &str, i: usize, pad: usize) -> String {
     format!("{{\"run_id\":\"r1\",\"event_id\":\"{prefix}{i}\",\"pad\":\"{}\"}}\n", "x".repeat(pad))
 }
 
-#[test]
-fn a_locked_run_db_delays_the_batch_and_it_commits_once_the_lock_is_gone() {
-    let shipper = Shipper::with_config(
-        "[output]\nbatch_max_delay = \"20ms\"\n[sqlite]\nbusy_timeout = \"100ms\"\n",
-    );
+/// The daemon with `config`, once run `r1`'s first row is committed, and another process's
+/// writer holding that run DB's write lock.
+fn daemon_with_a_locked_run_db(config: &str) -> (Shipper, Running, rusqlite::Connection) {
+    let shipper = Shipper::with_config(config);
     shipper.write("raw/events_20240301.ndjson", lines("a", 1, 0).as_bytes());
     let daemon = shipper.spawn_run();
     wait_until(DEADLINE, "the first row", || {
         shipper.try_snapshot().is_ok_and(|s| s.events.len() == 1)
     });
-
-    // Another process's writer holds the run DB's write lock.
     let locker = rusqlite::Connection::open(shipper.path("db/runs/r1.sqlite")).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    (shipper, daemon, locker)
+}
+
+#[test]
+fn a_locked_run_db_delays_the_batch_and_it_commits_once_the_lock_is_gone() {
+    let (shipper, daemon, locker) = daemon_with_a_locked_run_db(
+        "[output]\nbatch_max_delay = \"20ms\"\n[sqlite]\nbusy_timeout = \"100ms\"\n",
+    );
     shipper.append("raw/events_20240301.ndjson", lines("b", 100, 10).as_bytes());
     wait_until(DEADLINE, "the writer to report the locked DB", || {
         daemon.stderr_so_far().contains("cannot write run DB")
@@ -51,17 +56,10 @@ fn a_locked_run_db_delays_the_batch_and_it_commits_once_the_lock_is_gone() {
 #[test]
 fn slow_commits_behind_another_connections_lock_are_blamed_on_the_lock_not_the_disk() {
     let addr = crate::ops::free_port();
-    let shipper = Shipper::with_config(&format!(
+    let (shipper, daemon, locker) = daemon_with_a_locked_run_db(&format!(
         "[output]\nbatch_max_delay = \"20ms\"\n[sqlite]\nbusy_timeout = \"20s\"\n\
          [metrics]\nlisten = \"{addr}\"\nslow_commit_threshold = \"100ms\"\n"
     ));
-    shipper.write("raw/events_20240301.ndjson", lines("a", 1, 0).as_bytes());
-    let daemon = shipper.spawn_run();
-    wait_until(DEADLINE, "the first row", || {
-        shipper.try_snapshot().is_ok_and(|s| s.events.len() == 1)
-    });
-    let locker = rusqlite::Connection::open(shipper.path("db/runs/r1.sqlite")).unwrap();
-    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
     shipper.append("raw/events_20240301.ndjson", lines("b", 1, 0).as_bytes());
     wait_until(DEADLINE, "the second line to be read", || {
         crate::ops::metric(addr, "jsonl_shipper_lines_read_total") == Some(2.0)
